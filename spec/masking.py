@@ -43,7 +43,7 @@ def check_agreement(m: dict) -> tuple[str, dict]:
 
 
 def check_loss(m: dict) -> tuple[str, dict]:
-    """m: loss_vs_manual (|HF loss − mean CE over unmasked|), masked_perturbation_loss_delta, masked_perturbation_grad_delta."""
+    """m: loss_vs_manual (|HF loss − mean CE over unmasked| / loss, float32), masked_perturbation_loss_delta, masked_perturbation_grad_delta."""
     evidence = dict(m)
     ok = (m["loss_vs_manual"] <= 1e-6 and m["masked_perturbation_loss_delta"] == 0.0
           and m["masked_perturbation_grad_delta"] == 0.0 and m["unmasked_perturbation_loss_delta"] > 0)
