@@ -1,0 +1,87 @@
+"""The `hf` backend: the recipe with plain transformers + peft + bitsandbytes + trl.
+
+NF4 with double quant where a GPU is present (bitsandbytes' CPU kernels train far too slowly), standard
+gradient checkpointing on the GPU, and this project's reference masker for the labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from harness.recipe import HANDBOOK, Recipe
+
+
+def tokenize_conversations(tokenizer, conversations: list[list[dict]], masker, max_length: int) -> list[dict]:
+    """input_ids from the chat template and labels from `masker`, truncated to `max_length`."""
+    rows = []
+    for messages in conversations:
+        ids = list(tokenizer.apply_chat_template(messages, return_dict=True)["input_ids"])[:max_length]
+        rows.append({"input_ids": ids, "labels": masker(ids)})
+    return rows
+
+
+def sft_config(recipe: Recipe, out_dir: Path, *, on_gpu: bool, report_to: str = "none", gradient_checkpointing=None):
+    """The SFTConfig the recipe asks for; every value the trainer needs is set here, none left to defaults."""
+    from trl import SFTConfig
+
+    if gradient_checkpointing is None:
+        gradient_checkpointing = bool(recipe.use_gradient_checkpointing) and on_gpu
+    return SFTConfig(
+        output_dir=str(out_dir), learning_rate=recipe.learning_rate, lr_scheduler_type=recipe.lr_scheduler_type,
+        warmup_steps=recipe.warmup_steps, max_steps=recipe.max_steps,
+        per_device_train_batch_size=recipe.per_device_train_batch_size, per_device_eval_batch_size=recipe.per_device_train_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps, weight_decay=recipe.weight_decay, optim=recipe.optim,
+        seed=recipe.seed, data_seed=recipe.seed, logging_steps=recipe.logging_steps, max_length=recipe.max_seq_length,
+        # TRL defaults bf16=True, which fails on a CPU-only machine: set both explicitly.
+        bf16=on_gpu, fp16=False, use_cpu=not on_gpu,
+        gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
+        save_strategy="no", eval_strategy="no", report_to=report_to, dataloader_num_workers=0,
+        dataset_num_proc=None, disable_tqdm=False, remove_unused_columns=False,
+    )
+
+
+def load_model(model_dir: Path, recipe: Recipe, load_in_4bit: bool):
+    from transformers import AutoModelForCausalLM
+
+    on_gpu = torch.cuda.is_available()
+    if load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        from harness.quant import load_4bit
+
+        model = load_4bit(model_dir, recipe, device_map={"": 0} if on_gpu else "cpu")
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(recipe.use_gradient_checkpointing))
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    return model.to("cuda") if on_gpu else model
+
+
+def build_sft_trainer(model_dir, recipe: Recipe, out_dir, *, train_rows=None, eval_rows=None, load_in_4bit=None,
+                      report_to="none", callbacks=(), model=None, tokenizer=None):
+    """An SFTTrainer for the recipe. `train_rows` is tokenized rows, or an int: that many rows of the dataset."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from harness.dataset import generate
+    from harness.lora import apply_lora
+    from harness.masking import reference_masker
+    from harness.tokenizer import load_tokenizer
+
+    on_gpu = torch.cuda.is_available()
+    if load_in_4bit is None:
+        load_in_4bit = recipe.load_in_4bit and on_gpu
+    tokenizer = tokenizer or load_tokenizer(str(model_dir))
+    if train_rows is None or isinstance(train_rows, int):
+        data = generate(recipe.dataset_seed)
+        train = data["train"][: train_rows or None]
+        train_rows = tokenize_conversations(tokenizer, [e.messages for e in train], reference_masker(tokenizer),
+                                            recipe.max_seq_length)
+    if model is None:
+        model = apply_lora(load_model(Path(model_dir), recipe, load_in_4bit), recipe)
+    args = sft_config(recipe, Path(out_dir), on_gpu=on_gpu, report_to=report_to)
+    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                      eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+                      processing_class=tokenizer, callbacks=list(callbacks))
