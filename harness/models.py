@@ -23,6 +23,7 @@ TINY_MODEL = "tiny"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 MANIFEST = "MATERIALIZED.json"
 TINY_SEED = 1234
+TINY_VERSION = 2  # bump when tiny_config() changes: the cache folder is keyed by it
 
 
 class ModelSourceError(RuntimeError):
@@ -134,10 +135,13 @@ def _build_embedded(tmp: Path) -> None:
 
 
 def tiny_config():
-    """A two-layer Gemma 3 with the real vocabulary.
+    """A six-layer Gemma 3 (hidden 64) with the real vocabulary, shaped so llama.cpp and transformers agree.
 
-    head_dim == query_pre_attn_scalar == 256 so that llama.cpp (which does not read
-    query_pre_attn_scalar from transformers' config) and transformers compute the same attention.
+    - head_dim == query_pre_attn_scalar == 256: llama.cpp scales attention by 1/sqrt(head_dim) and
+      does not read query_pre_attn_scalar.
+    - five sliding layers then one full layer: llama.cpp hard-codes Gemma 3's pattern (every 6th
+      layer global, local rope base 10,000); a layer whose type differs gets another rope base
+      there (measured: a 2-layer sliding/full tiny model's logits diverged with sequence length).
     """
     from transformers import Gemma3TextConfig
 
@@ -145,13 +149,13 @@ def tiny_config():
         vocab_size=262144,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
+        num_hidden_layers=6,
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=256,
         query_pre_attn_scalar=256,
         sliding_window=512,
-        layer_types=["sliding_attention", "full_attention"],
+        layer_types=["sliding_attention"] * 5 + ["full_attention"],
         max_position_embeddings=4096,
         hidden_activation="gelu_pytorch_tanh",
         tie_word_embeddings=True,
@@ -178,7 +182,7 @@ def resolve(name: str = DEFAULT_MODEL) -> ModelSource:
     if name == DEFAULT_MODEL:
         return ModelSource(name, build_once(cache_root() / "models" / DEFAULT_MODEL, _build_embedded, _complete), "embedded")
     if name == TINY_MODEL:
-        return ModelSource(name, build_once(cache_root() / "models" / TINY_MODEL, _build_tiny, _complete), "tiny")
+        return ModelSource(name, build_once(cache_root() / "models" / f"{TINY_MODEL}-v{TINY_VERSION}", _build_tiny, _complete), "tiny")
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

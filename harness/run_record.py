@@ -45,7 +45,7 @@ class StepRecorder(TrainerCallback):
     """Per-step loss, learning rate and grad norm; step times; and a check of every batch fed to the model.
 
     The lr is read from the optimizer at the start of each step: the value that step applies.
-    Batches are captured by a forward pre-hook on the model, so the masking check sees exactly
+    Batches are captured where the trainer computes the loss, so the masking check sees exactly
     what the model was given; `reference` recomputes the expected labels from the batch's own ids.
     """
 
@@ -57,14 +57,19 @@ class StepRecorder(TrainerCallback):
                         "masked_trainable": 0}
         self._t0 = None
         self._tokens = 0
-        self._hook = None
 
-    def attach(self, model) -> None:
-        self._hook = model.register_forward_pre_hook(self._capture, with_kwargs=True)
+    def attach(self, trainer) -> None:
+        """Wrap the trainer's compute_loss: every training batch passes through it exactly as the model gets it."""
+        compute_loss = trainer.compute_loss
 
-    def _capture(self, module, args, kwargs):
-        if not module.training:
-            return
+        def recorded(model, inputs, *args, **kwargs):
+            if model.training:
+                self._capture(inputs)
+            return compute_loss(model, inputs, *args, **kwargs)
+
+        trainer.compute_loss = recorded
+
+    def _capture(self, kwargs):
         labels, ids = kwargs.get("labels"), kwargs.get("input_ids")
         if labels is None or ids is None:
             return

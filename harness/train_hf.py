@@ -23,12 +23,18 @@ def tokenize_conversations(tokenizer, conversations: list[list[dict]], masker, m
 
 
 def sft_config(recipe: Recipe, out_dir: Path, *, on_gpu: bool, report_to: str = "none", gradient_checkpointing=None):
-    """The SFTConfig the recipe asks for; every value the trainer needs is set here, none left to defaults."""
+    """The SFTConfig the recipe asks for."""
     from trl import SFTConfig
 
+    return SFTConfig(**sft_kwargs(recipe, out_dir, on_gpu=on_gpu, report_to=report_to,
+                                  gradient_checkpointing=gradient_checkpointing))
+
+
+def sft_kwargs(recipe: Recipe, out_dir: Path, *, on_gpu: bool, report_to: str = "none", gradient_checkpointing=None) -> dict:
+    """Every SFTConfig value the run sets explicitly (what RECIPE-FIDELITY compares the trainer against)."""
     if gradient_checkpointing is None:
         gradient_checkpointing = bool(recipe.use_gradient_checkpointing) and on_gpu
-    return SFTConfig(
+    return dict(
         output_dir=str(out_dir), learning_rate=recipe.learning_rate, lr_scheduler_type=recipe.lr_scheduler_type,
         warmup_steps=recipe.warmup_steps, max_steps=recipe.max_steps,
         per_device_train_batch_size=recipe.per_device_train_batch_size, per_device_eval_batch_size=recipe.per_device_train_batch_size,
@@ -82,6 +88,44 @@ def build_sft_trainer(model_dir, recipe: Recipe, out_dir, *, train_rows=None, ev
     if model is None:
         model = apply_lora(load_model(Path(model_dir), recipe, load_in_4bit), recipe)
     args = sft_config(recipe, Path(out_dir), on_gpu=on_gpu, report_to=report_to)
-    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+    trainer_cls = SFTTrainer if fused_lm_head_available() else cpu_sft_trainer_class()
+    return trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                       eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                       processing_class=tokenizer, callbacks=list(callbacks))
+
+
+def fused_lm_head_available() -> bool:
+    """TRL >= 1.15 computes the SFT loss with a fused LM head written in Triton (GPU only)."""
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        return False
+    return getattr(trl_utils, "_ChunkedLogProbFunction", True) is not None and torch.cuda.is_available()
+
+
+def cpu_sft_trainer_class():
+    """SFTTrainer whose loss is computed without TRL's Triton kernel, the same way TRL's fused head does.
+
+    TRL 1.15 patches the model with a fused LM head whose kernel is Triton-only; without a GPU its
+    compute_loss fails ("'NoneType' object has no attribute 'apply'"). Like the fused head, this
+    projects only the positions that have a label onto the 262,144-token vocabulary (the full logits
+    would dominate a CPU step) and returns the mean cross entropy over labels != -100.
+    """
+    from trl import SFTTrainer
+
+    class CpuSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs["labels"]
+            shift_labels = labels[:, 1:]
+            keep = (shift_labels != -100).any(dim=0).nonzero().view(-1)
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                            logits_to_keep=keep)
+            logits = outputs.logits.float()
+            targets = shift_labels[:, keep]
+            total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                      ignore_index=-100, reduction="sum")
+            count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+            loss = total / count
+            return (loss, outputs) if return_outputs else loss
+
+    return CpuSFTTrainer

@@ -1,0 +1,168 @@
+"""`python -m harness ...`: materialize, tokenize, finetune, certify, export-gguf, verify-gguf, diff, bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _offline_defaults() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def cmd_materialize(args) -> int:
+    from harness.models import resolve
+
+    print(resolve(args.model).path)
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    from harness.models import resolve
+    from harness.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(resolve(args.model).path))
+    for text in args.text:
+        print(json.dumps(tokenizer.encode(text, add_special_tokens=False)))
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from harness.finetune import finetune
+
+    record = finetune(model=args.model, backend=args.backend, out_dir=args.out, max_steps=args.max_steps,
+                      batch_size=args.batch_size, eval_limit=args.eval_limit,
+                      report_to="wandb" if args.wandb else "none", export=not args.no_export,
+                      evaluate_base=not args.no_base_eval)
+    summary = {k: record.get(k) for k in ("model", "backend", "phases", "throughput", "memory", "val_loss",
+                                          "loss_first10", "loss_last10", "artifacts")}
+    summary["eval"] = {k: record["eval"][k] for k in ("prompts", "json_valid_rate", "exact_match")}
+    print(json.dumps(summary, indent=1, ensure_ascii=False))
+    print(f"run record: {Path(record['out_dir']) / 'run.json'}")
+    return 0
+
+
+def cmd_certify(args) -> int:
+    """Run the claim suite (pytest) and write reports/<run>/index.html and results.json."""
+    import pytest
+
+    os.environ["HARNESS_MODEL"] = args.model
+    argv = [str(Path(__file__).resolve().parent.parent / "tests"), "-q", "-p", "no:cacheprovider", f"--model={args.model}"]
+    if args.gpu:
+        argv += ["-m", "gpu"]
+    if args.select:
+        argv += ["-k", args.select]
+    code = pytest.main(argv + args.pytest_args)
+    latest = Path(os.environ.get("HARNESS_REPORTS") or "reports") / "latest"
+    print(f"report: {latest / 'index.html'}")
+    return int(code)
+
+
+def cmd_export_gguf(args) -> int:
+    from harness.gguf_export import export_q8_0
+    from harness.models import resolve
+
+    print(export_q8_0(resolve(args.model).path, Path(args.out)))
+    return 0
+
+
+def cmd_verify_gguf(args) -> int:
+    from harness.gguf_verify import verify
+
+    report = verify(Path(args.file), Path(args.against) if args.against else None, llama=not args.no_llama)
+    print(json.dumps(report, indent=1, ensure_ascii=False, default=str))
+    return 0 if report.get("ok") else 1
+
+
+def cmd_diff(args) -> int:
+    from harness.diff import diff_main
+
+    return diff_main(args.old, args.new, html_out=args.html)
+
+
+def cmd_bundle(args) -> int:
+    from harness.bundle import build_bundle
+
+    print(build_bundle(args.python, args.platform, Path(args.output), extra=args.extra))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    model_help = "gemma3-270m (default, embedded), tiny, a local checkpoint folder or an HF hub id"
+
+    s = sub.add_parser("materialize", help="build the model's checkpoint in the cache and print its path")
+    s.add_argument("--model", default="gemma3-270m", help=model_help)
+    s.set_defaults(func=cmd_materialize)
+
+    s = sub.add_parser("tokenize", help="print the token ids of each TEXT as a JSON list, one per line")
+    s.add_argument("--model", default="gemma3-270m", help=model_help)
+    s.add_argument("text", nargs="+")
+    s.set_defaults(func=cmd_tokenize)
+
+    s = sub.add_parser("finetune", help="run the handbook's recipe end to end and write run.json")
+    s.add_argument("--model", default="gemma3-270m", help=model_help)
+    s.add_argument("--backend", choices=("unsloth", "hf"), default="hf")
+    s.add_argument("--max-steps", type=int)
+    s.add_argument("--batch-size", type=int, help="per-device batch size (recipe: 8)")
+    s.add_argument("--eval-limit", type=int, help="held-out conversations to generate from (recipe: 320)")
+    s.add_argument("--out", type=Path)
+    s.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE=offline works)")
+    s.add_argument("--no-export", action="store_true")
+    s.add_argument("--no-base-eval", action="store_true", help="skip scoring the base model before training")
+    s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser("certify", help="run the claim suite and write the compliance report")
+    s.add_argument("--model", default="gemma3-270m", help=model_help)
+    s.add_argument("--gpu", action="store_true", help="run the GPU tier only (pytest -m gpu)")
+    s.add_argument("-k", dest="select", help="pytest -k expression")
+    s.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
+    s.set_defaults(func=cmd_certify)
+
+    s = sub.add_parser("export-gguf", help="write a Q8_0 GGUF of a checkpoint with this project's exporter")
+    s.add_argument("--model", default="gemma3-270m", help=model_help)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_export_gguf)
+
+    s = sub.add_parser("verify-gguf", help="verify a GGUF file (layout, error vs checkpoint, metadata, llama.cpp)")
+    s.add_argument("file")
+    s.add_argument("--against", help="the checkpoint folder it was exported from")
+    s.add_argument("--no-llama", action="store_true", help="skip the llama.cpp checks")
+    s.set_defaults(func=cmd_verify_gguf)
+
+    s = sub.add_parser("diff", help="compare two runs (results.json or report folders); exit 1 on a new regression")
+    s.add_argument("old")
+    s.add_argument("new")
+    s.add_argument("--html", help="also write the diff as an HTML file")
+    s.set_defaults(func=cmd_diff)
+
+    s = sub.add_parser("bundle", help="build an offline wheelhouse of the GPU extra for an air-gapped runner")
+    s.add_argument("--python", default="3.12")
+    s.add_argument("--platform", default="manylinux_2_28_x86_64")
+    s.add_argument("-o", "--output", default="dist/gpu-bundle.tar.xz")
+    s.add_argument("--extra", nargs="*", default=[], help="more NAME==VERSION requirements to include")
+    s.set_defaults(func=cmd_bundle)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _offline_defaults()
+    args = build_parser().parse_args(argv)
+    from harness.models import ModelSourceError
+
+    try:
+        return args.func(args)
+    except ModelSourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
