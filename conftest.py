@@ -192,3 +192,17 @@ def dataset():
     from harness.dataset import generate
 
     return generate(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_dir, tmp_path_factory):
+    from harness.gguf_export import export_q8_0
+
+    return export_q8_0(tiny_dir, tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf")
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf(gemma_dir, tmp_path_factory):
+    from harness.gguf_export import export_q8_0
+
+    return export_q8_0(gemma_dir, tmp_path_factory.mktemp("gguf") / "gemma3-270m-q8_0.gguf")

@@ -170,13 +170,13 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
     record["loss_last10"] = statistics.mean(losses[-10:]) if losses else None
     if export:
         with clock.phase("export"):
-            record["artifacts"] = export_artifacts(trainer.model, tokenizer, out_dir, backend)
+            record["artifacts"] = export_artifacts(trainer.model, tokenizer, out_dir, backend, source.path)
     record["complete"] = True
     write(record, out_dir / "run.json")
     return record
 
 
-def export_artifacts(model, tokenizer, out_dir: Path, backend: str) -> dict:
+def export_artifacts(model, tokenizer, out_dir: Path, backend: str, source_dir: Path) -> dict:
     """Merge the adapters into a 16-bit checkpoint, then write the Q8_0 GGUF (Unsloth's exporter or this project's)."""
     merged_dir = out_dir / "merged"
     if backend == "unsloth":
@@ -187,6 +187,10 @@ def export_artifacts(model, tokenizer, out_dir: Path, backend: str) -> dict:
     merged = merged.to(torch.bfloat16)
     merged.save_pretrained(str(merged_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(merged_dir))
+    import shutil
+
+    # The fast tokenizer saves tokenizer.json only; the GGUF vocabulary is read from the SentencePiece model.
+    shutil.copy2(Path(source_dir) / "tokenizer.model", merged_dir / "tokenizer.model")
     artifacts = {"merged": str(merged_dir)}
     try:
         from harness.gguf_export import export_q8_0

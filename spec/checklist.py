@@ -78,7 +78,11 @@ CLAIMS = [
           check_q8_error, (le("max_err_over_amax", 0.0045),)),
     Claim("GGUF-LLAMACPP", SECTION, "both", "Export: Use model.save_pretrained_gguf(...)",
           "the file loads in llama.cpp; tokenization equals HF's; greedy outputs equal the HF merged model's (rate recorded)", "pass",
-          check_llamacpp, (eq("token_mismatches", 0), eq("loaded", True))),
+          check_llamacpp, (eq("token_mismatches", 0), eq("loaded", True)),
+          # Measured 2026-11-25 (CPU, llama-cpp-python 0.3.36): 17/20 first tokens equal between the bf16
+          # checkpoint in transformers and its Q8_0 export in llama.cpp; the 3 others are near-ties of the
+          # base model echoing its prompt. One more prompt of tolerance.
+          {"gemma3-270m": (ge("top1_agreement", 0.8),)}),
     Claim("E2E-REFERENCE", SECTION, "both", "This guide maps the mathematical theory directly to the code snippets you are using in your training script.",
           "the full reference fine-tune runs end to end and its run record holds every figure", "pass",
           check_e2e, (eq("missing_figures", []),)),

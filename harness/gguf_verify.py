@@ -1,0 +1,176 @@
+"""Verification of any Q8_0 GGUF: layout, metadata, error against its checkpoint, and llama.cpp as a reader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from harness.gguf_export import Q8_0_BLOCK, Q8_0_BLOCK_BYTES, gguf_name, is_norm
+
+REQUIRED_KEYS = (
+    "general.architecture", "general.file_type", "gemma3.context_length", "gemma3.embedding_length",
+    "gemma3.block_count", "gemma3.feed_forward_length", "gemma3.attention.head_count",
+    "gemma3.attention.head_count_kv", "gemma3.attention.key_length", "gemma3.attention.value_length",
+    "gemma3.attention.layer_norm_rms_epsilon", "gemma3.rope.freq_base", "tokenizer.ggml.model",
+    "tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+)
+
+
+class GGUFVerifyError(RuntimeError):
+    """A file that cannot be read as GGUF; the message says what to do."""
+
+
+def read(path: Path):
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise GGUFVerifyError(f"{path}: no such file")
+    try:
+        return GGUFReader(str(path))
+    except Exception as exc:  # GGUFReader raises ValueError, struct.error, IndexError ... on bad files
+        raise GGUFVerifyError(
+            f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}); it is corrupt or truncated — "
+            f"export it again (python -m harness export-gguf ...)") from exc
+
+
+def layout(reader) -> dict:
+    """GGUF-Q8-EXPORT measurements: tensor types, the Q8_0 block layout and metadata completeness."""
+    from gguf import GGMLQuantizationType as Q
+
+    types: dict[str, int] = {}
+    q8_2d, other_2d, norms_f32, norms, bad_blocks = 0, [], 0, 0, []
+    for t in reader.tensors:
+        kind = t.tensor_type.name
+        types[kind] = types.get(kind, 0) + 1
+        dims = [int(d) for d in t.shape if d > 1]
+        if t.name.endswith("norm.weight"):
+            norms += 1
+            norms_f32 += t.tensor_type == Q.F32
+        elif len(dims) == 2:
+            if t.tensor_type == Q.Q8_0:
+                q8_2d += 1
+                blocks = int(t.n_elements) // Q8_0_BLOCK
+                if t.data.nbytes != blocks * Q8_0_BLOCK_BYTES:
+                    bad_blocks.append(t.name)
+                else:
+                    raw = np.frombuffer(t.data.tobytes(), dtype=np.uint8).reshape(blocks, Q8_0_BLOCK_BYTES)
+                    scales = raw[:, :2].copy().view(np.float16)
+                    if not np.isfinite(scales).all():
+                        bad_blocks.append(t.name)
+            else:
+                other_2d.append(f"{t.name}:{kind}")
+    missing = [k for k in REQUIRED_KEYS if k not in reader.fields]
+    return {"tensors": len(reader.tensors), "types": types, "q8_0_2d": q8_2d, "other_2d": other_2d,
+            "norms_f32": norms_f32, "norms_total": norms,
+            "block_bytes": Q8_0_BLOCK_BYTES if not bad_blocks else -1, "bad_block_tensors": bad_blocks,
+            "metadata_missing": missing}
+
+
+def error_vs_checkpoint(reader, checkpoint: Path) -> dict:
+    """GGUF-Q8-ERROR: every dequantized element vs the checkpoint's, as a fraction of its 32-block's amax."""
+    import gguf
+    from safetensors import safe_open
+
+    config = json.loads((Path(checkpoint) / "config.json").read_text())
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, config["num_hidden_layers"])
+    by_gguf = {t.name: t for t in reader.tensors}
+    worst, worst_tensor, compared, norm_err = 0.0, None, 0, 0.0
+    with safe_open(str(Path(checkpoint) / "model.safetensors"), "pt") as weights:
+        for hf_name in weights.keys():
+            if hf_name == "lm_head.weight":
+                continue
+            t = by_gguf.get(gguf_name(name_map, hf_name))
+            if t is None:
+                raise GGUFVerifyError(f"the GGUF has no tensor for {hf_name}: it was not exported from {checkpoint}")
+            want = weights.get_tensor(hf_name).float().numpy()
+            got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape).astype(np.float32)
+            compared += 1
+            if is_norm(hf_name):
+                norm_err = max(norm_err, float(np.abs(got - 1.0 - want).max()))
+                continue
+            if t.tensor_type != gguf.GGMLQuantizationType.Q8_0:
+                continue
+            blocks_w = want.reshape(-1, Q8_0_BLOCK)
+            amax = np.abs(blocks_w).max(axis=1, keepdims=True)
+            err = np.abs(got.reshape(-1, Q8_0_BLOCK) - blocks_w)
+            ratio = float((err / np.where(amax > 0, amax, 1.0)).max())
+            if ratio > worst:
+                worst, worst_tensor = ratio, hf_name
+    return {"tensors": compared, "max_err_over_amax": round(worst, 6), "worst_tensor": worst_tensor,
+            "norm_max_err_after_shift": norm_err}
+
+
+def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], corpus: list[str],
+                    max_new_tokens: int = 16) -> dict:
+    """GGUF-LLAMACPP: load in llama.cpp; token ids vs the HF tokenizer; greedy outputs vs the HF model."""
+    import llama_cpp
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(checkpoint))
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, verbose=False, logits_all=False, seed=0)
+    mismatches, first = 0, None
+    for text in corpus:
+        a = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        b = tokenizer.encode(text, add_special_tokens=False)
+        if a != b:
+            mismatches += 1
+            first = first or {"text": text, "llama.cpp": a[:20], "hf": b[:20]}
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
+    stop = {tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id}
+    same, top1, differences = 0, 0, []
+    for messages in prompts:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+        ids = list(ids)
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=list(stop), pad_token_id=tokenizer.pad_token_id)
+        hf = [t for t in out[0][len(ids):].tolist()]
+        while hf and hf[-1] in stop:
+            hf.pop()
+        llm.reset()
+        lc = []
+        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            if token in stop or len(lc) >= max_new_tokens:
+                break
+            lc.append(token)
+        hf = hf[:len(hf)]
+        same += hf == lc
+        top1 += bool(hf and lc and hf[0] == lc[0]) or (not hf and not lc)
+        if hf != lc and len(differences) < 5:
+            differences.append({"prompt": messages[-1]["content"], "hf": tokenizer.decode(hf), "llama.cpp": tokenizer.decode(lc)})
+    n = max(1, len(prompts))
+    return {"loaded": True, "token_strings": len(corpus), "token_mismatches": mismatches, "first_token_mismatch": first,
+            "prompts": len(prompts), "greedy_agreement": same / n, "top1_agreement": top1 / n, "differences": differences}
+
+
+def verify(path: Path, checkpoint: Path | None = None, llama: bool = True, prompts=None, corpus=None) -> dict:
+    """All checks that apply; `ok` is False if any check that ran failed."""
+    reader = read(path)
+    report = {"file": str(path), "layout": layout(reader)}
+    lay = report["layout"]
+    ok = not lay["other_2d"] and not lay["metadata_missing"] and lay["block_bytes"] == Q8_0_BLOCK_BYTES
+    if checkpoint is not None:
+        report["error"] = error_vs_checkpoint(reader, checkpoint)
+        ok &= report["error"]["max_err_over_amax"] <= 0.0045
+    if llama and checkpoint is not None:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            report["llamacpp"] = {"skipped": "llama-cpp-python is not installed: pip install 'llama-cpp-python==0.3.36'"}
+        else:
+            from harness.corpus import tokenizer_corpus
+            from harness.dataset import generate
+
+            if prompts is None:
+                prompts = [ex.messages[:-1] for ex in generate(0)["test"][:20]]
+            report["llamacpp"] = llamacpp_checks(path, checkpoint, prompts, corpus or tokenizer_corpus())
+            ok &= report["llamacpp"]["token_mismatches"] == 0
+    report["ok"] = bool(ok)
+    return report

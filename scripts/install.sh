@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install the suite into ./.venv on a CPU machine (the same steps CI runs).
+#   torch==2.13.0 first: a CPU build; an open torch range would pull a multi-GB CUDA build.
+#   unsloth_zoo without its dependencies: its masking function runs on the CPU (import unsloth needs a GPU).
+#   llama-cpp-python is source-only on PyPI: the first install builds it (~7 min on 2 cores); pip keeps
+#   the built wheel in its cache, so later installs on the same machine take seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LEG="${HARNESS_LEG:-control}"
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[test]" -c "constraints/${LEG}.txt"
+python -m pip install -q --no-deps unsloth_zoo==2026.10.9
+CMAKE_ARGS="-DLLAVA_BUILD=OFF" python -m pip install -q "llama-cpp-python==0.3.36"
+python -m pip check >/dev/null || python -m pip check | grep -v -i "unsloth" || true
+echo "installed into .venv ($(python -c 'import transformers, trl; print("transformers", transformers.__version__, "trl", trl.__version__)'))"

@@ -1,0 +1,31 @@
+"""Handbook §5 "Export" on the CPU: this project's Q8_0 exporter, verified by gguf-py and by llama.cpp."""
+
+import pytest
+
+from harness.gguf_verify import error_vs_checkpoint, layout, read
+
+
+@pytest.mark.claim("GGUF-Q8-EXPORT")
+def test_export_writes_q8_0_blocks_f32_norms_and_full_metadata(tiny_gguf, gemma_gguf, certify):
+    """Every 2-D weight is Q8_0 in 34-byte blocks, every norm F32, no required key missing."""
+    certify("GGUF-Q8-EXPORT", {"exporter": "harness.gguf_export", **layout(read(tiny_gguf))}, "tiny")
+    certify("GGUF-Q8-EXPORT", {"exporter": "harness.gguf_export", **layout(read(gemma_gguf))}, "gemma3-270m")
+
+
+@pytest.mark.claim("GGUF-Q8-ERROR")
+def test_q8_0_error_is_within_its_block_bound_on_real_weights(gemma_gguf, gemma_dir, certify):
+    """Dequantized Q8_0 tensors are within 0.0045·amax of the 270M's weights, block by block."""
+    facts = error_vs_checkpoint(read(gemma_gguf), gemma_dir)
+    assert facts["norm_max_err_after_shift"] == 0.0, "norms must be stored as w + 1, exactly"
+    certify("GGUF-Q8-ERROR", facts, "gemma3-270m")
+
+
+@pytest.mark.claim("GGUF-LLAMACPP")
+def test_llamacpp_reads_the_export_like_transformers(tiny_gguf, tiny_dir, dataset, certify):
+    """llama.cpp loads the tiny export; its token ids equal the HF tokenizer's on 240 strings."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'llama-cpp-python==0.3.36'")
+    from harness.corpus import tokenizer_corpus
+    from harness.gguf_verify import llamacpp_checks
+
+    prompts = [ex.messages[:-1] for ex in dataset["test"][:20]]
+    certify("GGUF-LLAMACPP", llamacpp_checks(tiny_gguf, tiny_dir, prompts, tokenizer_corpus()), "tiny")

@@ -1,0 +1,80 @@
+"""The reference fine-tune end to end on the CPU: `tiny`, hf backend, 60 steps, then Q8_0 export."""
+
+import json
+
+import pytest
+
+from spec.schedule import closed_form
+
+pytestmark = pytest.mark.slow
+
+STEPS, BATCH, EVAL = 60, 2, 16
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_dir, run_extras):
+    from harness.finetune import finetune
+
+    record = finetune(model="tiny", backend="hf", out_dir=tmp_path_factory.mktemp("finetune"), max_steps=STEPS,
+                      batch_size=BATCH, eval_limit=EVAL)
+    run_extras["finetune"] = {k: record[k] for k in ("model", "backend", "steps", "phases", "throughput", "eval",
+                                                     "base_eval", "val_loss", "declared_deviations")}
+    return record
+
+
+def test_run_record_is_written_and_complete(run):
+    """run.json exists, is complete, and equals what finetune returned."""
+    from pathlib import Path
+
+    on_disk = json.loads((Path(run["out_dir"]) / "run.json").read_text())
+    assert on_disk["complete"] is True
+    assert len(on_disk["steps"]) == STEPS
+
+
+def test_loss_falls(run):
+    """The mean loss of the last 10 steps is below that of the first 10."""
+    assert run["loss_last10"] < run["loss_first10"] - 0.1
+
+
+def test_lr_column_is_the_closed_form_at_every_step(run):
+    """The lr each step applied (read from the optimizer) equals warmup-then-cosine for t = step − 1."""
+    recipe = run["recipe"]
+    expected = [closed_form(s["step"] - 1, recipe["learning_rate"], recipe["warmup_steps"], STEPS) for s in run["steps"]]
+    assert [s["lr"] for s in run["steps"]] == pytest.approx(expected, rel=1e-12, abs=1e-18)
+
+
+def test_masked_positions_never_reached_the_loss(run):
+    """In every batch the trainer fed the model, no label outside a model turn was trained."""
+    masking = run["masking_in_batches"]
+    assert masking["batches"] == STEPS
+    assert masking["contributing_masked"] == 0 and masking["masked_trainable"] == 0
+    assert masking["trained_positions"] > 0
+
+
+@pytest.mark.claim("RECIPE-FIDELITY")
+def test_trainer_runs_with_the_recipe_values(run, certify):
+    """Values read back from the trainer and model equal the recipe (with the CPU deviations declared)."""
+    f = run["fidelity"]
+    certify("RECIPE-FIDELITY", {**f, "backend": "hf/cpu", "declared_deviations": run["declared_deviations"]}, "tiny")
+
+
+@pytest.mark.claim("CHECK-OUTPUT")
+def test_held_out_evaluation_is_measured(run, certify):
+    """The evaluation scores every held-out prompt per function (a random tiny model scores ~0)."""
+    e = run["eval"]
+    assert sum(row["n"] for row in e["per_function"].values()) == EVAL
+    certify("CHECK-OUTPUT", {**{k: e[k] for k in ("prompts", "json_valid_rate", "action_rate", "exact_match",
+                                                  "per_function")}, "base": run["base_eval"]["exact_match"],
+                             "goal_exact_match": None}, "tiny")
+
+
+@pytest.mark.claim("E2E-REFERENCE")
+def test_end_to_end_record_holds_every_figure(run, certify):
+    """load → tokenize → train → evaluate → export all ran, and the record has every figure the catalog asks for."""
+    figures = {"steps": run["steps"], "throughput": run["throughput"].get("tokens_per_second"), "memory": run["memory"],
+               "val_loss": run["val_loss"], "eval": run["eval"], "base_eval": run["base_eval"], "fidelity": run["fidelity"],
+               "gguf": run.get("artifacts", {}).get("gguf")}
+    order = [p for p in run["phases"] if p in ("load", "tokenize", "train", "evaluate", "export")]
+    certify("E2E-REFERENCE", {"phases": order, "missing_figures": sorted(k for k, v in figures.items() if v in (None, [], {})),
+                              "run_record": run["out_dir"], "model": "tiny", "backend": "hf", "steps": len(run["steps"])},
+            "tiny")

@@ -1,0 +1,83 @@
+"""The cache: atomic builds, one build under concurrency, recovery from a killed build, clear errors."""
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.cache import build_once
+
+
+def _complete(p):
+    return (p / "done").exists()
+
+
+def _slow_build(tmp):
+    (tmp / "count").write_text(str(os.getpid()))
+    time.sleep(0.5)
+    (tmp / "done").write_text("ok")
+
+
+def _build_in_process(target, log):
+    build_once(target, lambda tmp: (_slow_build(tmp), open(log, "a").write("built\n")), _complete)
+
+
+def test_two_processes_build_once(tmp_path):
+    """Two processes asking for the same entry at once: one builds, both get the complete entry."""
+    target, log = tmp_path / "entry", tmp_path / "log"
+    procs = [multiprocessing.Process(target=_build_in_process, args=(target, log)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert log.read_text() == "built\n"
+    assert (target / "done").read_text() == "ok"
+
+
+def test_killed_build_leaves_no_entry_and_the_next_build_succeeds(tmp_path):
+    """A builder killed mid-way leaves only a partial folder; the next call cleans it and builds."""
+    target = tmp_path / "entry"
+    code = (f"import time, pathlib; from harness.cache import build_once\n"
+            f"build_once(pathlib.Path({str(target)!r}), lambda t: time.sleep(60), lambda p: (p / 'done').exists())")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 20
+    while not list(tmp_path.glob("entry.partial-*")) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not target.exists() and list(tmp_path.glob("entry.partial-*"))
+    build_once(target, lambda tmp: (tmp / "done").write_text("ok"), _complete)
+    assert (target / "done").exists() and not list(tmp_path.glob("entry.partial-*"))
+
+
+def test_unknown_model_offline_names_the_embedded_default(monkeypatch, tmp_path):
+    """An unknown hub id with HF_HUB_OFFLINE=1 fails with a message that names gemma3-270m."""
+    from harness.models import ModelSourceError, resolve
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelSourceError, match="gemma3-270m"):
+        resolve("nobody/no-such-model")
+
+
+def test_a_folder_without_config_is_refused(tmp_path):
+    """A local folder that is not a checkpoint gets a clear error."""
+    from harness.models import ModelSourceError, resolve
+
+    with pytest.raises(ModelSourceError, match="config.json"):
+        resolve(str(tmp_path))
+
+
+def test_materialized_checkpoint_has_manifest_and_loads_as_a_normal_checkpoint(gemma_dir):
+    """The embedded model is a plain HF checkpoint: config, bf16 safetensors, tokenizer, chat template, manifest."""
+    manifest = json.loads((gemma_dir / "MATERIALIZED.json").read_text())
+    assert manifest["gguf_sha256"].startswith("a5fd3b62")
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer.model", "chat_template.jinja"):
+        assert name in manifest["files"]
+    config = json.loads((gemma_dir / "config.json").read_text())
+    assert "quantization_config" not in config and config["num_hidden_layers"] == 18
