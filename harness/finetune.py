@@ -147,6 +147,15 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
                                         model=peft_model, tokenizer=tokenizer, report_to=report_to, callbacks=[recorder])
             passed = sft_kwargs(recipe, out_dir, on_gpu=on_gpu, report_to=report_to)
         recorder.attach(trainer)
+        from harness.masking import user_turn_facts
+
+        # MASK-USER-TURNS from the labels the trainer will train on (Unsloth's masker or the reference one).
+        sample = trainer.train_dataset.select(range(min(200, len(trainer.train_dataset))))
+        record["mask_check"] = user_turn_facts(tokenizer, [e.messages for e in data["train"][: len(sample)]],
+                                               list(zip(sample["input_ids"], sample["labels"])),
+                                               "unsloth.chat_templates" if backend == "unsloth" else "reference",
+                                               recipe.max_seq_length)
+        record["masking_seconds"] = getattr(trainer, "_masking_seconds", None)
         record["fidelity"] = fidelity(trainer, peft_model, expected, passed)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -182,6 +191,7 @@ def export_artifacts(model, tokenizer, out_dir: Path, backend: str, source_dir: 
     if backend == "unsloth":
         from harness.train_unsloth import export_unsloth_gguf
 
+        tokenizer.name_or_path = str(source_dir)
         return export_unsloth_gguf(model, tokenizer, out_dir)
     merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     merged = merged.to(torch.bfloat16)

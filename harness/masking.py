@@ -28,17 +28,18 @@ def find(ids: list[int], pattern: list[int], start: int = 0) -> int:
     return -1
 
 
-def reference_labels(ids: list[int], response: list[int], turn_start: int) -> list[int]:
+def reference_labels(ids: list[int], response: list[int], turn_start: int, bos: int = 2) -> list[int]:
     """Labels for `ids`: each model turn trains from after its response marker up to the next turn start.
 
-    `turn_start` is the id of <start_of_turn>; a model turn ends where the next turn begins (or the
-    sequence ends, e.g. after truncation), so its <end_of_turn> and newline train with it.
+    `turn_start` is the id of <start_of_turn>; a model turn ends where the next turn or the next
+    packed sequence (<bos>) begins, or where the ids end (truncation), so its <end_of_turn> and
+    newline train with it.
     """
     labels = [IGNORE] * len(ids)
     i = find(ids, response)
     while i != -1:
         j = i + len(response)
-        while j < len(ids) and ids[j] != turn_start:
+        while j < len(ids) and ids[j] != turn_start and ids[j] != bos:
             labels[j] = ids[j]
             j += 1
         i = find(ids, response, j)
@@ -48,7 +49,7 @@ def reference_labels(ids: list[int], response: list[int], turn_start: int) -> li
 def reference_masker(tokenizer):
     response = marker_ids(tokenizer, RESPONSE_PART)
     turn_start = tokenizer.convert_tokens_to_ids("<start_of_turn>")
-    return lambda ids: reference_labels(list(ids), response, turn_start)
+    return lambda ids: reference_labels(list(ids), response, turn_start, tokenizer.bos_token_id)
 
 
 class UnslothUnavailable(RuntimeError):
@@ -127,3 +128,24 @@ def _spans(labels: list[int]) -> list[tuple[int, int]]:
             spans.append((start, k))
             start = None
     return spans
+
+
+def user_turn_facts(tokenizer, conversations: list[list[dict]], labelled_rows: list[tuple[list[int], list[int]]],
+                    implementation: str, max_length: int | None = None) -> dict:
+    """MASK-USER-TURNS measurements: `labelled_rows` (input_ids, labels) from a masker vs the template's truth."""
+    totals = {"conversations": 0, "tokens": 0, "wrongly_trained": 0, "wrongly_masked": 0, "model_turns": 0,
+              "model_turns_trained": 0, "end_of_turn_trained": True, "markers_masked": True, "ids_differ": 0}
+    for messages, (ids, labels) in zip(conversations, labelled_rows):
+        truth_ids, truth = trl_assistant_labels(tokenizer, messages, max_length)
+        if list(ids) != truth_ids:
+            totals["ids_differ"] += 1
+            continue
+        facts = compare_to_truth(list(ids), list(labels), truth, tokenizer)
+        totals["conversations"] += 1
+        totals["tokens"] += len(ids)
+        for key in ("wrongly_trained", "wrongly_masked", "model_turns", "model_turns_trained"):
+            totals[key] += facts[key]
+        totals["end_of_turn_trained"] &= facts["end_of_turn_trained"]
+        totals["markers_masked"] &= facts["markers_masked"]
+    totals["implementation"] = implementation
+    return totals

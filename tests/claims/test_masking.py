@@ -5,8 +5,8 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from harness.masking import (IGNORE, UnslothUnavailable, compare_to_truth, marker_ids, marker_report,
-                             reference_masker, trl_assistant_labels, unsloth_masker)
+from harness.masking import (IGNORE, UnslothUnavailable, marker_ids, marker_report, reference_masker,
+                             trl_assistant_labels, unsloth_masker, user_turn_facts)
 from harness.tokenizer import INSTRUCTION_PART, RESPONSE_PART
 
 
@@ -45,26 +45,14 @@ def test_markers_tokenize_the_same_alone_and_in_context(tokenizer, conversations
     }, "gemma3")
 
 
-def _user_turn_facts(tokenizer, conversations, masker, name):
-    totals = {"conversations": 0, "tokens": 0, "wrongly_trained": 0, "wrongly_masked": 0, "model_turns": 0,
-              "model_turns_trained": 0, "end_of_turn_trained": True, "markers_masked": True}
-    for messages in conversations:
-        ids, truth = trl_assistant_labels(tokenizer, messages)
-        facts = compare_to_truth(ids, masker(ids), truth, tokenizer)
-        totals["conversations"] += 1
-        totals["tokens"] += len(ids)
-        for key in ("wrongly_trained", "wrongly_masked", "model_turns", "model_turns_trained"):
-            totals[key] += facts[key]
-        totals["end_of_turn_trained"] &= facts["end_of_turn_trained"]
-        totals["markers_masked"] &= facts["markers_masked"]
-    totals["implementation"] = name
-    return totals
-
-
 @pytest.mark.claim("MASK-USER-TURNS")
 def test_unsloth_masks_everything_but_model_turns(tokenizer, conversations, unsloth_fn, certify):
     """Unsloth's train_on_responses_only: developer/user turns and markers -100, model turns trained with <end_of_turn>."""
-    certify("MASK-USER-TURNS", _user_turn_facts(tokenizer, conversations, unsloth_fn, "unsloth_zoo"), "cpu/unsloth_zoo")
+    rows = []
+    for messages in conversations:
+        ids = list(tokenizer.apply_chat_template(messages, return_dict=True)["input_ids"])
+        rows.append((ids, unsloth_fn(ids)))
+    certify("MASK-USER-TURNS", user_turn_facts(tokenizer, conversations, rows, "unsloth_zoo"), "cpu/unsloth_zoo")
 
 
 @pytest.mark.claim("MASK-LABELS-NOT-IDS")

@@ -1,0 +1,86 @@
+"""The `unsloth` backend: exactly the handbook's API (GPU only; `import unsloth` fails without CUDA)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from harness.recipe import HANDBOOK, Recipe
+
+
+def _unsloth_env() -> None:
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def load_unsloth(model_dir: Path, recipe: Recipe = HANDBOOK, *, target_modules=None, gradient_checkpointing=None,
+                 max_seq_length: int | None = None):
+    """FastModel.from_pretrained(load_in_4bit, use_gradient_checkpointing) then FastModel.get_peft_model(r, alpha, targets)."""
+    _unsloth_env()
+    import unsloth  # noqa: F401  (must precede transformers/trl/peft patches)
+    from unsloth import FastModel
+
+    checkpointing = recipe.use_gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+    model, tokenizer = FastModel.from_pretrained(
+        model_name=str(model_dir), max_seq_length=max_seq_length or recipe.max_seq_length,
+        load_in_4bit=recipe.load_in_4bit, use_gradient_checkpointing=checkpointing, full_finetuning=False,
+    )
+    model = FastModel.get_peft_model(
+        model, r=recipe.r, lora_alpha=recipe.lora_alpha, target_modules=list(target_modules or recipe.target_modules),
+        lora_dropout=recipe.lora_dropout, bias="none", use_gradient_checkpointing=checkpointing,
+        random_state=recipe.seed,
+    )
+    return model, tokenizer
+
+
+def build_unsloth_trainer(model, tokenizer, recipe: Recipe, out_dir: Path, train_rows, val_rows, report_to, callbacks,
+                          masked: bool = True):
+    """TRL SFTTrainer + unsloth.chat_templates.train_on_responses_only, as the handbook writes it."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from harness.train_hf import sft_kwargs
+
+    # Unsloth applies its own checkpointing in get_peft_model; TRL's default (True) would re-enable HF's.
+    kwargs = sft_kwargs(recipe, out_dir, on_gpu=True, report_to=report_to, gradient_checkpointing=False)
+    trainer = SFTTrainer(model=model, args=SFTConfig(**kwargs), train_dataset=Dataset.from_list(train_rows),
+                         eval_dataset=Dataset.from_list(val_rows) if val_rows else None, processing_class=tokenizer,
+                         callbacks=list(callbacks))
+    if masked:
+        from unsloth.chat_templates import train_on_responses_only
+
+        start = time.perf_counter()
+        # num_proc=1: with worker processes the 32 MB tokenizer is pickled into each (60 s for 16 rows, notes).
+        trainer = train_on_responses_only(trainer, instruction_part=recipe.instruction_part,
+                                          response_part=recipe.response_part, num_proc=1)
+        trainer._masking_seconds = round(time.perf_counter() - start, 3)
+    return trainer, kwargs
+
+
+def export_unsloth_gguf(model, tokenizer, out_dir: Path) -> dict:
+    """model.save_pretrained_gguf(dir, tokenizer, quantization_method="Q8_0"); Unsloth writes into `<dir>_gguf/`.
+
+    It needs llama.cpp's converter offline (UNSLOTH_LLAMA_CPP_PATH / UNSLOTH_LLAMA_CPP_SCRIPTS_DIR);
+    where it fails, the error is recorded and this project's exporter writes the file from the merged model.
+    """
+    target = Path(out_dir) / "unsloth_export"
+    artifacts: dict = {}
+    try:
+        model.save_pretrained_gguf(str(target), tokenizer, quantization_method="q8_0")
+        found = sorted(Path(str(target) + "_gguf").glob("*.gguf")) + sorted(target.glob("*.gguf"))
+        artifacts["gguf_unsloth"] = str(found[0]) if found else None
+    except Exception as exc:  # offline without llama.cpp: recorded, not fatal
+        artifacts["gguf_unsloth_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    merged = Path(out_dir) / "merged"
+    model.save_pretrained_merged(str(merged), tokenizer, save_method="merged_16bit")
+    artifacts["merged"] = str(merged)
+    from harness.gguf_export import export_q8_0
+
+    source_model = Path(getattr(tokenizer, "name_or_path", "")) / "tokenizer.model"
+    if source_model.exists() and not (merged / "tokenizer.model").exists():
+        import shutil
+
+        shutil.copy2(source_model, merged / "tokenizer.model")
+    artifacts["gguf"] = str(export_q8_0(merged, Path(out_dir) / "model-q8_0.gguf"))
+    return artifacts

@@ -1,0 +1,149 @@
+"""The GPU tier: the handbook's pipeline through Unsloth on a CUDA GPU (`pytest -m gpu`).
+
+Unsloth patches torch and transformers globally, so memory and checkpointing probes run in fresh
+processes (harness.gpu_probe); the model facts and the end-to-end run share this process.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+E2E_STEPS = int(os.environ.get("HARNESS_E2E_STEPS", "600"))
+GRID = os.environ.get("HARNESS_VRAM_GRID", "512x1,512x8,1024x1,1024x8,2048x1,2048x8,4096x1,4096x8")
+
+
+@pytest.fixture(scope="module")
+def unsloth_model(gemma_dir):
+    from harness.train_unsloth import load_unsloth
+
+    return load_unsloth(gemma_dir)
+
+
+def _probe(*args, env=None, timeout=900) -> dict:
+    run_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "harness.gpu_probe", *args], capture_output=True, text=True,
+                          timeout=timeout, env=run_env)
+    if proc.returncode != 0:
+        raise AssertionError(f"probe {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.claim("NF4-LOAD", "NF4-DOUBLE-QUANT")
+def test_unsloth_loads_nf4_with_double_quant(unsloth_model, certify):
+    """FastModel.from_pretrained(load_in_4bit=True): nf4 Linear4bit, bf16 compute, nested quant states."""
+    from harness.quant import double_quant_facts, load_facts
+
+    model, _ = unsloth_model
+    certify("NF4-LOAD", load_facts(model), "gemma3-270m")
+    certify("NF4-DOUBLE-QUANT", double_quant_facts(model), "gpu")
+
+
+@pytest.mark.claim("NF4-ROUNDTRIP")
+def test_unsloth_quant_states_roundtrip_within_bound(unsloth_model, gemma_dir, certify):
+    """The loaded model's own quant states dequantize to within the NF4 bound of the bf16 checkpoint."""
+    import bitsandbytes.functional as F
+    from safetensors import safe_open
+
+    from harness.nf4_compare import roundtrip
+    from harness.quant import linear4bit_modules
+
+    model, _ = unsloth_model
+    modules = linear4bit_modules(model)
+    real = {}
+    with safe_open(str(gemma_dir / "model.safetensors"), "pt") as f:
+        for name, module in list(modules.items())[:14]:
+            key = name.replace("base_model.model.", "").replace(".base_layer", "") + ".weight"
+            if key in f.keys():
+                real[key] = f.get_tensor(key).float()
+    n01 = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(0))
+    facts = roundtrip(n01, real)
+    # and the model's own stored state: dequantized vs the checkpoint
+    worst = 0.0
+    with safe_open(str(gemma_dir / "model.safetensors"), "pt") as f:
+        for name, module in list(modules.items())[:14]:
+            key = name.replace("base_model.model.", "").replace(".base_layer", "") + ".weight"
+            if key not in f.keys():
+                continue
+            w = f.get_tensor(key).float().cuda()
+            back = F.dequantize_4bit(module.weight.data, module.weight.quant_state).float()
+            absmax = w.reshape(-1, 64).abs().amax(1, keepdim=True)
+            used = F.dequantize_blockwise(module.weight.quant_state.absmax, module.weight.quant_state.state2) + \
+                module.weight.quant_state.offset
+            excess = (back - w).reshape(-1, 64).abs() - (0.151904 * absmax + (absmax - used.view(-1, 1)).abs() + 1e-3 * absmax)
+            worst = max(worst, float(excess.max()))
+    facts["model_state_excess_over_bound"] = worst
+    assert worst <= 0.0
+    certify("NF4-ROUNDTRIP", facts, "gpu")
+
+
+@pytest.mark.claim("LORA-RANK", "LORA-SCALING", "LORA-TARGETS", "LORA-PARAMS", "LORA-INIT")
+def test_unsloth_lora_matches_the_recipe(unsloth_model, certify):
+    """get_peft_model(r=32, alpha=64, 7 targets): shapes, scaling 2.0, 126 modules, 7,593,984 trainable, B = 0."""
+    from harness.lora import adapter_facts, init_facts
+
+    model, _ = unsloth_model
+    facts = adapter_facts(model)
+    for claim in ("LORA-RANK", "LORA-SCALING", "LORA-TARGETS", "LORA-PARAMS"):
+        certify(claim, facts, "gemma3-270m")
+    ids = torch.tensor([[2, 105, 2364, 107, 818, 5279, 529, 7001, 563, 106, 107]], device="cuda")
+    certify("LORA-INIT", init_facts(model, ids), "gpu")
+
+
+@pytest.mark.claim("GC-VRAM")
+def test_gc_vram_grid(gemma_dir, certify, run_extras):
+    """Peak VRAM of a QLoRA step per checkpointing mode over seq × batch, each mode in a fresh process."""
+    rows = []
+    env = {"UNSLOTH_COMPILE_DISABLE": os.environ.get("UNSLOTH_COMPILE_DISABLE", "1")}
+    for mode in ("unsloth", "True", "False"):
+        rows += _probe("vram", "--model", str(gemma_dir), "--mode", mode, "--shapes", GRID, env=env)["rows"]
+    run_extras["vram_grid"] = rows
+    certify("GC-VRAM", {"grid": rows}, "gpu")
+
+
+@pytest.mark.claim("GC-MECHANISM", "GC-FALLBACK")
+def test_gc_mechanism_and_fallback(gemma_dir, certify):
+    """At 4096 the unsloth checkpoint function is installed and offloads to pinned host memory; at 256 it is not."""
+    long = _probe("checkpoint", "--model", str(gemma_dir), "--max-seq-length", "4096", "--profile")
+    short = _probe("checkpoint", "--model", str(gemma_dir), "--max-seq-length", "256")
+    pinned = (long.get("host_memory") or {}).get("allocated_bytes.all.peak", 0)
+    certify("GC-MECHANISM", {
+        "checkpoint_function": long["checkpoint_function"], "offloads_to_pinned_host": bool(pinned) or long["memcpy_dtoh"] > 0,
+        "pinned_host_mib": round(pinned / 2**20, 1), "triton_kernels_in_backward": long["triton_kernels"],
+        "kernels_sample": long["triton_kernel_names"], "memcpy_dtoh": long["memcpy_dtoh"], "memcpy_htod": long["memcpy_htod"],
+        "memcpy_kinds": long["memcpy_kinds"]}, "gpu")
+    certify("GC-FALLBACK", {"function_below_512": short["checkpoint_function"],
+                            "function_at_or_above_512": long["checkpoint_function"]}, "gpu")
+
+
+@pytest.fixture(scope="module")
+def e2e(gemma_dir, tmp_path_factory, run_extras):
+    from harness.finetune import finetune
+
+    out = os.environ.get("HARNESS_E2E_OUT") or tmp_path_factory.mktemp("e2e")
+    record = finetune(model=str(gemma_dir), backend="unsloth", out_dir=out, max_steps=E2E_STEPS)
+    run_extras["finetune"] = {k: record.get(k) for k in ("model", "backend", "steps", "phases", "throughput", "eval",
+                                                          "base_eval", "val_loss", "memory", "artifacts")}
+    return record
+
+
+@pytest.mark.claim("E2E-REFERENCE", "RECIPE-FIDELITY", "CHECK-OUTPUT", "MASK-USER-TURNS")
+def test_reference_finetune_end_to_end(e2e, certify):
+    """Unsloth 4-bit + LoRA + SFT with train_on_responses_only and the cosine schedule, then held-out eval and export."""
+    figures = {"steps": e2e["steps"], "throughput": e2e["throughput"].get("tokens_per_second"), "memory": e2e["memory"],
+               "val_loss": e2e["val_loss"], "eval": e2e["eval"], "base_eval": e2e["base_eval"],
+               "gguf": (e2e.get("artifacts") or {}).get("gguf")}
+    order = [p for p in e2e["phases"] if p in ("load", "tokenize", "train", "evaluate", "export")]
+    certify("RECIPE-FIDELITY", {**e2e["fidelity"], "backend": "unsloth"}, "gpu")
+    certify("MASK-USER-TURNS", {**e2e["mask_check"], "batches_fed": e2e["masking_in_batches"]}, "gpu")
+    e = e2e["eval"]
+    certify("CHECK-OUTPUT", {**{k: e[k] for k in ("prompts", "json_valid_rate", "action_rate", "exact_match", "per_function")},
+                             "base_exact_match": e2e["base_eval"]["exact_match"], "goal_exact_match": 0.95}, "gpu")
+    certify("E2E-REFERENCE", {"phases": order, "missing_figures": sorted(k for k, v in figures.items() if v in (None, [], {})),
+                              "run_record": e2e["out_dir"], "model": "gemma3-270m", "backend": "unsloth",
+                              "steps": len(e2e["steps"])}, "gpu")
