@@ -92,16 +92,26 @@ def certify(request):
     recorder = request.config._handbook_recorder
     declared = _claim_ids(request.node)
 
-    def _certify(claim_id: str, measurements: dict, context: str = "default"):
+    failures: list[str] = []
+
+    def _certify(claim_id: str, measurements: dict, context: str = "default", soft: bool = False):
+        """soft=True records a regression and goes on; `certify.check()` then fails with all of them."""
         if claim_id not in declared:
             raise AssertionError(f"{request.node.nodeid} certifies {claim_id} without @pytest.mark.claim({claim_id!r})")
         outcome = evaluate(spec.CLAIMS[claim_id], measurements, context)
         if recorder is not None:
             recorder.test(request.node.nodeid, declared).outcomes.append(outcome)
         if outcome.regression:
-            pytest.fail(outcome.explain(), pytrace=False)
+            failures.append(outcome.explain())
+            if not soft:
+                pytest.fail(outcome.explain(), pytrace=False)
         return outcome
 
+    def _check():
+        if failures:
+            pytest.fail("\n".join(failures), pytrace=False)
+
+    _certify.check = _check
     return _certify
 
 

@@ -49,7 +49,9 @@ def fidelity(trainer, model, expected: dict, passed_args: dict) -> dict:
         "warmup_steps": args.warmup_steps, "max_steps": args.max_steps,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "max_seq_length": args.max_length, "seed": args.seed,
+        # Unsloth's trainer sets max_length to None and truncates to the model's max_seq_length instead.
+        "max_seq_length": args.max_length if args.max_length is not None else getattr(base, "max_seq_length", None),
+        "seed": args.seed,
         "load_in_4bit": bool(getattr(base, "is_loaded_in_4bit", False)),
         "use_gradient_checkpointing": _checkpointing_mode(base, args),
     }
@@ -67,16 +69,13 @@ def fidelity(trainer, model, expected: dict, passed_args: dict) -> dict:
 
 
 def _checkpointing_mode(model, args):
-    if not getattr(model, "is_gradient_checkpointing", False) and not args.gradient_checkpointing:
-        return False
-    try:
-        import unsloth_zoo.gradient_checkpointing  # noqa: F401  (only where Unsloth patched it in)
-
-        if "unsloth" in repr(torch.utils.checkpoint.checkpoint).lower():
-            return "unsloth"
-    except Exception:
-        pass
-    return True
+    """"unsloth" where Unsloth's offloaded checkpoint function is installed, True for standard, else False."""
+    fn = torch.utils.checkpoint.checkpoint
+    if "unsloth" in f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}".lower():
+        return "unsloth"
+    if getattr(model, "is_gradient_checkpointing", False) or args.gradient_checkpointing:
+        return True
+    return False
 
 
 def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = HANDBOOK, out_dir: Path | None = None,

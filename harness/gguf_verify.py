@@ -79,6 +79,7 @@ def error_vs_checkpoint(reader, checkpoint: Path) -> dict:
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, config["num_hidden_layers"])
     by_gguf = {t.name: t for t in reader.tensors}
     worst, worst_tensor, compared, norm_err = 0.0, None, 0, 0.0
+    per_kind: dict[str, float] = {}
     with safe_open(str(Path(checkpoint) / "model.safetensors"), "pt") as weights:
         for hf_name in weights.keys():
             if hf_name == "lm_head.weight":
@@ -98,10 +99,12 @@ def error_vs_checkpoint(reader, checkpoint: Path) -> dict:
             amax = np.abs(blocks_w).max(axis=1, keepdims=True)
             err = np.abs(got.reshape(-1, Q8_0_BLOCK) - blocks_w)
             ratio = float((err / np.where(amax > 0, amax, 1.0)).max())
+            kind = hf_name.rsplit(".", 2)[-2]
+            per_kind[kind] = round(max(per_kind.get(kind, 0.0), ratio), 6)
             if ratio > worst:
                 worst, worst_tensor = ratio, hf_name
     return {"tensors": compared, "max_err_over_amax": round(worst, 6), "worst_tensor": worst_tensor,
-            "norm_max_err_after_shift": norm_err}
+            "norm_max_err_after_shift": norm_err, "per_tensor_kind": per_kind}
 
 
 def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], corpus: list[str],

@@ -43,9 +43,9 @@ def adapter_facts(model, recipe: Recipe = HANDBOOK) -> dict:
                          "in_features": base.in_features, "out_features": base.out_features})
         scalings.append(float(module.scaling["default"]))
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
-    total = sum(p.numel() for p in model.parameters())
-    # 4-bit weights pack two values per byte: count logical parameters of quantized layers.
-    total += sum(_packed_extra(m) for m in model.modules())
+    # 4-bit weights pack two values per byte: count the logical parameters of each quantized tensor once
+    # (PEFT's LoRA wrapper exposes its base layer's weight too, so walk parameters, not modules).
+    total = sum(_logical_numel(p) for p in model.parameters())
     config = model.config if hasattr(model, "config") else model.base_model.config
     return {
         "r": recipe.r, "lora_alpha": recipe.lora_alpha, "adapters": adapters, "scalings": scalings,
@@ -56,11 +56,11 @@ def adapter_facts(model, recipe: Recipe = HANDBOOK) -> dict:
     }
 
 
-def _packed_extra(module) -> int:
-    weight = getattr(module, "weight", None)
-    if weight is not None and type(weight).__name__ == "Params4bit" and getattr(weight, "quant_state", None) is not None:
-        return weight.quant_state.shape.numel() - weight.numel()
-    return 0
+def _logical_numel(param) -> int:
+    state = getattr(param, "quant_state", None)
+    if type(param).__name__ == "Params4bit" and state is not None:
+        return state.shape.numel()
+    return param.numel()
 
 
 def init_facts(model, input_ids: torch.Tensor) -> dict:

@@ -56,10 +56,12 @@ def test_optimizer_lr_follows_warmup_then_shifted_cosine(lr_trace, certify):
 
 
 @pytest.mark.claim("LR-HANDBOOK-FORMULA")
-def test_handbook_cosine_formula_misses_the_warmup_shift(lr_trace, certify):
+def test_handbook_cosine_formula_misses_the_warmup_shift(lr_trace, certify, run_extras):
     """The handbook's ½ηmax(1+cos(tπ/T)) differs from the trainer's lr by most at the start of the run."""
     peak, warmup, total = 1e-3, 200, 600
     lrs = lr_trace(peak, warmup, total)
+    run_extras["lr_schedule"] = {"trainer": lrs, "handbook": [handbook_form(t, peak, total) for t in range(total + 1)],
+                                 "warmup": warmup}
     devs = [abs(handbook_form(t, peak, total) - lr) for t, lr in enumerate(lrs)]
     worst = max(range(len(devs)), key=devs.__getitem__)
     certify("LR-HANDBOOK-FORMULA", {"peak": peak, "warmup": warmup, "total": total, "max_abs_dev": devs[worst],

@@ -1,0 +1,157 @@
+"""reports/<run>/index.html: one self-contained compliance report (inline CSS, JS and SVG; no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+from html import escape
+from pathlib import Path
+
+from harness import svg
+
+ORDER = ("fail", "refuted", "unsupported", "corrected", "pass", "skip")
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}h1{margin:0 0 4px}
+.banner{padding:12px 16px;border-radius:6px;margin:12px 0;font-size:18px;font-weight:600}
+.certified{background:#e5f5e0}.regressions{background:#fde0dd}.incomplete{background:#fff3cd}
+table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:6px;text-align:left;vertical-align:top}
+.v{font-weight:600;padding:2px 6px;border-radius:4px}.v-pass{background:#e5f5e0}.v-corrected{background:#deebf7}
+.v-refuted{background:#fee0b6}.v-unsupported{background:#f2e6f7}.v-fail{background:#fcbba1}.v-skip{background:#eee}
+.reg td{background:#fff0ee}.q{color:#555;font-style:italic}pre{white-space:pre-wrap;max-height:360px;overflow:auto;
+background:#f7f7f7;padding:8px;font-size:12px}.plots{display:flex;flex-wrap:wrap;gap:16px}.plots figure{margin:0}
+.counts span{margin-right:12px}.filters{margin:12px 0}.filters select{margin-right:12px}
+"""
+SCRIPT = """
+function applyFilter(){var v=document.getElementById('f-verdict').value,s=document.getElementById('f-section').value;
+var shown=0;document.querySelectorAll('tr.claim').forEach(function(r){var ok=(!v||r.dataset.verdict==v)&&(!s||r.dataset.section==s);
+r.style.display=ok?'':'none';if(ok)shown++;});document.getElementById('shown').textContent=shown;}
+document.addEventListener('DOMContentLoaded',function(){document.getElementById('f-verdict').onchange=applyFilter;
+document.getElementById('f-section').onchange=applyFilter;applyFilter();});
+"""
+
+
+def status(data: dict) -> tuple[str, str]:
+    if not data.get("complete"):
+        return "incomplete", "Incomplete run — the report is partial"
+    if any(c.get("regression") for c in data["claims"]):
+        return "regressions", "Regressions found"
+    return "certified", "Certified: every claim that ran matches its recorded expectation"
+
+
+def key_evidence(claim: dict) -> str:
+    parts = []
+    for context, evidence in (claim.get("evidence") or {}).items():
+        items = [f"{k}={v}" for k, v in evidence.items() if isinstance(v, (int, float, str, bool)) and k != "truth"
+                 and len(str(v)) < 60][:4]
+        parts.append(f"<b>{escape(context)}</b>: {escape(', '.join(items))}")
+    return "<br>".join(parts)
+
+
+def plots(data: dict) -> list[str]:
+    """Plots from the claims' evidence and the run's extras; each appears only where its data exists."""
+    claims = {c["id"]: c for c in data["claims"]}
+    extras = data.get("extras") or {}
+    out = []
+    lr = extras.get("lr_schedule")
+    if lr:
+        out.append(svg.line_chart("Learning rate: the optimizer vs the handbook's formula",
+                                  {"trainer (measured)": list(enumerate(lr["trainer"])),
+                                   "handbook ½η(1+cos(tπ/T))": list(enumerate(lr["handbook"]))},
+                                  "step", "learning rate", marks=[(lr["warmup"], f"warmup ends ({lr['warmup']})")]))
+    ft = extras.get("finetune")
+    if ft and ft.get("steps"):
+        train = [(s["step"], s["loss"]) for s in ft["steps"] if "loss" in s]
+        series = {f"train loss ({ft.get('model')}/{ft.get('backend')})": train}
+        if ft.get("val_loss") is not None and train:
+            series["validation loss (end)"] = [(train[0][0], ft["val_loss"]), (train[-1][0], ft["val_loss"])]
+        out.append(svg.line_chart("Loss curve", series, "step", "loss (log)", log_y=True))
+    vram = (claims.get("GC-VRAM", {}).get("evidence") or {}).get("gpu", {}).get("grid") or extras.get("vram_grid")
+    if vram:
+        groups: dict = {}
+        for row in vram:
+            groups.setdefault(f"{row['seq']}×{row['batch']}", {})[f"checkpointing={row['mode']}"] = \
+                None if row.get("oom") else row.get("peak_allocated_mib")
+        out.append(svg.bar_chart("Peak VRAM of a QLoRA step (MiB) per checkpointing mode and seq×batch", groups, "MiB"))
+    hist = extras.get("nf4_error_hist")
+    if hist:
+        out.append(svg.bar_chart("NF4 round-trip error |w−ŵ|/absmax on N(0,1) (bound 0.1519)",
+                                 {f"{b:.3f}": {"share of elements": v} for b, v in zip(hist["edges"], hist["shares"])}, "share"))
+    q8 = (claims.get("GGUF-Q8-ERROR", {}).get("evidence") or {})
+    for context, evidence in q8.items():
+        per = evidence.get("per_tensor_kind")
+        if per:
+            out.append(svg.bar_chart(f"Q8_0 max error / block amax per tensor kind ({context}; bound 0.0045)",
+                                     {k: {"max error / amax": v} for k, v in per.items()}, "ratio", ymax=0.0045))
+    for context, evidence in (claims.get("CHECK-OUTPUT", {}).get("evidence") or {}).items():
+        per = evidence.get("per_function")
+        if per:
+            out.append(svg.bar_chart(f"Held-out exact match per function ({context})",
+                                     {fn: {"exact match": row["exact_match"]} for fn, row in per.items()}, "exact match", ymax=1.0))
+    return [p for p in out if p]
+
+
+def render(data: dict) -> str:
+    kind, headline = status(data)
+    counts: dict[str, int] = {}
+    for c in data["claims"]:
+        counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
+    sections = sorted({c["section"] for c in data["claims"]})
+    rows = []
+    for c in data["claims"]:
+        evidence_json = escape(json.dumps(c.get("evidence"), indent=1, ensure_ascii=False, default=str))
+        violations = "".join(f"<li>{escape(v)}</li>" for v in c.get("violations") or [])
+        rows.append(
+            f'<tr class="claim{" reg" if c.get("regression") else ""}" data-verdict="{c["verdict"]}" data-section="{escape(c["section"])}">'
+            f'<td><b>{escape(c["id"])}</b><br><small>{escape(c["tier"])}</small></td><td>{escape(c["section"])}</td>'
+            f'<td><span class="q">“{escape(c["quote"])}”</span><br>{escape(c["summary"])}</td>'
+            f'<td><span class="v v-{c["expected"]}">{c["expected"]}</span></td>'
+            f'<td><span class="v v-{c["verdict"]}">{c["verdict"]}</span>{" <b>REGRESSION</b>" if c.get("regression") else ""}</td>'
+            f'<td>{key_evidence(c)}<br><small>bounds: {escape("; ".join(c.get("bounds") or [])) or "—"}</small>'
+            f'{f"<ul>{violations}</ul>" if violations else ""}'
+            f'<details><summary>full evidence, tests</summary><pre>{evidence_json}</pre>'
+            f'<small>{"<br>".join(escape(t) for t in c.get("tests") or []) or "no test ran"}</small></details></td>'
+            f'<td>{escape(c.get("reason") or "")}</td></tr>')
+    env = data.get("environment") or {}
+    env_rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(str(v))}</td></tr>" for k, v in env.items() if k != "packages")
+    pkg_rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in sorted((env.get("packages") or {}).items()))
+    previous = data.get("previous_run") or {}
+    prev_note = (f'<p class="banner incomplete">The previous run ({escape(str(previous.get("run")))}) did not finish: '
+                 f'its report is partial.</p>' if previous and not previous.get("complete") else "")
+    figures = "".join(f"<figure>{p}</figure>" for p in plots(data))
+    extra_sections = ""
+    faults = (data.get("extras") or {}).get("faults")
+    if faults:
+        extra_sections += "<h2>Planted regressions</h2>" + _faults_table(faults)
+    diff = (data.get("extras") or {}).get("diff_html")
+    if diff:
+        extra_sections += diff
+    options = "".join(f'<option value="{v}">{v} ({counts.get(v, 0)})</option>' for v in ORDER)
+    section_options = "".join(f'<option value="{escape(s)}">{escape(s)}</option>' for s in sections)
+    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Handbook compliance report {escape(str(data.get("run")))}</title>
+<style>{STYLE}</style><script>{SCRIPT}</script></head><body>
+<h1>Handbook compliance report</h1><div>run {escape(str(data.get("run")))}, started {escape(str(data.get("started")))}</div>
+<div class="banner {kind}" id="status">{escape(headline)}</div>{prev_note}
+<div class="counts">{"".join(f'<span class="v v-{v}">{v}: {counts.get(v, 0)}</span>' for v in ORDER)}</div>
+<h2>Claims</h2><div class="filters">verdict <select id="f-verdict"><option value="">all</option>{options}</select>
+section <select id="f-section"><option value="">all</option>{section_options}</select> showing <span id="shown"></span></div>
+<table id="claims"><thead><tr><th>ID</th><th>section</th><th>handbook</th><th>expected</th><th>observed</th><th>evidence</th><th>skip reason / error</th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table>
+<h2>Plots</h2><div class="plots">{figures or "<p>No plotted data in this run.</p>"}</div>{extra_sections}
+<h2>Environment</h2><table>{env_rows}</table><h3>Packages</h3><table>{pkg_rows}</table>
+</body></html>"""
+
+
+def _faults_table(faults: dict) -> str:
+    rows = "".join(f"<tr><td>{escape(f['id'])}</td><td>{escape(f['description'])}</td><td>{escape(f['expected_claim'])}</td>"
+                   f"<td>{'caught' if f['caught'] else 'MISSED'}</td><td>{escape(', '.join(f.get('red_claims', [])))}</td></tr>"
+                   for f in faults.get("faults", []))
+    return (f"<p>catch rate {faults.get('caught', 0)}/{faults.get('planted', 0)}</p><table><tr><th>fault</th><th>what</th>"
+            f"<th>expected to turn red</th><th>result</th><th>red claims</th></tr>{rows}</table>")
+
+
+def write_html(data: dict, path: Path) -> Path:
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(render(data), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
