@@ -26,7 +26,8 @@ function applyFilter(){var v=document.getElementById('f-verdict').value,s=docume
 var shown=0;document.querySelectorAll('tr.claim').forEach(function(r){var ok=(!v||r.dataset.verdict==v)&&(!s||r.dataset.section==s);
 r.style.display=ok?'':'none';if(ok)shown++;});document.getElementById('shown').textContent=shown;}
 document.addEventListener('DOMContentLoaded',function(){document.getElementById('f-verdict').onchange=applyFilter;
-document.getElementById('f-section').onchange=applyFilter;applyFilter();});
+document.getElementById('f-section').onchange=applyFilter;
+var m=/verdict=([a-z]+)/.exec(location.hash);if(m){document.getElementById('f-verdict').value=m[1];}applyFilter();});
 """
 
 

@@ -24,7 +24,7 @@ def _frame(title: str, xlabel: str, ylabel: str, body: str, legend: list[tuple[s
     return (
         f'<svg class="plot" role="img" aria-label="{escape(title)}" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
         f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
-        f'<rect x="{PAD}" y="{PAD // 2}" width="{W - 1.5 * PAD}" height="{H - 1.5 * PAD - PAD // 2}" fill="none" stroke="#999"/>'
+        f'<rect x="{PAD}" y="{PAD // 2}" width="{W - 1.5 * PAD}" height="{H - PAD - PAD // 2}" fill="none" stroke="#999"/>'
         f'{body}{legend_svg}'
         f'<text x="{W / 2}" y="{H - 6}" font-size="11" text-anchor="middle">{escape(xlabel)}</text>'
         f'<text x="12" y="{H / 2}" font-size="11" transform="rotate(-90 12 {H / 2})" text-anchor="middle">{escape(ylabel)}</text>'
@@ -67,7 +67,7 @@ def bar_chart(title: str, groups: dict[str, dict[str, float]], ylabel: str, ymax
             v = values.get(name)
             if v is None:
                 continue
-            h = (H - 1.5 * PAD - PAD // 2 - 4) * min(v, top) / top
+            h = (H - PAD - PAD // 2 - 4) * min(v, top) / top
             x = PAD + i * slot + slot * 0.1 + j * bar
             body += (f'<rect x="{x:.1f}" y="{H - PAD - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
                      f'fill="{COLORS[j % len(COLORS)]}"><title>{escape(cat)} {escape(name)}: {v:.4g}</title></rect>')
