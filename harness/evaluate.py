@@ -35,10 +35,11 @@ def score(outputs: list[str], expected: list[str], functions: list[str]) -> dict
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, batch_size: int = 16,
+def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, batch_size: int | None = None,
                      desc: str = "evaluate") -> list[str]:
     """Greedy answers to chat prompts (the conversation up to the last user turn)."""
     device = next(model.parameters()).device
+    batch_size = batch_size or (64 if device.type == "cuda" else 16)
     stop = [tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id]
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -68,4 +69,10 @@ def evaluate_split(model, tokenizer, examples, limit: int, max_new_tokens: int =
     result = score(outputs, [ex.messages[-1]["content"] for ex in chosen], [ex.functions[-1] for ex in chosen])
     result["samples"] = [{"request": ex.messages[-2]["content"], "expected": ex.messages[-1]["content"], "output": out}
                          for ex, out in zip(chosen[:5], outputs[:5])]
+    failures: dict[str, list] = {}
+    for ex, out in zip(chosen, outputs):
+        if parse_call(out) != json.loads(ex.messages[-1]["content"]) and len(failures.setdefault(ex.functions[-1], [])) < 3:
+            failures[ex.functions[-1]].append({"request": ex.messages[-2]["content"], "expected": ex.messages[-1]["content"],
+                                               "output": out})
+    result["failures"] = failures
     return result
