@@ -69,7 +69,12 @@ CLAIMS = [
           check_overfit, (eq("detector_errors", 0), ge("detector_cases", 20))),
     Claim("CHECK-OUTPUT", SECTION, "both", 'If it outputs {"action": "..."} but the content is wrong, you need more data',
           "held-out Arabic prompts: valid JSON with an action key; exact match per function and overall", "pass",
-          check_output, (), {"gpu": (eq("json_valid_rate", 1.0), ge("exact_match", 0.95))}),
+          check_output, (),
+          # Measured on an H100 (reports/examples/h100-2026-11-2[56]): the handbook's recipe (lr 1e-3, 600 steps,
+          # train loss → 3e-4) reached 59% and 41% held-out exact match (two dataset versions) with 92.5% / 99% valid
+          # JSON, against the goal of 95%: the recipe memorizes the training phrasings and values; held-out
+          # templates are where it fails. Guarded against moving down: ≥ 0.9 valid JSON, ≥ 0.35 exact match.
+          {"gpu": (ge("json_valid_rate", 0.9), ge("exact_match", 0.35))}, {"gpu": "unsupported"}),
     Claim("GGUF-Q8-EXPORT", SECTION, "both", 'model.save_pretrained_gguf(..., quantization_method = "Q8_0")',
           "a GGUF whose 2-D weights are Q8_0 (34-byte blocks of 32, fp16 scale), norms F32, metadata complete", "pass",
           check_q8_export, (eq("metadata_missing", []), eq("block_bytes", 34))),
