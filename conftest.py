@@ -216,3 +216,24 @@ def gemma_gguf(gemma_dir, tmp_path_factory):
     from harness.gguf_export import export_q8_0
 
     return export_q8_0(gemma_dir, tmp_path_factory.mktemp("gguf") / "gemma3-270m-q8_0.gguf")
+
+
+def _apply_planted_fault() -> None:
+    """HARNESS_FAULT=<id>: apply one planted regression from tests/faults/catalog.py (fault-injection runs only)."""
+    fault_id = os.environ.get("HARNESS_FAULT")
+    if not fault_id:
+        return
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "tests" / "faults" / "catalog.py"
+    module_spec = importlib.util.spec_from_file_location("handbook_fault_catalog", path)
+    catalog = importlib.util.module_from_spec(module_spec)
+    import sys
+
+    sys.modules[module_spec.name] = catalog  # dataclasses look their module up in sys.modules
+    module_spec.loader.exec_module(catalog)
+    catalog.BY_ID[fault_id].apply()
+
+
+_apply_planted_fault()

@@ -143,7 +143,7 @@ section <select id="f-section"><option value="">all</option>{section_options}</s
 
 
 def _faults_table(faults: dict) -> str:
-    rows = "".join(f"<tr><td>{escape(f['id'])}</td><td>{escape(f['description'])}</td><td>{escape(f['expected_claim'])}</td>"
+    rows = "".join(f"<tr><td>{escape(f['id'])}</td><td>{escape(f.get('description', ''))}</td><td>{escape(f.get('expected_claim', ''))}</td>"
                    f"<td>{'caught' if f['caught'] else 'MISSED'}</td><td>{escape(', '.join(f.get('red_claims', [])))}</td></tr>"
                    for f in faults.get("faults", []))
     return (f"<p>catch rate {faults.get('caught', 0)}/{faults.get('planted', 0)}</p><table><tr><th>fault</th><th>what</th>"

@@ -159,8 +159,8 @@ class RunRecorder:
             from harness.report import write_html
 
             write_html(data, self.run_dir / "index.html")
-        except ImportError:
-            pass
+        except Exception as exc:  # the JSON is the record; a broken HTML renderer must not lose it
+            (self.run_dir / "index.html").write_text(f"<p>report rendering failed: {type(exc).__name__}: {exc}</p>")
         return path
 
 

@@ -1,0 +1,41 @@
+"""Fault injection: every planted regression turns its named claim red (catch rate 100% on the CPU tier)."""
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from catalog import FAULTS  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_fault(fault, out: Path) -> dict:
+    env = {**os.environ, "HARNESS_FAULT": fault.id, "HARNESS_REPORTS": str(out / fault.id)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *fault.tests], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+    try:
+        results = json.loads((out / fault.id / "latest" / "results.json").read_text())
+    except (OSError, ValueError):
+        return {"id": fault.id, "description": fault.description, "expected_claim": fault.expected_claim, "caught": False,
+                "red_claims": [], "error": proc.stdout[-500:] + proc.stderr[-500:]}
+    red = [c["id"] for c in results["claims"] if c["regression"]]
+    return {"id": fault.id, "description": fault.description, "expected_claim": fault.expected_claim,
+            "caught": fault.expected_claim in red, "red_claims": red, "pytest_exit": proc.returncode}
+
+
+def test_every_planted_fault_is_caught_by_its_claim(tmp_path, run_extras):
+    """Each of the 16 planted regressions turns its expected claim red in a fresh subprocess run."""
+    assert len(FAULTS) >= 15 and {f.section for f in FAULTS} == {"1", "2", "3", "4", "5"}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(lambda f: run_fault(f, tmp_path), FAULTS))
+    caught = sum(o["caught"] for o in outcomes)
+    run_extras["faults"] = {"planted": len(FAULTS), "caught": caught, "faults": outcomes}
+    missed = [(o["id"], o.get("red_claims"), o.get("error", "")[-300:]) for o in outcomes if not o["caught"]]
+    assert missed == []
