@@ -200,6 +200,10 @@ def resolve(name: str = DEFAULT_MODEL) -> ModelSource:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"{path} is not a checkpoint folder (no config.json in it)")
+        if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+            raise ModelSourceError(
+                f"{path} has no tokenizer (tokenizer.json or tokenizer.model): copy the Gemma 3 tokenizer files "
+                f"into it, e.g. from the folder `python -m harness materialize --model {DEFAULT_MODEL}` prints")
         return ModelSource(name, path.resolve(), "external")
     if name.startswith((".", "/", "~")):
         raise ModelSourceError(f"no such folder: {path}")

@@ -14,11 +14,21 @@ from harness.recipe import HANDBOOK, Recipe
 
 
 def tokenize_conversations(tokenizer, conversations: list[list[dict]], masker, max_length: int) -> list[dict]:
-    """input_ids from the chat template and labels from `masker`, truncated to `max_length`."""
+    """input_ids from the chat template and labels from `masker`, truncated to `max_length`.
+
+    A row that is empty, malformed, or has nothing to train on (no model turn, or one truncated away)
+    is an error naming the row: left in, it would make a batch of -100 labels and a NaN loss.
+    """
     rows = []
-    for messages in conversations:
+    for index, messages in enumerate(conversations):
+        if not messages or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages):
+            raise ValueError(f"conversation {index} is empty or malformed: every message needs 'role' and 'content'")
         ids = list(tokenizer.apply_chat_template(messages, return_dict=True)["input_ids"])[:max_length]
-        rows.append({"input_ids": ids, "labels": masker(ids)})
+        labels = masker(ids)
+        if all(label == -100 for label in labels):
+            raise ValueError(f"conversation {index} has no model turn to train on (all labels are -100 after masking "
+                             f"and truncation to {max_length} tokens): add an assistant message or raise max_seq_length")
+        rows.append({"input_ids": ids, "labels": labels})
     return rows
 
 

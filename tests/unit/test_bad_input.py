@@ -1,0 +1,91 @@
+"""Bad input gets a clear error that says what to do, and loses nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_truncated_gguf_is_reported_as_corrupt(tiny_gguf, tmp_path):
+    """A GGUF cut in half: verify-gguf exits 1 with 'corrupt or truncated' and the advice to re-export."""
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(tiny_gguf.read_bytes()[: tiny_gguf.stat().st_size // 2])
+    proc = subprocess.run([sys.executable, "-m", "harness", "verify-gguf", str(broken), "--no-llama"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode != 0 and "corrupt or truncated" in proc.stderr + proc.stdout and "export it again" in proc.stderr + proc.stdout
+
+
+def test_not_a_gguf_is_reported(tmp_path):
+    """Random bytes are not a GGUF file: a GGUFVerifyError, not a stack of struct errors."""
+    from harness.gguf_verify import GGUFVerifyError, read
+
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(os.urandom(1024))
+    with pytest.raises(GGUFVerifyError, match="not a readable GGUF"):
+        read(junk)
+
+
+def test_model_folder_without_tokenizer(tmp_path):
+    """A checkpoint folder with no tokenizer files is refused with the way to get one."""
+    from harness.models import ModelSourceError, resolve
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelSourceError, match="no tokenizer"):
+        resolve(str(tmp_path))
+
+
+@pytest.mark.parametrize("conversation,message", [
+    ([], "empty or malformed"),
+    ([{"role": "user"}], "empty or malformed"),
+    ([{"role": "user", "content": "مرحبا"}], "no model turn"),
+])
+def test_rows_that_cannot_train_are_named(tokenizer, conversation, message):
+    """Empty, malformed and model-turn-less conversations raise a ValueError naming the row (no NaN loss later)."""
+    from harness.masking import reference_masker
+    from harness.train_hf import tokenize_conversations
+
+    with pytest.raises(ValueError, match=message):
+        tokenize_conversations(tokenizer, [conversation], reference_masker(tokenizer), 512)
+
+
+def test_oom_rows_are_evidence_not_crashes():
+    """A VRAM grid with an out-of-memory shape still gives a verdict from the shapes that ran."""
+    from spec import CLAIMS, evaluate
+
+    rows = [{"mode": m, "seq": 4096, "batch": 8, "weights_mib": 400, "oom": m == "False",
+             "peak_allocated_mib": None if m == "False" else p} for m, p in (("unsloth", 1000), ("True", 1250), ("False", 0))]
+    outcome = evaluate(CLAIMS["GC-VRAM"], {"grid": rows}, "gpu")
+    assert outcome.verdict == "corrected" and outcome.evidence["shapes"][0]["saving_total"] == 0.2
+
+
+def test_killed_run_leaves_an_incomplete_report_that_the_next_run_names(tmp_path):
+    """SIGKILL in the middle of a run: its results.json says complete=false, and the next report says so."""
+    reports = tmp_path / "reports"
+    test = tmp_path / "test_sleep.py"
+    test.write_text("import time\n\ndef test_sleep():\n    time.sleep(60)\n")
+    env = {**os.environ, "HARNESS_REPORTS": str(reports)}
+    # the project's conftest as a plugin (-p conftest), so a test file outside the tree gets its report hooks
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, pytest; sys.exit(pytest.main(sys.argv[1:]))", "-q",
+                             "-p", "no:cacheprovider", "-p", "conftest", "--rootdir", str(tmp_path), str(test)],
+                            cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (reports / "latest" / "results.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = json.loads((reports / "latest" / "results.json").read_text())
+    assert killed["complete"] is False
+    from harness.results import RunRecorder
+
+    recorder = RunRecorder(root=reports, run_id="next")
+    assert recorder.previous == {"run": killed["run"], "complete": False, "started": killed["started"]}
+    assert "did not finish" in (recorder.write(complete=True).parent / "index.html").read_text()
