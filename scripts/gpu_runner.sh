@@ -25,5 +25,9 @@ case "$stage" in
     if [ ! -f "$HS/gemma.gguf" ]; then cat "$HS"/gguf.part* > "$HS/gemma.gguf"; fi
     export HARNESS_GGUF="$HS/gemma.gguf"
     python3 -m pytest -m gpu -p no:cacheprovider -q "$@" ;;
+  run)  # any command with the bundle and the model in place, e.g. run python3 -m harness finetune ...
+    if [ ! -f "$HS/gemma.gguf" ]; then cat "$HS"/gguf.part* > "$HS/gemma.gguf"; fi
+    export HARNESS_GGUF="$HS/gemma.gguf"
+    "$@" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
