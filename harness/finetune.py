@@ -104,6 +104,9 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
               "complete": False, "phases": clock.phases, "out_dir": str(out_dir)}
     write(record, out_dir / "run.json")
 
+    def checkpoint_record():
+        write(record, out_dir / "run.json")  # after every phase: a crash later loses nothing measured so far
+
     with clock.phase("load"):
         source = resolve(model)
         if backend == "unsloth":
@@ -156,6 +159,7 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
                                                recipe.max_seq_length)
         record["masking_seconds"] = getattr(trainer, "_masking_seconds", None)
         record["fidelity"] = fidelity(trainer, peft_model, expected, passed)
+    checkpoint_record()
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     with clock.phase("train"):
@@ -165,6 +169,7 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
     record["masking_in_batches"] = recorder.masking
     record["memory"] = peak_memory()
     record["train_runtime"] = train_output.metrics.get("train_runtime")
+    checkpoint_record()
     with clock.phase("evaluate"):
         metrics = trainer.evaluate()
         record["val_loss"] = metrics.get("eval_loss")
@@ -176,9 +181,15 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
     record["overfit"] = advice(losses, record["val_loss"])
     record["loss_first10"] = statistics.mean(losses[:10]) if losses else None
     record["loss_last10"] = statistics.mean(losses[-10:]) if losses else None
+    checkpoint_record()
     if export:
         with clock.phase("export"):
-            record["artifacts"] = export_artifacts(trainer.model, tokenizer, out_dir, backend, source.path)
+            try:
+                record["artifacts"] = export_artifacts(trainer.model, tokenizer, out_dir, backend, source.path)
+            except Exception as exc:  # recorded; the run's other figures stand
+                record["artifacts"] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+                checkpoint_record()
+                raise
     record["complete"] = True
     write(record, out_dir / "run.json")
     return record
@@ -192,8 +203,15 @@ def export_artifacts(model, tokenizer, out_dir: Path, backend: str, source_dir: 
 
         tokenizer.name_or_path = str(source_dir)
         return export_unsloth_gguf(model, tokenizer, out_dir)
-    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-    merged = merged.to(torch.bfloat16)
+    # Merge into the 16-bit base, as Unsloth's merged_16bit does: merging into 4-bit layers would round
+    # the update into NF4, and a bitsandbytes model cannot be cast to bf16 afterwards.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter_dir = out_dir / "adapter"
+    model.save_pretrained(str(adapter_dir))
+    base = AutoModelForCausalLM.from_pretrained(str(source_dir), dtype=torch.bfloat16)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(str(merged_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(merged_dir))
     import shutil
