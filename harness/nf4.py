@@ -116,15 +116,3 @@ def uniform_round(weight: torch.Tensor, levels: int = 16) -> torch.Tensor:
     half = (levels - 1) / 2
     q = torch.round(scaled * half) / half
     return (q * torch.repeat_interleave(absmax, BLOCKSIZE)[: q.numel()]).reshape(weight.shape)
-
-
-def error_over_absmax(weight: torch.Tensor, restored: torch.Tensor, blocksize: int = BLOCKSIZE) -> float:
-    """max over elements of |w − ŵ| / absmax of the element's block (the NF4 bound is 0.1519)."""
-    flat, back = weight.reshape(-1).float(), restored.reshape(-1).float()
-    err = (flat - back).abs()
-    n = flat.numel() - flat.numel() % blocksize
-    absmax = flat[:n].reshape(-1, blocksize).abs().max(dim=-1)[0].clamp(min=1e-38)
-    ratio = float((err[:n].reshape(-1, blocksize) / absmax.view(-1, 1)).max()) if n else 0.0
-    if n < flat.numel():
-        ratio = max(ratio, float(err[n:].max() / flat[n:].abs().max().clamp(min=1e-38)))
-    return ratio

@@ -62,10 +62,6 @@ def near(key: str, value: float, tol: float) -> Bound:
     return Bound(key, "~", value, tol)
 
 
-def one_of(key: str, values) -> Bound:
-    return Bound(key, "in", tuple(values))
-
-
 Check = Callable[[dict], tuple[str, dict]]
 
 
