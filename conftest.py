@@ -7,6 +7,7 @@ marked incomplete, after every claim test, and complete at the end of a normal r
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -209,6 +210,26 @@ def tiny_gguf(tiny_dir, tmp_path_factory):
     from harness.gguf_export import export_q8_0
 
     return export_q8_0(tiny_dir, tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf")
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_tree():
+    """llama.cpp's tree vendored from the llama-cpp-python sdist (never downloaded here: install.sh fetches it)."""
+    from harness.llama_cpp_vendor import find_tree
+
+    tree = find_tree()
+    if tree is None:
+        pytest.skip("llama.cpp's converter is not vendored: run `python -m harness llama-cpp` (fetches the "
+                    "llama-cpp-python sdist from PyPI, ~80 MB, once)")
+    return tree
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_converter(llama_cpp_tree, tiny_dir, tmp_path_factory):
+    """The tiny checkpoint through llama.cpp's own convert_hf_to_gguf.py --outtype q8_0 (Unsloth's converter)."""
+    from harness.llama_cpp_vendor import convert
+
+    return Path(convert(llama_cpp_tree, tiny_dir, tmp_path_factory.mktemp("gguf") / "tiny-converter-q8_0.gguf")["file"])
 
 
 @pytest.fixture(scope="session")

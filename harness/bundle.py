@@ -27,6 +27,8 @@ GPU_REQUIREMENTS = [
     "gguf==0.19.0", "tyro", "msgspec", "cut_cross_entropy", "hf_transfer", "torchao", "diffusers", "pydantic",
     "pydantic-core", "annotated-types", "typing-inspection", "json5", "structlog", "nest-asyncio", "docstring-parser",
     "typeguard", "shtab", "dill", "multiprocess", "xxhash",
+    # llama-cpp-python (built on the runner from the vendored sdist, harness.llama_cpp_vendor) imports it
+    "diskcache",
 ]
 # A runner that lacks these too passes them with --extra (the H100 runner has transformers 5.17.0, peft 0.21).
 OPTIONAL = ["transformers==5.17.0", "peft==0.21.2", "accelerate==1.15.0"]

@@ -1,4 +1,4 @@
-"""`python -m harness ...`: materialize, tokenize, finetune, certify, export-gguf, verify-gguf, diff, bundle."""
+"""`python -m harness ...`: materialize, tokenize, finetune, experiments, certify, export-gguf, verify-gguf, compare-gguf, llama-cpp, diff, bundle."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def cmd_finetune(args) -> int:
     record = finetune(model=args.model, backend=args.backend, out_dir=args.out, max_steps=args.max_steps,
                       batch_size=args.batch_size, eval_limit=args.eval_limit,
                       report_to="wandb" if args.wandb else "none", export=not args.no_export,
-                      evaluate_base=not args.no_base_eval)
+                      evaluate_base=not args.no_base_eval, arm=args.arm, seed=args.seed)
     summary = {k: record.get(k) for k in ("model", "backend", "phases", "throughput", "memory", "val_loss",
                                           "loss_first10", "loss_last10", "artifacts")}
     summary["eval"] = {k: record["eval"][k] for k in ("prompts", "json_valid_rate", "exact_match")}
@@ -80,10 +80,77 @@ def cmd_verify_gguf(args) -> int:
     return 0 if report.get("ok") else 1
 
 
+def cmd_compare_gguf(args) -> int:
+    from harness.gguf_compare import compare, summary
+
+    prompt_ids = None
+    if args.against:
+        from harness.dataset import generate
+        from harness.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(str(args.against))
+        prompt_ids = [list(tokenizer.apply_chat_template(ex.messages[:-1], add_generation_prompt=True,
+                                                         return_dict=True)["input_ids"]) for ex in generate(0)["test"][:20]]
+    from harness.corpus import tokenizer_corpus
+
+    report = compare(Path(args.a), Path(args.b), prompt_ids, tokenizer_corpus())
+    report["summary"] = summary(report)
+    print(json.dumps(report, indent=1, ensure_ascii=False, default=str))
+    flat = report["summary"]
+    same = not flat["tensors_differing_vs_project_exporter"] and not flat["tensor_type_differences"]
+    return 0 if same and not flat.get("llamacpp_tokenization_differs") else 1
+
+
+def cmd_llama_cpp(args) -> int:
+    """Vendor llama.cpp from the llama-cpp-python sdist: converter always; llama-quantize with --build."""
+    import tempfile
+
+    from harness.llama_cpp_vendor import build_quantizer, download_sdist, prune_sdist, unsloth_env, vendored_tree
+
+    if args.pack:  # the pruned sdist to carry; the tree and the bindings both come from it on the runner
+        with tempfile.TemporaryDirectory() as tmp:
+            sdist = Path(args.sdist) if args.sdist else download_sdist(Path(tmp))
+            print(f"packed: {prune_sdist(sdist, Path(args.pack))}")
+        return 0
+    tree = vendored_tree(Path(args.sdist) if args.sdist else None)
+    if args.build:
+        print(json.dumps(build_quantizer(tree)))
+    print(tree)
+    for key, value in unsloth_env(tree).items():
+        print(f"export {key}={value}")
+    return 0
+
+
 def cmd_diff(args) -> int:
     from harness.diff import diff_main
 
     return diff_main(args.old, args.new, html_out=args.html)
+
+
+def cmd_experiments(args) -> int:
+    """Run the experiment arms (resuming complete ones), then judge the three experiment claims."""
+    import spec
+    from harness.experiments import EXPERIMENTS, all_arms, measurements, run_arms
+    from spec.core import evaluate
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    outcomes = run_arms(args.out, all_arms(), seeds, model=args.model, backend=args.backend, max_steps=args.max_steps,
+                        eval_limit=args.eval_limit, parallel=args.parallel)
+    failed = {k: v for k, v in outcomes.items() if not v.startswith("complete")}
+    for name, why in failed.items():
+        print(f"{name}: {why}", file=sys.stderr)
+    if failed:
+        return 1
+    facts = measurements(args.out, seeds)
+    verdicts = {}
+    for claim_id in EXPERIMENTS:
+        outcome = evaluate(spec.CLAIMS[claim_id], facts[claim_id], "gpu")
+        verdicts[claim_id] = {"verdict": outcome.verdict, "expected": outcome.expected, "evidence": outcome.evidence}
+        print(f"{claim_id}: {outcome.verdict} (recorded expectation: {outcome.expected})")
+    (Path(args.out) / "experiments.json").write_text(json.dumps({"runs": outcomes, "measurements": facts,
+                                                                  "verdicts": verdicts}, indent=1, default=str))
+    print(f"results: {Path(args.out) / 'experiments.json'}")
+    return 0
 
 
 def cmd_bundle(args) -> int:
@@ -117,7 +184,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE=offline works)")
     s.add_argument("--no-export", action="store_true")
     s.add_argument("--no-base-eval", action="store_true", help="skip scoring the base model before training")
+    s.add_argument("--arm", default="handbook", help="an experiment arm: handbook, attention_only, unmasked, no_warmup")
+    s.add_argument("--seed", type=int, help="training seed (recipe: 3407)")
     s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser("experiments", help="LORA-MLP-ABLATION, MASK-STABILITY, LR-WARMUP-STABILITY: arms × seeds")
+    s.add_argument("--model", default="gemma3-270m", help=model_help)
+    s.add_argument("--backend", choices=("unsloth", "hf"), default="unsloth")
+    s.add_argument("--seeds", default="3407,3408,3409", help="comma-separated training seeds (at least 3 to judge noise)")
+    s.add_argument("--max-steps", type=int, help="steps per run (recipe: 600)")
+    s.add_argument("--eval-limit", type=int, help="held-out conversations per run (recipe: 320)")
+    s.add_argument("--parallel", type=int, default=4, help="runs at once (on one GPU: up to ~12 for the 270M model)")
+    s.add_argument("--out", type=Path, default=Path("reports/experiments"))
+    s.set_defaults(func=cmd_experiments)
+
+    s = sub.add_parser("compare-gguf", help="two GGUF files of one checkpoint: tensors, token table, llama.cpp outputs")
+    s.add_argument("a")
+    s.add_argument("b")
+    s.add_argument("--against", type=Path, help="the checkpoint folder (its tokenizer builds the prompts)")
+    s.set_defaults(func=cmd_compare_gguf)
+
+    s = sub.add_parser("llama-cpp", help="vendor llama.cpp (converter + llama-quantize) from PyPI for offline GGUF export")
+    s.add_argument("--sdist", help="a local llama_cpp_python-<version>.tar.gz instead of downloading it")
+    s.add_argument("--build", action="store_true", help="also build llama-quantize (cmake, a few minutes)")
+    s.add_argument("--pack", help="write a pruned sdist (~5 MB) into this folder, to carry to an air-gapped runner: "
+                                  "`python -m harness llama-cpp --sdist FILE --build` and `pip install FILE` there")
+    s.set_defaults(func=cmd_llama_cpp)
 
     s = sub.add_parser("certify", help="run the claim suite and write the compliance report")
     s.add_argument("--model", default="gemma3-270m", help=model_help)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 
 import torch
@@ -39,7 +41,9 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                      desc: str = "evaluate") -> list[str]:
     """Greedy answers to chat prompts (the conversation up to the last user turn)."""
     device = next(model.parameters()).device
-    batch_size = batch_size or (64 if device.type == "cuda" else 16)
+    # $HARNESS_EVAL_BATCH: concurrent runs on one GPU use a smaller batch (the prefill's logits over a
+    # 262k vocabulary take ~10 GiB at 64 prompts).
+    batch_size = batch_size or int(os.environ.get("HARNESS_EVAL_BATCH") or (64 if device.type == "cuda" else 16))
     stop = [tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id]
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"

@@ -80,8 +80,11 @@ def _checkpointing_mode(model, args):
 
 def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = HANDBOOK, out_dir: Path | None = None,
              max_steps: int | None = None, batch_size: int | None = None, eval_limit: int | None = None,
-             report_to: str = "none", export: bool = True, evaluate_base: bool = True) -> dict:
-    """Run the recipe and return (and write) its run record."""
+             report_to: str = "none", export: bool = True, evaluate_base: bool = True, arm: str = "handbook",
+             seed: int | None = None) -> dict:
+    """Run the recipe (or one experiment arm of it, harness.recipe.ARMS) and return (and write) its run record."""
+    from harness.recipe import ARMS
+
     from harness import dataset as ds
     from harness.evaluate import evaluate_split
     from harness.masking import reference_masker
@@ -92,15 +95,17 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
     on_gpu = torch.cuda.is_available()
     if backend == "unsloth" and not on_gpu:
         raise RuntimeError("the unsloth backend needs a CUDA GPU (import unsloth fails without one); use --backend hf")
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
     changes = {k: v for k, v in {"max_steps": max_steps, "per_device_train_batch_size": batch_size,
-                                 "eval_limit": eval_limit, "model": model}.items() if v is not None}
-    recipe = recipe.with_(**changes)
+                                 "eval_limit": eval_limit, "model": model, "seed": seed}.items() if v is not None}
+    recipe = recipe.with_(**changes, **ARMS[arm])
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out_dir or Path("reports") / f"finetune-{backend}-{model.replace('/', '_')}-{stamp}")
     out_dir.mkdir(parents=True, exist_ok=True)
     clock = PhaseClock()
     expected, deviations = effective_recipe(recipe, backend, on_gpu)
-    record = {"schema": 1, "model": model, "backend": backend, "recipe": recipe.to_dict(), "declared_deviations": deviations,
+    record = {"schema": 1, "model": model, "backend": backend, "arm": arm, "recipe": recipe.to_dict(), "declared_deviations": deviations,
               "complete": False, "phases": clock.phases, "out_dir": str(out_dir)}
     write(record, out_dir / "run.json")
 
@@ -125,8 +130,12 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
         masker = reference_masker(tokenizer)
         from harness.train_hf import tokenize_conversations
 
-        # hf: labels from the reference masker. unsloth: input_ids only; its train_on_responses_only writes labels.
-        train_rows = tokenize_conversations(tokenizer, [e.messages for e in data["train"]], masker, recipe.max_seq_length)
+        # hf: labels from the reference masker (or every token, unmasked). unsloth: input_ids only; its
+        # train_on_responses_only writes the labels, or TRL trains on every token when it is off.
+        # Validation labels stay masked in every arm, so val loss is over the answers alone and comparable.
+        train_masker = masker if recipe.train_on_responses_only else list
+        train_rows = tokenize_conversations(tokenizer, [e.messages for e in data["train"]], train_masker,
+                                            recipe.max_seq_length)
         val_rows = tokenize_conversations(tokenizer, [e.messages for e in data["validation"][: recipe.eval_limit]], masker,
                                           recipe.max_seq_length)
         if backend == "unsloth":
@@ -141,7 +150,7 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
             from harness.train_unsloth import build_unsloth_trainer
 
             trainer, passed = build_unsloth_trainer(peft_model, tokenizer, recipe, out_dir, train_rows, val_rows,
-                                                    report_to, [recorder])
+                                                    report_to, [recorder], masked=recipe.train_on_responses_only)
         else:
             from harness.train_hf import build_sft_trainer, sft_kwargs
 
@@ -153,9 +162,12 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
 
         # MASK-USER-TURNS from the labels the trainer will train on (Unsloth's masker or the reference one).
         sample = trainer.train_dataset.select(range(min(200, len(trainer.train_dataset))))
+        # Without a labels column (unmasked arm, Unsloth) TRL's collator trains on the input ids themselves.
+        labels = sample["labels"] if "labels" in sample.column_names else sample["input_ids"]
         record["mask_check"] = user_turn_facts(tokenizer, [e.messages for e in data["train"][: len(sample)]],
-                                               list(zip(sample["input_ids"], sample["labels"])),
-                                               "unsloth.chat_templates" if backend == "unsloth" else "reference",
+                                               list(zip(sample["input_ids"], labels)),
+                                               ("unsloth.chat_templates" if backend == "unsloth" else "reference")
+                                               if recipe.train_on_responses_only else "none (unmasked arm)",
                                                recipe.max_seq_length)
         record["masking_seconds"] = getattr(trainer, "_masking_seconds", None)
         record["fidelity"] = fidelity(trainer, peft_model, expected, passed)

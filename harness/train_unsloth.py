@@ -59,28 +59,46 @@ def build_unsloth_trainer(model, tokenizer, recipe: Recipe, out_dir: Path, train
 
 
 def export_unsloth_gguf(model, tokenizer, out_dir: Path) -> dict:
-    """model.save_pretrained_gguf(dir, tokenizer, quantization_method="Q8_0"); Unsloth writes into `<dir>_gguf/`.
+    """model.save_pretrained_gguf(dir, tokenizer, quantization_method="Q8_0"), offline; Unsloth writes `<dir>_gguf/`.
 
-    It needs llama.cpp's converter offline (UNSLOTH_LLAMA_CPP_PATH / UNSLOTH_LLAMA_CPP_SCRIPTS_DIR);
-    where it fails, the error is recorded and this project's exporter writes the file from the merged model.
+    llama.cpp comes from the tree vendored from the llama-cpp-python sdist (harness.llama_cpp_vendor):
+    its converter, and a llama-quantize built from it, which Unsloth requires to exist even for Q8_0.
+    This project's exporter then writes a second file from the checkpoint Unsloth merged, and the two
+    files are compared (GGUF-Q8-EXPORT's two-exporter bounds). Where Unsloth's export fails, the error
+    is recorded and the project's exporter writes the file from a separate 16-bit merge.
     """
+    from harness.gguf_export import export_q8_0
+    from harness.llama_cpp_vendor import QUANTIZER, build_quantizer, find_tree, unsloth_env
+
     target = Path(out_dir) / "unsloth_export"
     artifacts: dict = {}
-    try:
-        model.save_pretrained_gguf(str(target), tokenizer, quantization_method="q8_0")
-        found = sorted(Path(str(target) + "_gguf").glob("*.gguf")) + sorted(target.glob("*.gguf"))
-        artifacts["gguf_unsloth"] = str(found[0]) if found else None
-    except Exception as exc:  # offline without llama.cpp: recorded, not fatal
-        artifacts["gguf_unsloth_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-    merged = Path(out_dir) / "merged"
-    model.save_pretrained_merged(str(merged), tokenizer, save_method="merged_16bit")
+    tree = find_tree()
+    if tree is None:
+        artifacts["gguf_unsloth_error"] = "no vendored llama.cpp: run `python -m harness llama-cpp --build` first"
+    else:
+        if not (tree / QUANTIZER).exists():
+            artifacts["llama_quantize_build"] = build_quantizer(tree)
+        os.environ.update(unsloth_env(tree))
+        artifacts["llama_cpp"] = str(tree)
+        try:
+            start = time.perf_counter()
+            model.save_pretrained_gguf(str(target), tokenizer, quantization_method="q8_0")
+            artifacts["gguf_unsloth_seconds"] = round(time.perf_counter() - start, 1)
+            found = sorted(Path(str(target) + "_gguf").glob("*.gguf")) + sorted(target.glob("*.gguf"))
+            artifacts["gguf_unsloth"] = str(found[0]) if found else None
+        except Exception as exc:  # recorded, not fatal: the project's exporter still writes a file
+            artifacts["gguf_unsloth_error"] = f"{type(exc).__name__}: {str(exc)[:600]}"
+    merged = target if artifacts.get("gguf_unsloth") else Path(out_dir) / "merged"
+    if merged != target:
+        model.save_pretrained_merged(str(merged), tokenizer, save_method="merged_16bit")
     artifacts["merged"] = str(merged)
-    from harness.gguf_export import export_q8_0
+    source_dir = Path(getattr(tokenizer, "name_or_path", ""))
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        # The GGUF vocabulary is read from the SentencePiece model, and llama.cpp's converter reads the
+        # user-defined pieces from tokenizer_config.json's added_tokens_decoder (harness.tokenizer).
+        if (source_dir / name).exists() and (name == "tokenizer_config.json" or not (merged / name).exists()):
+            import shutil
 
-    source_model = Path(getattr(tokenizer, "name_or_path", "")) / "tokenizer.model"
-    if source_model.exists() and not (merged / "tokenizer.model").exists():
-        import shutil
-
-        shutil.copy2(source_model, merged / "tokenizer.model")
+            shutil.copy2(source_dir / name, merged / name)
     artifacts["gguf"] = str(export_q8_0(merged, Path(out_dir) / "model-q8_0.gguf"))
     return artifacts

@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
-# On an air-gapped CUDA runner: unpack the GPU bundle, assemble the embedded model's GGUF from parts
-# brought in earlier calls, and run a stage. Usage: scripts/gpu_runner.sh setup|check|gpu [pytest args]
+# On an air-gapped CUDA runner: unpack what was carried in .carry/ (the GPU wheel bundle, the pruned
+# llama-cpp-python sdist, the tokenizer, the embedded model's GGUF in parts), then run a stage.
+#
+#   scripts/gpu_runner.sh setup            unpack; build llama-quantize and llama-cpp-python in the background
+#   scripts/gpu_runner.sh check            versions of the stack
+#   scripts/gpu_runner.sh gpu [pytest …]   pytest -m gpu, report in $HARNESS_REPORTS (default /tmp/handbook-site/reports)
+#   scripts/gpu_runner.sh bg [pytest …]    the same, detached (survives the calling shell); then:
+#   scripts/gpu_runner.sh wait SECONDS     wait for the detached run (or SECONDS), print the log's tail, collect
+#   scripts/gpu_runner.sh collect          copy the report, run record and benchmark JSON into $OUT
+#   scripts/gpu_runner.sh run CMD …        any command with the bundle and the model in place
 set -uo pipefail
 cd "$(dirname "$0")/.."
 HS=/tmp/handbook-site
@@ -14,20 +22,72 @@ for part in .carry/gguf.part*; do
   [ -f "$HS/$name.done" ] && continue
   cp "$part" "$HS/$name" && touch "$HS/$name.done" && echo "kept $name ($(du -m "$part" | cut -f1) MB)"
 done
-export PYTHONPATH="$HS/site${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$HS/llama-site:$HS/site${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-export HARNESS_CACHE="$HS/cache" HARNESS_REPORTS="${OUT:-$HS}/reports"
+export HARNESS_CACHE="$HS/cache" HARNESS_REPORTS="${HARNESS_REPORTS:-$HS/reports}"
+export HARNESS_EXPERIMENTS_DIR="$HS/experiments" HARNESS_E2E_OUT="$HS/e2e"
+mkdir -p "$HARNESS_CACHE"
+if [ -f .carry/tokenizer-gemma3.tar.xz ] && [ ! -f "$HS/tokenizer.done" ]; then
+  tar -xJf .carry/tokenizer-gemma3.tar.xz -C "$HARNESS_CACHE" && touch "$HS/tokenizer.done" && echo "tokenizer unpacked"
+fi
+SDIST=$(ls .carry/llama-cpp/llama_cpp_python-*.tar.gz 2>/dev/null | head -1)
+
+start_llama_builds() {  # detached: they run on while the next calls bring the model's parts
+  [ -n "$SDIST" ] || return 0
+  cp "$SDIST" "$HS/" && local sd="$HS/$(basename "$SDIST")"
+  if [ ! -f "$HS/llama-quantize.started" ]; then
+    touch "$HS/llama-quantize.started"
+    setsid nohup bash -c "python3 -m harness llama-cpp --sdist '$sd' --build > '$HS/llama-quantize.log' 2>&1; echo \$? > '$HS/llama-quantize.done'" </dev/null >/dev/null 2>&1 &
+  fi
+  if [ ! -f "$HS/llama-cpp-python.started" ]; then
+    touch "$HS/llama-cpp-python.started"
+    setsid nohup bash -c "CMAKE_ARGS='-DLLAVA_BUILD=OFF' CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install -q --no-build-isolation --no-deps --no-index --target '$HS/llama-site' '$sd' > '$HS/llama-cpp-python.log' 2>&1; echo \$? > '$HS/llama-cpp-python.done'" </dev/null >/dev/null 2>&1 &
+  fi
+}
+
+wait_llama_builds() {
+  for what in llama-quantize llama-cpp-python; do
+    [ -f "$HS/$what.started" ] || continue
+    for _ in $(seq 1 120); do [ -f "$HS/$what.done" ] && break; sleep 5; done
+    echo "$what: exit $(cat "$HS/$what.done" 2>/dev/null || echo 'still running')"; tail -3 "$HS/$what.log"
+  done
+}
+
+assemble_model() {
+  if [ ! -f "$HS/gemma.gguf" ] && ls "$HS"/gguf.part* >/dev/null 2>&1; then cat "$HS"/gguf.part?? > "$HS/gemma.gguf"; fi
+  [ -f "$HS/gemma.gguf" ] && export HARNESS_GGUF="$HS/gemma.gguf"
+  return 0
+}
+
+collect() {
+  [ -n "${OUT:-}" ] || return 0
+  local latest="$HARNESS_REPORTS/latest"
+  for f in results.json index.html; do [ -f "$latest/$f" ] && cp "$latest/$f" "$OUT/"; done
+  [ -f "$HARNESS_REPORTS/benchmark.json" ] && cp "$HARNESS_REPORTS/benchmark.json" "$OUT/"
+  [ -f "$HARNESS_E2E_OUT/run.json" ] && cp "$HARNESS_E2E_OUT/run.json" "$OUT/run-unsloth-e2e.json"
+  [ -f "$HS/gpu-tier.log" ] && tail -c 2000000 "$HS/gpu-tier.log" > "$OUT/gpu-tier-log.txt"
+  ls -la "$OUT"
+}
+
 stage="${1:-check}"; shift || true
 case "$stage" in
-  setup) ls -la "$HS" ;;
+  setup) start_llama_builds; ls -la "$HS" ;;
   check) python3 -c "import torch, unsloth, trl, transformers, bitsandbytes, peft, datasets; print('unsloth', unsloth.__version__, 'trl', trl.__version__, 'transformers', transformers.__version__, 'bnb', bitsandbytes.__version__, 'torch', torch.__version__, torch.cuda.get_device_name(0))" ;;
   gpu)
-    if [ ! -f "$HS/gemma.gguf" ]; then cat "$HS"/gguf.part* > "$HS/gemma.gguf"; fi
-    export HARNESS_GGUF="$HS/gemma.gguf"
-    python3 -m pytest -m gpu -p no:cacheprovider -q "$@" ;;
-  run)  # any command with the bundle and the model in place, e.g. run python3 -m harness finetune ...
-    if [ ! -f "$HS/gemma.gguf" ]; then cat "$HS"/gguf.part* > "$HS/gemma.gguf"; fi
-    export HARNESS_GGUF="$HS/gemma.gguf"
-    "$@" ;;
+    start_llama_builds; wait_llama_builds; assemble_model
+    mkdir -p "$HARNESS_REPORTS"
+    python3 -m pytest -m gpu -p no:cacheprovider -q --benchmark-json="$HARNESS_REPORTS/benchmark.json" "$@" ;;
+  bg)
+    rm -f "$HS/gpu-tier.done"
+    args=$(printf '%q ' "$@")
+    setsid nohup bash -c "start=\$(date +%s); scripts/gpu_runner.sh gpu $args > '$HS/gpu-tier.log' 2>&1; echo \"exit \$? after \$((\$(date +%s) - start)) s\" > '$HS/gpu-tier.done'" </dev/null >/dev/null 2>&1 &
+    echo "GPU tier started in the background: log $HS/gpu-tier.log" ;;
+  wait)
+    limit="${1:-540}"; waited=0
+    while [ ! -f "$HS/gpu-tier.done" ] && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done
+    tail -c 3000 "$HS/gpu-tier.log"; echo; cat "$HS/gpu-tier.done" 2>/dev/null || echo "still running after ${waited} s"
+    collect ;;
+  collect) collect ;;
+  run) assemble_model; "$@" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -77,7 +77,14 @@ CLAIMS = [
           {"gpu": (ge("json_valid_rate", 0.9), ge("exact_match", 0.35))}, {"gpu": "unsupported"}),
     Claim("GGUF-Q8-EXPORT", SECTION, "both", 'model.save_pretrained_gguf(..., quantization_method = "Q8_0")',
           "a GGUF whose 2-D weights are Q8_0 (34-byte blocks of 32, fp16 scale), norms F32, metadata complete", "pass",
-          check_q8_export, (eq("metadata_missing", []), eq("block_bytes", 34))),
+          check_q8_export, (eq("metadata_missing", []), eq("block_bytes", 34)),
+          # llama.cpp's converter (what Unsloth's save_pretrained_gguf runs) and this project's exporter on one
+          # checkpoint: bit-identical dequantized tensors, one token table, identical llama.cpp behaviour.
+          # Measured 2026-11-26 on tiny: 80/80 tensors equal; before the tokenizer listed its added tokens in
+          # tokenizer_config.json, 30 whitespace pieces differed and 3/240 strings tokenized differently.
+          {ctx: (eq("tensors_differing_vs_project_exporter", 0), eq("tensor_type_differences", 0),
+                 eq("token_table_entries_differing", 0), eq("llamacpp_tokenization_differs", 0),
+                 eq("llamacpp_greedy_equal_rate", 1.0)) for ctx in ("llama.cpp-converter", "unsloth")}),
     Claim("GGUF-Q8-ERROR", SECTION, "both", 'quantization_method = "Q8_0"',
           "dequantized tensors vs merged weights: every element within 0.0045·amax of its 32-block", "pass",
           check_q8_error, (le("max_err_over_amax", 0.0045),)),

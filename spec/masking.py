@@ -51,13 +51,13 @@ def check_loss(m: dict) -> tuple[str, dict]:
 
 
 def check_stability(m: dict) -> tuple[str, dict]:
-    """m: exact = {"masked": [per seed], "unmasked": [...]}, loss_spread likewise."""
+    """m: exact = {"masked": [per seed], "unmasked": [...]}; loss_spread = std over seeds of the answer-only val loss."""
     masked, unmasked = m["exact"]["masked"], m["exact"]["unmasked"]
     gap = statistics.mean(masked) - statistics.mean(unmasked)
     noise = max(statistics.pstdev(masked), statistics.pstdev(unmasked), 0.01)
     evidence = {"exact_masked": masked, "exact_unmasked": unmasked, "mean_gap": round(gap, 4), "noise": round(noise, 4),
                 "loss_spread_masked": m["loss_spread"]["masked"], "loss_spread_unmasked": m["loss_spread"]["unmasked"],
-                "seeds": m["seeds"]}
+                "val_loss": m.get("val_loss"), "seeds": m["seeds"]}
     return ("pass" if gap > 2 * noise else "unsupported"), evidence
 
 

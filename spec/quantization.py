@@ -91,7 +91,8 @@ def check_gc_vram(m: dict) -> tuple[str, dict]:
     best = max(act_savings) if act_savings else None
     evidence = {"shapes": table, "median_saving_total": round(statistics.median(savings), 4) if savings else None,
                 "max_saving_activation": round(best, 4) if best is not None else None,
-                "max_saving_total": round(max(savings), 4) if savings else None, "grid": m["grid"]}
+                "max_saving_total": round(max(savings), 4) if savings else None, "grid": m["grid"],
+                "model": m.get("model")}
     if not savings:
         return "fail", evidence
     if max(savings) <= 0.0 and best <= 0.0:

@@ -49,6 +49,7 @@ def check_warmup_stability(m: dict) -> tuple[str, dict]:
     warm, cold = m["max_grad_norm"]["warmup"], m["max_grad_norm"]["none"]
     evidence = {"max_grad_norm_warmup": warm, "max_grad_norm_no_warmup": cold,
                 "loss_spikes_warmup": m["loss_spikes"]["warmup"], "loss_spikes_no_warmup": m["loss_spikes"]["none"],
+                "exact_warmup": (m.get("exact") or {}).get("warmup"), "exact_no_warmup": (m.get("exact") or {}).get("none"),
                 "seeds": m["seeds"]}
     explode = max(cold) > 2 * max(warm) or sum(m["loss_spikes"]["none"]) > sum(m["loss_spikes"]["warmup"])
     return ("pass" if explode else "unsupported"), evidence

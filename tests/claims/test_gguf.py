@@ -29,3 +29,25 @@ def test_llamacpp_reads_the_export_like_transformers(tiny_gguf, tiny_dir, datase
 
     prompts = [ex.messages[:-1] for ex in dataset["test"][:20]]
     certify("GGUF-LLAMACPP", llamacpp_checks(tiny_gguf, tiny_dir, prompts, tokenizer_corpus()), "tiny")
+
+
+@pytest.mark.claim("GGUF-Q8-EXPORT", "GGUF-LLAMACPP")
+def test_llamacpp_converter_and_project_exporter_write_the_same_model(tiny_gguf_converter, tiny_gguf, tiny_dir, dataset,
+                                                                      certify):
+    """llama.cpp's converter (Unsloth's path) and this project's exporter: same tensors, token table and outputs."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'llama-cpp-python==0.3.36'")
+    from harness.corpus import tokenizer_corpus
+    from harness.gguf_compare import compare, summary
+    from harness.gguf_verify import llamacpp_checks
+    from harness.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_dir))
+    prompts = [ex.messages[:-1] for ex in dataset["test"][:20]]
+    prompt_ids = [list(tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"])
+                  for p in prompts]
+    report = compare(tiny_gguf_converter, tiny_gguf, prompt_ids, tokenizer_corpus())
+    facts = {"exporter": "llama.cpp convert_hf_to_gguf.py (vendored from the llama-cpp-python sdist)",
+             **layout(read(tiny_gguf_converter)), **summary(report)}
+    certify("GGUF-Q8-EXPORT", facts, "llama.cpp-converter", soft=True)
+    certify("GGUF-LLAMACPP", llamacpp_checks(tiny_gguf_converter, tiny_dir, prompts, tokenizer_corpus()), "tiny", soft=True)
+    certify.check()

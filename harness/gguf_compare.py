@@ -1,0 +1,119 @@
+"""Two GGUF files of one checkpoint (llama.cpp's converter, as Unsloth runs it, vs this project's exporter).
+
+They should hold the same tensors, dequantizing to identical values, and make llama.cpp behave the
+same. Metadata may legitimately differ (names, optional keys); every difference is listed so a reader
+can judge it, and the token table differences are counted because they change tokenization.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# Keys that only name or describe the file; differing values here change nothing llama.cpp computes.
+DESCRIPTIVE = ("general.", "GGUF.")
+
+
+def _fields(reader) -> dict:
+    return {f.name: f.contents() for f in reader.fields.values()}
+
+
+def tensors_agree(a: Path, b: Path) -> dict:
+    """Per-tensor: same name set, same type and shape, dequantized values bit-identical."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    ra, rb = GGUFReader(str(a)), GGUFReader(str(b))
+    ta, tb = {t.name: t for t in ra.tensors}, {t.name: t for t in rb.tensors}
+    type_diff, value_diff, max_abs = [], [], 0.0
+    for name in sorted(set(ta) & set(tb)):
+        x, y = ta[name], tb[name]
+        if x.tensor_type != y.tensor_type:
+            type_diff.append({"tensor": name, "a": x.tensor_type.name, "b": y.tensor_type.name})
+        dx, dy = dequantize(x.data, x.tensor_type), dequantize(y.data, y.tensor_type)
+        if dx.shape != dy.shape:
+            value_diff.append({"tensor": name, "shape_a": list(dx.shape), "shape_b": list(dy.shape)})
+        elif not np.array_equal(dx, dy):
+            diff = float(np.abs(dx.astype(np.float64) - dy).max())
+            max_abs = max(max_abs, diff)
+            value_diff.append({"tensor": name, "max_abs_diff": diff, "elements_differing": int((dx != dy).sum())})
+    return {"tensors": len(set(ta) & set(tb)), "only_a": sorted(set(ta) - set(tb)), "only_b": sorted(set(tb) - set(ta)),
+            "type_differences": type_diff, "value_differences": value_diff[:20], "tensors_differing": len(value_diff),
+            "max_abs_diff": max_abs}
+
+
+def metadata_diff(a: Path, b: Path) -> dict:
+    """Keys present in one file only, and keys whose values differ (tokens and token types counted per entry)."""
+    from gguf import GGUFReader
+
+    fa, fb = _fields(GGUFReader(str(a))), _fields(GGUFReader(str(b)))
+    differing, token_rows = {}, {}
+    for key in sorted(set(fa) & set(fb)):
+        if fa[key] == fb[key]:
+            continue
+        if isinstance(fa[key], list) and isinstance(fb[key], list) and len(fa[key]) == len(fb[key]):
+            rows = [i for i, (x, y) in enumerate(zip(fa[key], fb[key])) if x != y]
+            token_rows[key] = {"entries_differing": len(rows),
+                               "examples": [{"id": i, "a": fa[key][i], "b": fb[key][i]} for i in rows[:4]]}
+        elif not key.startswith(DESCRIPTIVE):
+            differing[key] = {"a": str(fa[key])[:120], "b": str(fb[key])[:120]}
+    return {"only_a": sorted(set(fa) - set(fb)), "only_b": sorted(set(fb) - set(fa)), "values_differ": differing,
+            "array_entries_differ": token_rows}
+
+
+def llamacpp_agreement(a: Path, b: Path, prompt_ids: list[list[int]], corpus: list[str],
+                       max_new_tokens: int = 24) -> dict:
+    """Load both in llama.cpp: token ids on a corpus and greedy continuations of the same prompts."""
+    import llama_cpp
+
+    llms = [llama_cpp.Llama(model_path=str(p), n_ctx=1024, verbose=False, seed=0) for p in (a, b)]
+    token_mismatch = [text for text in corpus
+                      if llms[0].tokenize(text.encode(), add_bos=False, special=True)
+                      != llms[1].tokenize(text.encode(), add_bos=False, special=True)]
+    stop = {1, 106}  # <eos>, <end_of_turn>
+    same, differences = 0, []
+    for ids in prompt_ids:
+        outs = []
+        for llm in llms:
+            llm.reset()
+            out = []
+            for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+                if token in stop or len(out) >= max_new_tokens:
+                    break
+                out.append(token)
+            outs.append(out)
+        same += outs[0] == outs[1]
+        if outs[0] != outs[1] and len(differences) < 5:
+            differences.append({"prompt_tokens": len(ids), "a": outs[0], "b": outs[1]})
+    return {"corpus": len(corpus), "tokenization_differs": len(token_mismatch), "tokenization_examples": token_mismatch[:5],
+            "prompts": len(prompt_ids), "greedy_equal": same, "greedy_equal_rate": same / max(1, len(prompt_ids)),
+            "differences": differences}
+
+
+def compare(a: Path, b: Path, prompt_ids: list[list[int]] | None = None, corpus: list[str] | None = None) -> dict:
+    """Everything above; `llamacpp` only where llama-cpp-python is installed and prompts were given."""
+    report = {"a": str(a), "b": str(b), "tensors": tensors_agree(a, b), "metadata": metadata_diff(a, b)}
+    if prompt_ids is not None:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            report["llamacpp"] = {"skipped": "llama-cpp-python is not installed: pip install 'llama-cpp-python==0.3.36'"}
+        else:
+            report["llamacpp"] = llamacpp_agreement(a, b, prompt_ids, corpus or [])
+    return report
+
+
+def summary(report: dict) -> dict:
+    """The comparison as flat evidence values (what GGUF-Q8-EXPORT's two-exporter bounds read)."""
+    tensors, meta = report["tensors"], report["metadata"]
+    flat = {"tensors_compared": tensors["tensors"],
+            "tensors_differing_vs_project_exporter": tensors["tensors_differing"] + len(tensors["only_a"]) + len(tensors["only_b"]),
+            "tensor_type_differences": len(tensors["type_differences"]),
+            "token_table_entries_differing": sum(v["entries_differing"] for v in meta["array_entries_differ"].values()),
+            "metadata_only_in_one": sorted(meta["only_a"] + meta["only_b"])}
+    llama = report.get("llamacpp") or {}
+    if "greedy_equal_rate" in llama:
+        flat.update({"llamacpp_tokenization_differs": llama["tokenization_differs"], "llamacpp_corpus": llama["corpus"],
+                     "llamacpp_greedy_equal_rate": llama["greedy_equal_rate"], "llamacpp_prompts": llama["prompts"]})
+    return flat

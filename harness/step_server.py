@@ -1,0 +1,126 @@
+"""One backend's real training loop, stepped on request, so pytest-benchmark can time single steps.
+
+`python -m harness.step_server --backend unsloth|hf --model M` builds the recipe's trainer and calls
+`trainer.train()`. After `--warmup` free steps (compilation, caches) a callback blocks at the start
+of each step until a line "step" arrives on stdin, and answers "done <input tokens>" once the step's
+CUDA work has finished; "stop" ends training and prints a JSON line of warm-up time and peak memory.
+The timed interval is forward + backward + optimizer + scheduler of one real step (the batch was
+already collated). Each backend runs in its own process: Unsloth patches torch and transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():  # CPU: only for trying the server out; timings there mean little
+        torch.cuda.synchronize()
+
+from harness.recipe import HANDBOOK
+
+
+class SteppedByStdin(TrainerCallback):
+    def __init__(self, warmup: int):
+        self.warmup, self.tokens, self.start = warmup, 0, time.perf_counter()
+        self.warmup_seconds = None
+        self.first_step_seconds = None
+
+    def count(self, inputs: dict) -> None:
+        mask = inputs.get("attention_mask")
+        self.tokens = int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())  # padding-free: no pads
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step < self.warmup:
+            return
+        if self.warmup_seconds is None:
+            _sync()
+            self.warmup_seconds = time.perf_counter() - self.start
+            print("ready", flush=True)
+        if sys.stdin.readline().strip() != "step":
+            control.should_training_stop = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        _sync()
+        if self.first_step_seconds is None:
+            self.first_step_seconds = time.perf_counter() - self.start
+        if state.global_step > self.warmup:
+            print(f"done {self.tokens}", flush=True)
+
+
+def build_trainer(model: str, backend: str, callback: SteppedByStdin, out_dir: Path):
+    from harness import dataset as ds
+    from harness.masking import reference_masker
+    from harness.models import resolve
+    from harness.train_hf import tokenize_conversations
+
+    recipe = HANDBOOK.with_(max_steps=100_000)  # the server stops when told; the schedule's length is immaterial
+    source = resolve(model)
+    if backend == "unsloth":
+        from harness.train_unsloth import build_unsloth_trainer, load_unsloth
+
+        peft_model, tokenizer = load_unsloth(source.path, recipe)
+    else:
+        from harness.lora import apply_lora
+        from harness.tokenizer import load_tokenizer
+        from harness.train_hf import load_model
+
+        tokenizer = load_tokenizer(str(source.path))
+        peft_model = apply_lora(load_model(source.path, recipe, torch.cuda.is_available()), recipe)
+    rows = tokenize_conversations(tokenizer, [e.messages for e in ds.generate(recipe.dataset_seed)["train"]],
+                                  reference_masker(tokenizer), recipe.max_seq_length)
+    if backend == "unsloth":
+        trainer, _ = build_unsloth_trainer(peft_model, tokenizer, recipe, out_dir,
+                                           [{"input_ids": r["input_ids"]} for r in rows], None, "none", [callback])
+    else:
+        from harness.train_hf import build_sft_trainer
+
+        trainer = build_sft_trainer(source.path, recipe, out_dir, train_rows=rows, model=peft_model, tokenizer=tokenizer,
+                                    callbacks=[callback])
+    compute_loss = trainer.compute_loss
+
+    def counted(model, inputs, *args, **kwargs):
+        if model.training:
+            callback.count(inputs)
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = counted
+    trainer.args.save_strategy = "no"
+    return trainer
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--backend", choices=("unsloth", "hf"), required=True)
+    p.add_argument("--model", default="gemma3-270m")
+    p.add_argument("--warmup", type=int, default=20)
+    args = p.parse_args(argv)
+    callback = SteppedByStdin(args.warmup)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as tmp:
+        build_start = time.perf_counter()
+        trainer = build_trainer(args.model, args.backend, callback, Path(tmp))
+        build_seconds = time.perf_counter() - build_start
+        callback.start = time.perf_counter()
+        trainer.train()
+    cuda = torch.cuda.is_available()
+    print(json.dumps({"backend": args.backend, "model": args.model, "build_seconds": round(build_seconds, 1),
+                      "warmup_steps": args.warmup, "warmup_seconds": round(callback.warmup_seconds or 0.0, 1),
+                      "first_step_seconds": round(callback.first_step_seconds or 0.0, 1),
+                      "peak_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+                      "peak_reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20, 1) if cuda else None}),
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
