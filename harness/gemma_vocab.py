@@ -14,6 +14,7 @@ from pathlib import Path
 
 # GGUF token types share SentencePiece's numbering: 1 normal, 2 unknown, 3 control,
 # 4 user-defined, 5 unused, 6 byte.
+UNKNOWN = 2
 USER_DEFINED = 4
 SPACE_PIECE = "\u2581"
 
@@ -92,9 +93,11 @@ def sentencepiece_model_bytes(vocab: GgufVocab) -> bytes:
     normalizer.add_dummy_prefix = False
     normalizer.remove_extra_whitespaces = False
     normalizer.escape_whitespaces = True
-    for token, score, token_type in zip(vocab.tokens, vocab.scores, vocab.types):
+    for index, (token, score, token_type) in enumerate(zip(vocab.tokens, vocab.scores, vocab.types)):
         piece = model.pieces.add()
         piece.piece = piece_for(token, token_type)
         piece.score = score
-        piece.type = token_type
+        # The GGUF marks <unk> as a control token; SentencePiece needs its unk_id piece to be UNKNOWN
+        # (sentencepiece 0.2.2, which llama.cpp's converter loads, refuses the model: "unk is not defined").
+        piece.type = UNKNOWN if index == vocab.unk_id else token_type
     return model.SerializeToString()

@@ -15,6 +15,7 @@ import numpy as np
 
 Q8_0_BLOCK = 32
 Q8_0_BLOCK_BYTES = 34
+CONTROL = 3
 USER_DEFINED = 4
 
 
@@ -32,6 +33,17 @@ def tokenizer_fields(model_dir: Path) -> dict:
         tokens.append(text)
         scores.append(piece.score)
         types.append(piece.type)
+    # As llama.cpp's converter does: tokens listed in tokenizer_config.json's added_tokens_decoder are
+    # control tokens when special, else user-defined (so <unk>, UNKNOWN in the SentencePiece model, is
+    # stored as a control token, as in Google's own GGUF).
+    config_path = model_dir / "tokenizer_config.json"
+    added = json.loads(config_path.read_text()).get("added_tokens_decoder", {}) if config_path.exists() else {}
+    for token_id, token in added.items():
+        index = int(token_id)
+        if index < len(types):
+            special = token.get("special")
+            types[index] = CONTROL if special else USER_DEFINED
+            tokens[index] = token["content"] if special else token["content"].replace("\u2581", " ")
     spec = proto.trainer_spec
     return {"tokens": tokens, "scores": scores, "types": types, "bos": spec.bos_id, "eos": spec.eos_id,
             "unk": spec.unk_id, "pad": spec.pad_id}

@@ -27,7 +27,7 @@ GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 MANIFEST = "MATERIALIZED.json"
 TINY_SEED = 1234
 TINY_VERSION = 2  # bump when tiny_config() changes: the cache folder is keyed by it
-TOKENIZER_FORMAT = 2  # bump when the tokenizer files change; model folders holding older ones get fresh copies
+TOKENIZER_FORMAT = 3  # bump when the tokenizer files change; model folders holding older ones get fresh copies
 
 
 class ModelSourceError(RuntimeError):

@@ -12,6 +12,14 @@ from harness.recipe import HANDBOOK, Recipe
 def _unsloth_env() -> None:
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Before `import unsloth`: unsloth_zoo reads UNSLOTH_LLAMA_CPP_PATH once, at import (measured on the
+    # runner: set later, save_pretrained_gguf still git-cloned llama.cpp into ~/.unsloth).
+    from harness.llama_cpp_vendor import find_tree, unsloth_env
+
+    tree = find_tree()
+    if tree is not None:
+        for key, value in unsloth_env(tree).items():
+            os.environ.setdefault(key, value)
 
 
 def load_unsloth(model_dir: Path, recipe: Recipe = HANDBOOK, *, target_modules=None, gradient_checkpointing=None,

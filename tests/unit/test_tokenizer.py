@@ -56,3 +56,25 @@ def test_same_ids_as_llamacpp_on_the_original_gguf(tokenizer):
     ours = [tokenizer.encode(t, add_special_tokens=False) for t in corpus]
     theirs = [llm.tokenize(t.encode(), add_bos=False, special=True) for t in corpus]
     assert [t for t, a, b in zip(corpus, ours, theirs) if a != b] == []
+
+
+def test_sentencepiece_model_declares_its_unknown_piece(tiny_dir):
+    """The unk_id piece is of type UNKNOWN: sentencepiece 0.2.2 (llama.cpp's converter) refuses the model otherwise."""
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb
+
+    model = sp_pb.ModelProto()
+    model.ParseFromString((tiny_dir / "tokenizer.model").read_bytes())
+    unknown = [i for i, piece in enumerate(model.pieces) if piece.type == sp_pb.ModelProto.SentencePiece.UNKNOWN]
+    assert [model.trainer_spec.unk_id] == unknown == [3]
+
+
+def test_tokenizer_config_lists_added_tokens_for_llamacpps_converter(tiny_dir):
+    """tokenizer_config.json's added_tokens_decoder holds every added token, user-defined whitespace pieces included."""
+    import json
+
+    config = json.loads((tiny_dir / "tokenizer_config.json").read_text())
+    added = json.loads((tiny_dir / "tokenizer.json").read_text())["added_tokens"]
+    decoder = config["added_tokens_decoder"]
+    assert {str(t["id"]): t["content"] for t in added} == {k: v["content"] for k, v in decoder.items()}
+    assert decoder["140"] == {"content": "\u2581" * 4, "lstrip": False, "normalized": False, "rstrip": False,
+                              "single_word": False, "special": False}
