@@ -9,13 +9,15 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.gpu
 
 MODEL = os.environ.get("HARNESS_PERF_MODEL", "gemma3-270m")
-ROUNDS = int(os.environ.get("HARNESS_PERF_ROUNDS", "100"))
+ROUNDS = int(os.environ.get("HARNESS_PERF_ROUNDS", "60"))
 RESULTS: dict = {}
 
 
@@ -23,9 +25,10 @@ class StepServer:
     """A harness.step_server process: `step()` runs one training step there and returns when it is done."""
 
     def __init__(self, backend: str, warmup: int = 20):
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, "-m", "harness.step_server", "--backend", backend, "--model", MODEL,
                                       "--warmup", str(warmup)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, bufsize=1)
+                                     stderr=self.log, text=True, bufsize=1, cwd=Path(__file__).resolve().parents[2])
         self.tokens: list[int] = []
         self._read_until("ready")
 
@@ -33,7 +36,9 @@ class StepServer:
         for line in self.proc.stdout:  # libraries print banners to stdout too: skip them
             if line.startswith(prefix):
                 return line
-        raise AssertionError(f"step server exited (code {self.proc.wait()}) before printing {prefix!r}")
+        code = self.proc.wait()
+        self.log.seek(0)
+        raise AssertionError(f"step server exited (code {code}) before printing {prefix!r}:\n{self.log.read()[-3000:]}")
 
     def step(self) -> None:
         self.proc.stdin.write("step\n")
@@ -42,7 +47,7 @@ class StepServer:
     def close(self) -> dict:
         self.proc.stdin.write("stop\n")
         self.proc.stdin.flush()
-        stats = json.loads(self._read_until("{"))
+        stats = json.loads(self._read_until('{"backend"'))  # the trainer also prints {'loss': …} dicts
         self.proc.wait(timeout=120)
         return stats
 
