@@ -67,6 +67,8 @@ def llamacpp_agreement(a: Path, b: Path, prompt_ids: list[list[int]], corpus: li
     """Load both in llama.cpp: token ids on a corpus and greedy continuations of the same prompts."""
     import llama_cpp
 
+    from harness.gguf_verify import llama_greedy
+
     llms = [llama_cpp.Llama(model_path=str(p), n_ctx=1024, verbose=False, seed=0) for p in (a, b)]
     token_mismatch = [text for text in corpus
                       if llms[0].tokenize(text.encode(), add_bos=False, special=True)
@@ -74,15 +76,7 @@ def llamacpp_agreement(a: Path, b: Path, prompt_ids: list[list[int]], corpus: li
     stop = {1, 106}  # <eos>, <end_of_turn>
     same, differences = 0, []
     for ids in prompt_ids:
-        outs = []
-        for llm in llms:
-            llm.reset()
-            out = []
-            for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-                if token in stop or len(out) >= max_new_tokens:
-                    break
-                out.append(token)
-            outs.append(out)
+        outs = [llama_greedy(llm, ids, stop, max_new_tokens) for llm in llms]
         same += outs[0] == outs[1]
         if outs[0] != outs[1] and len(differences) < 5:
             differences.append({"prompt_tokens": len(ids), "a": outs[0], "b": outs[1]})

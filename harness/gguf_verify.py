@@ -109,6 +109,32 @@ def error_vs_checkpoint(reader, checkpoint: Path) -> dict:
             "norm_max_err_after_shift": norm_err, "per_tensor_kind": per_kind}
 
 
+def llamacpp_loads(path: Path, timeout: int = 300) -> tuple[bool, str]:
+    """Load the file in llama.cpp in a child process: a crash there (seen: SIGSEGV from a llama-cpp-python
+    built on a GPU runner, on every file) is reported instead of taking the caller down with it."""
+    import subprocess
+    import sys
+
+    code = f"import llama_cpp; llama_cpp.Llama(model_path={str(path)!r}, n_ctx=256, verbose=False)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode == 0:
+        return True, "loaded"
+    if proc.returncode < 0:
+        return False, f"llama.cpp crashed loading {path.name} (signal {-proc.returncode})"
+    return False, f"llama.cpp could not load {path.name}: {proc.stderr.strip()[-300:]}"
+
+
+def llama_greedy(llm, ids: list[int], stop: set[int], max_new_tokens: int) -> list[int]:
+    """llama.cpp's greedy continuation of `ids`, without the stop token."""
+    llm.reset()
+    out = []
+    for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        if token in stop or len(out) >= max_new_tokens:
+            break
+        out.append(token)
+    return out
+
+
 def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], corpus: list[str],
                     max_new_tokens: int = 16) -> dict:
     """GGUF-LLAMACPP: load in llama.cpp; token ids vs the HF tokenizer; greedy outputs vs the HF model."""
@@ -139,13 +165,7 @@ def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], cor
         hf = [t for t in out[0][len(ids):].tolist()]
         while hf and hf[-1] in stop:
             hf.pop()
-        llm.reset()
-        lc = []
-        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-            if token in stop or len(lc) >= max_new_tokens:
-                break
-            lc.append(token)
-        hf = hf[:len(hf)]
+        lc = llama_greedy(llm, ids, stop, max_new_tokens)
         same += hf == lc
         top1 += bool(hf and lc and hf[0] == lc[0]) or (not hf and not lc)
         if hf != lc and len(differences) < 5:

@@ -84,8 +84,11 @@ def check_mlp_ablation(m: dict) -> tuple[str, dict]:
     gap = statistics.mean(full) - statistics.mean(attn)
     spread = max(statistics.pstdev(full), statistics.pstdev(attn), 0.01)
     evidence = {"exact_all7": full, "exact_attention_only": attn, "mean_gap": round(gap, 4), "noise": round(spread, 4),
-                "loss_all7": m["loss"]["all"], "loss_attention_only": m["loss"]["attention"], "seeds": m["seeds"]}
-    return ("pass" if gap > 2 * spread else "unsupported"), evidence
+                "loss_all7": m["loss"]["all"], "loss_attention_only": m["loss"]["attention"], "seeds": m["seeds"],
+                "n_seeds": len(m["seeds"])}
+    if gap > 2 * spread:
+        return "pass", evidence
+    return ("refuted" if gap < -2 * spread else "unsupported"), evidence
 
 
 CLAIMS = [
@@ -113,5 +116,9 @@ CLAIMS = [
           {"gemma3-270m": (eq("trainable", 7_593_984), eq("total", 275_692_160), near("trainable_percent", 2.755, 0.0005))}),
     Claim("LORA-MLP-ABLATION", SECTION, "gpu", "By targeting gate, up, and down (the MLP block), we ensure the model learns … what logic to use in the function parameters",
           "experiment: all 7 targets vs attention-only, same data/steps/seeds: held-out exact match and loss", "pass",
-          check_mlp_ablation, (ge("mean_gap", 0.0),)),
+          check_mlp_ablation, (ge("n_seeds", 3),),
+          # Measured 2026-11-26 (H200, real Gemma 3 270M, Unsloth 2026.10.9, 600 steps, seeds 3407-3409, reports/examples/
+          # h200-2026-11-26): exact match all 7 targets [0.606, 0.478, 0.550] vs attention-only [0.484, 0.641, 0.566]; gap
+          # -0.019 against a seed spread of 0.064: no measurable benefit of adapting the MLP on this task.
+          {}, {"gpu": "unsupported"}),
 ]

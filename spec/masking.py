@@ -57,8 +57,10 @@ def check_stability(m: dict) -> tuple[str, dict]:
     noise = max(statistics.pstdev(masked), statistics.pstdev(unmasked), 0.01)
     evidence = {"exact_masked": masked, "exact_unmasked": unmasked, "mean_gap": round(gap, 4), "noise": round(noise, 4),
                 "loss_spread_masked": m["loss_spread"]["masked"], "loss_spread_unmasked": m["loss_spread"]["unmasked"],
-                "val_loss": m.get("val_loss"), "seeds": m["seeds"]}
-    return ("pass" if gap > 2 * noise else "unsupported"), evidence
+                "val_loss": m.get("val_loss"), "seeds": m["seeds"], "n_seeds": len(m["seeds"])}
+    if gap > 2 * noise:
+        return "pass", evidence
+    return ("refuted" if gap < -2 * noise else "unsupported"), evidence
 
 
 CLAIMS = [
@@ -79,5 +81,9 @@ CLAIMS = [
           check_loss, (le("loss_vs_manual", 1e-6), eq("masked_perturbation_grad_delta", 0.0))),
     Claim("MASK-STABILITY", SECTION, "gpu", "This is critical for stabilizing the 270M model",
           "experiment: masked vs unmasked training on the reference task, held-out exact match and loss spread", "pass",
-          check_stability, ()),
+          check_stability, (ge("n_seeds", 3),),
+          # Measured 2026-11-26 (H200, real 270M, 600 steps, seeds 3407-3409): held-out exact match masked [0.606, 0.478,
+          # 0.550] vs unmasked [0.722, 0.656, 0.709] (gap -0.151, seed spread 0.052); answer-only validation loss spread
+          # over seeds 0.0018 masked vs 0.0002 unmasked. Training on every token was better and steadier here.
+          {}, {"gpu": "refuted"}),
 ]

@@ -44,15 +44,33 @@ def check_warmup(m: dict) -> tuple[str, dict]:
     return verdict_if(ok, "pass"), evidence
 
 
+def _separated(worse: list[float], better: list[float]) -> bool:
+    """`worse` exceeds `better` by more than twice the larger seed spread (both lists: one value per seed)."""
+    import statistics
+
+    noise = max(statistics.pstdev(worse), statistics.pstdev(better), 1e-9)
+    return statistics.mean(worse) - statistics.mean(better) > 2 * noise
+
+
 def check_warmup_stability(m: dict) -> tuple[str, dict]:
-    """m: max_grad_norm = {"warmup": [...], "none": [...]}, loss_spikes likewise (first W steps, per seed)."""
+    """m: max_grad_norm = {"warmup": [...], "none": [...]}, loss_spikes likewise (first W steps, per seed), exact."""
     warm, cold = m["max_grad_norm"]["warmup"], m["max_grad_norm"]["none"]
+    spikes_warm, spikes_cold = m["loss_spikes"]["warmup"], m["loss_spikes"]["none"]
+    exact = m.get("exact") or {}
     evidence = {"max_grad_norm_warmup": warm, "max_grad_norm_no_warmup": cold,
-                "loss_spikes_warmup": m["loss_spikes"]["warmup"], "loss_spikes_no_warmup": m["loss_spikes"]["none"],
-                "exact_warmup": (m.get("exact") or {}).get("warmup"), "exact_no_warmup": (m.get("exact") or {}).get("none"),
-                "seeds": m["seeds"]}
-    explode = max(cold) > 2 * max(warm) or sum(m["loss_spikes"]["none"]) > sum(m["loss_spikes"]["warmup"])
-    return ("pass" if explode else "unsupported"), evidence
+                "loss_spikes_warmup": spikes_warm, "loss_spikes_no_warmup": spikes_cold,
+                "exact_warmup": exact.get("warmup"), "exact_no_warmup": exact.get("none"),
+                "seeds": m["seeds"], "n_seeds": len(m["seeds"])}
+    explosion = _separated(cold, warm) and max(cold) > 2 * max(warm)
+    evidence["grad_norm_higher_without_warmup"] = _separated(cold, warm)
+    evidence["more_spikes_without_warmup"] = _separated(spikes_cold, spikes_warm)
+    evidence["worse_exact_without_warmup"] = bool(exact) and _separated(exact["warmup"], exact["none"])
+    if explosion:
+        return "pass", evidence
+    # No explosion, but warmup still measurably steadies or improves training: the reason given is wrong.
+    if evidence["more_spikes_without_warmup"] or evidence["worse_exact_without_warmup"]:
+        return "corrected", evidence
+    return "unsupported", evidence
 
 
 CLAIMS = [
@@ -67,5 +85,9 @@ CLAIMS = [
           check_warmup, (eq("lr_first", 0.0), eq("monotone_warmup", True))),
     Claim("LR-WARMUP-STABILITY", SECTION, "gpu", 'Prevents the "Zero-Shot" shock … to prevent weight explosion',
           "experiment: warmup 0 vs 200 at lr 1e-3: max grad norm and loss spikes over the first 200 steps", "unsupported",
-          check_warmup_stability, ()),
+          check_warmup_stability, (ge("n_seeds", 3),),
+          # Measured 2026-11-26 (H200, real 270M, 600 steps, seeds 3407-3409): max grad norm in the first 200 steps with
+          # warmup [20.2, 46.0, 15.9] vs without [35.1, 24.7, 25.5]: no explosion. Without warmup: more loss spikes
+          # ([30, 33, 31] vs [21, 28, 25]) and lower held-out exact match ([0.397, 0.441, 0.444] vs [0.606, 0.478, 0.550]).
+          {}, {"gpu": "corrected"}),
 ]
