@@ -67,9 +67,9 @@ def llamacpp_agreement(a: Path, b: Path, prompt_ids: list[list[int]], corpus: li
     """Load both in llama.cpp: token ids on a corpus and greedy continuations of the same prompts."""
     import llama_cpp
 
-    from harness.gguf_verify import llama_greedy
+    from harness.gguf_verify import llama_greedy, use_mmap
 
-    llms = [llama_cpp.Llama(model_path=str(p), n_ctx=1024, verbose=False, seed=0) for p in (a, b)]
+    llms = [llama_cpp.Llama(model_path=str(p), n_ctx=1024, verbose=False, seed=0, use_mmap=use_mmap()) for p in (a, b)]
     token_mismatch = [text for text in corpus
                       if llms[0].tokenize(text.encode(), add_bos=False, special=True)
                       != llms[1].tokenize(text.encode(), add_bos=False, special=True)]

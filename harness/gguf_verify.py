@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 
@@ -109,19 +111,30 @@ def error_vs_checkpoint(reader, checkpoint: Path) -> dict:
             "norm_max_err_after_shift": norm_err, "per_tensor_kind": per_kind}
 
 
+def use_mmap() -> bool:
+    """$HARNESS_LLAMA_MMAP=0 makes llama.cpp read files instead of mapping them (set by llamacpp_loads when
+    only that works: a sandboxed runner's mmap is the first suspect for the crash seen there)."""
+    return os.environ.get("HARNESS_LLAMA_MMAP", "1") != "0"
+
+
 def llamacpp_loads(path: Path, timeout: int = 300) -> tuple[bool, str]:
     """Load the file in llama.cpp in a child process: a crash there (seen: SIGSEGV from a llama-cpp-python
-    built on a GPU runner, on every file) is reported instead of taking the caller down with it."""
+    built on a GPU runner, on every file) is reported instead of taking the caller down with it.
+    Mapped first, then read without mmap; what worked is kept for this process's later loads."""
     import subprocess
     import sys
 
-    code = f"import llama_cpp; llama_cpp.Llama(model_path={str(path)!r}, n_ctx=256, verbose=False)"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
-    if proc.returncode == 0:
-        return True, "loaded"
-    if proc.returncode < 0:
-        return False, f"llama.cpp crashed loading {path.name} (signal {-proc.returncode})"
-    return False, f"llama.cpp could not load {path.name}: {proc.stderr.strip()[-300:]}"
+    failures = []
+    for mmap in ([True, False] if use_mmap() else [False]):
+        code = f"import llama_cpp; llama_cpp.Llama(model_path={str(path)!r}, n_ctx=256, verbose=False, use_mmap={mmap})"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+        if proc.returncode == 0:
+            os.environ["HARNESS_LLAMA_MMAP"] = "1" if mmap else "0"
+            return True, "loaded" + ("" if mmap else " (without mmap: mapped, it failed)")
+        failures.append(f"crashed (signal {-proc.returncode})" if proc.returncode < 0
+                        else f"failed: {proc.stderr.strip()[-200:]}")
+    return False, f"llama.cpp could not load {path.name}: " + "; ".join(
+        f"{'mmap' if i == 0 and len(failures) == 2 else 'read'} {why}" for i, why in enumerate(failures))
 
 
 def llama_greedy(llm, ids: list[int], stop: set[int], max_new_tokens: int) -> list[int]:
@@ -145,7 +158,7 @@ def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], cor
     from harness.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(str(checkpoint))
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, verbose=False, logits_all=False, seed=0)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, verbose=False, logits_all=False, seed=0, use_mmap=use_mmap())
     mismatches, first = 0, None
     for text in corpus:
         a = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)

@@ -89,3 +89,15 @@ def test_killed_run_leaves_an_incomplete_report_that_the_next_run_names(tmp_path
     recorder = RunRecorder(root=reports, run_id="next")
     assert recorder.previous == {"run": killed["run"], "complete": False, "started": killed["started"]}
     assert "did not finish" in (recorder.write(complete=True).parent / "index.html").read_text()
+
+
+def test_llamacpp_load_failure_is_reported_not_fatal(tiny_gguf, tmp_path):
+    """llama.cpp loads in a child process: a corrupt file gives a message naming it; a good one loads."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'llama-cpp-python==0.3.36'")
+    from harness.gguf_verify import llamacpp_loads
+
+    bad = tmp_path / "corrupt.gguf"
+    bad.write_bytes(b"GGUF" + bytes(100))
+    ok, why = llamacpp_loads(bad)
+    assert (ok, "corrupt.gguf" in why) == (False, True)
+    assert llamacpp_loads(tiny_gguf) == (True, "loaded")
