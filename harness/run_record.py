@@ -41,6 +41,18 @@ def peak_memory() -> dict:
     return out
 
 
+def on_training_batches(trainer, see) -> None:
+    """Wrap the trainer's compute_loss so `see(inputs)` gets every training batch exactly as the model gets it."""
+    compute_loss = trainer.compute_loss
+
+    def seen(model, inputs, *args, **kwargs):
+        if model.training:
+            see(inputs)
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = seen
+
+
 class StepRecorder(TrainerCallback):
     """Per-step loss, learning rate and grad norm; step times; and a check of every batch fed to the model.
 
@@ -59,15 +71,7 @@ class StepRecorder(TrainerCallback):
         self._tokens = 0
 
     def attach(self, trainer) -> None:
-        """Wrap the trainer's compute_loss: every training batch passes through it exactly as the model gets it."""
-        compute_loss = trainer.compute_loss
-
-        def recorded(model, inputs, *args, **kwargs):
-            if model.training:
-                self._capture(inputs)
-            return compute_loss(model, inputs, *args, **kwargs)
-
-        trainer.compute_loss = recorded
+        on_training_batches(trainer, self._capture)
 
     def _capture(self, kwargs):
         labels, ids = kwargs.get("labels"), kwargs.get("input_ids")

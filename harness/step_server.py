@@ -26,6 +26,7 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 from harness.recipe import HANDBOOK
+from harness.run_record import on_training_batches
 
 
 class SteppedByStdin(TrainerCallback):
@@ -85,14 +86,7 @@ def build_trainer(model: str, backend: str, callback: SteppedByStdin, out_dir: P
 
         trainer = build_sft_trainer(source.path, recipe, out_dir, train_rows=rows, model=peft_model, tokenizer=tokenizer,
                                     callbacks=[callback])
-    compute_loss = trainer.compute_loss
-
-    def counted(model, inputs, *args, **kwargs):
-        if model.training:
-            callback.count(inputs)
-        return compute_loss(model, inputs, *args, **kwargs)
-
-    trainer.compute_loss = counted
+    on_training_batches(trainer, callback.count)
     trainer.args.save_strategy = "no"
     return trainer
 
