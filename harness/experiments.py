@@ -102,13 +102,13 @@ def first_steps(run: dict, field: str, steps: int) -> list[float]:
 
 def measurements(root: Path, seeds: list[int], warmup_steps: int = 200) -> dict:
     """Each experiment's measurements, in the shape its spec check reads (spec.lora/masking/schedule)."""
-    exact = {arm: [r["eval"]["exact_match"] for r in _runs(root, arm, seeds)]
-             for arm in ("handbook", "attention_only", "unmasked", "no_warmup")}
-    val = {arm: [r["val_loss"] for r in _runs(root, arm, seeds)] for arm in exact}
+    runs = {arm: _runs(root, arm, seeds) for arm in ("handbook", "attention_only", "unmasked", "no_warmup")}  # read once
+    exact = {arm: [r["eval"]["exact_match"] for r in rs] for arm, rs in runs.items()}
+    val = {arm: [r["val_loss"] for r in rs] for arm, rs in runs.items()}
     spread = {arm: round(statistics.pstdev(v), 4) if len(v) > 1 else 0.0 for arm, v in val.items()}
-    grad = {arm: [max(first_steps(r, "grad_norm", warmup_steps) or [0.0]) for r in _runs(root, arm, seeds)]
+    grad = {arm: [max(first_steps(r, "grad_norm", warmup_steps) or [0.0]) for r in runs[arm]]
             for arm in ("handbook", "no_warmup")}
-    spikes = {arm: [loss_spikes(first_steps(r, "loss", warmup_steps)) for r in _runs(root, arm, seeds)]
+    spikes = {arm: [loss_spikes(first_steps(r, "loss", warmup_steps)) for r in runs[arm]]
               for arm in ("handbook", "no_warmup")}
     return {
         "LORA-MLP-ABLATION": {"exact": {"all": exact["handbook"], "attention": exact["attention_only"]},

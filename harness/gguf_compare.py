@@ -19,12 +19,10 @@ def _fields(reader) -> dict:
     return {f.name: f.contents() for f in reader.fields.values()}
 
 
-def tensors_agree(a: Path, b: Path) -> dict:
-    """Per-tensor: same name set, same type and shape, dequantized values bit-identical."""
-    from gguf import GGUFReader
+def tensors_agree(ra, rb) -> dict:
+    """Per-tensor (two GGUFReaders): same name set, same type and shape, dequantized values bit-identical."""
     from gguf.quants import dequantize
 
-    ra, rb = GGUFReader(str(a)), GGUFReader(str(b))
     ta, tb = {t.name: t for t in ra.tensors}, {t.name: t for t in rb.tensors}
     type_diff, value_diff, max_abs = [], [], 0.0
     for name in sorted(set(ta) & set(tb)):
@@ -43,11 +41,9 @@ def tensors_agree(a: Path, b: Path) -> dict:
             "max_abs_diff": max_abs}
 
 
-def metadata_diff(a: Path, b: Path) -> dict:
+def metadata_diff(ra, rb) -> dict:
     """Keys present in one file only, and keys whose values differ (tokens and token types counted per entry)."""
-    from gguf import GGUFReader
-
-    fa, fb = _fields(GGUFReader(str(a))), _fields(GGUFReader(str(b)))
+    fa, fb = _fields(ra), _fields(rb)
     differing, token_rows = {}, {}
     for key in sorted(set(fa) & set(fb)):
         if fa[key] == fb[key]:
@@ -87,7 +83,10 @@ def llamacpp_agreement(a: Path, b: Path, prompt_ids: list[list[int]], corpus: li
 
 def compare(a: Path, b: Path, prompt_ids: list[list[int]] | None = None, corpus: list[str] | None = None) -> dict:
     """Everything above; `llamacpp` only where llama-cpp-python is installed and prompts were given."""
-    report = {"a": str(a), "b": str(b), "tensors": tensors_agree(a, b), "metadata": metadata_diff(a, b)}
+    from harness.gguf_verify import read
+
+    ra, rb = read(a), read(b)  # each file parsed once (a 262k-token vocabulary takes seconds)
+    report = {"a": str(a), "b": str(b), "tensors": tensors_agree(ra, rb), "metadata": metadata_diff(ra, rb)}
     if prompt_ids is not None:
         try:
             import llama_cpp  # noqa: F401

@@ -131,10 +131,9 @@ def llamacpp_loads(path: Path, timeout: int = 300) -> tuple[bool, str]:
         if proc.returncode == 0:
             os.environ["HARNESS_LLAMA_MMAP"] = "1" if mmap else "0"
             return True, "loaded" + ("" if mmap else " (without mmap: mapped, it failed)")
-        failures.append(f"crashed (signal {-proc.returncode})" if proc.returncode < 0
-                        else f"failed: {proc.stderr.strip()[-200:]}")
-    return False, f"llama.cpp could not load {path.name}: " + "; ".join(
-        f"{'mmap' if i == 0 and len(failures) == 2 else 'read'} {why}" for i, why in enumerate(failures))
+        why = f"crashed (signal {-proc.returncode})" if proc.returncode < 0 else f"failed: {proc.stderr.strip()[-200:]}"
+        failures.append(f"{'mapped' if mmap else 'read'}: {why}")
+    return False, f"llama.cpp could not load {path.name}: " + "; ".join(failures)
 
 
 def llama_greedy(llm, ids: list[int], stop: set[int], max_new_tokens: int) -> list[int]:

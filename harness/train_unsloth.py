@@ -76,7 +76,7 @@ def export_unsloth_gguf(model, tokenizer, out_dir: Path) -> dict:
     is recorded and the project's exporter writes the file from a separate 16-bit merge.
     """
     from harness.gguf_export import export_q8_0
-    from harness.llama_cpp_vendor import QUANTIZER, build_quantizer, find_tree, unsloth_env
+    from harness.llama_cpp_vendor import QUANTIZER, build_quantizer, find_tree
 
     target = Path(out_dir) / "unsloth_export"
     artifacts: dict = {}
@@ -86,8 +86,8 @@ def export_unsloth_gguf(model, tokenizer, out_dir: Path) -> dict:
     else:
         if not (tree / QUANTIZER).exists():
             artifacts["llama_quantize_build"] = build_quantizer(tree)
-        os.environ.update(unsloth_env(tree))
-        artifacts["llama_cpp"] = str(tree)
+        # The variables pointing Unsloth at this tree were set before `import unsloth` (_unsloth_env).
+        artifacts["llama_cpp"] = os.environ.get("UNSLOTH_LLAMA_CPP_PATH")
         try:
             start = time.perf_counter()
             model.save_pretrained_gguf(str(target), tokenizer, quantization_method="q8_0")

@@ -190,10 +190,11 @@ def test_unsloth_q8_0_export_offline_is_verified(e2e, dataset, certify, run_extr
     comparison = compare(unsloth_file, ours)  # tensors and metadata; llama.cpp below, in child processes first
     run_extras["gguf_exporters"] = {"metadata": comparison["metadata"], "tensors": {
         k: v for k, v in comparison["tensors"].items() if k != "value_differences"}}
+    reader = read(unsloth_file)
     certify("GGUF-Q8-EXPORT", {"exporter": "unsloth save_pretrained_gguf (vendored llama.cpp)",
-                               "seconds": art.get("gguf_unsloth_seconds"), **layout(read(unsloth_file)),
+                               "seconds": art.get("gguf_unsloth_seconds"), **layout(reader),
                                **summary(comparison)}, "unsloth", soft=True)
-    certify("GGUF-Q8-ERROR", error_vs_checkpoint(read(unsloth_file), merged), "gpu", soft=True)
+    certify("GGUF-Q8-ERROR", error_vs_checkpoint(reader, merged), "gpu", soft=True)
     try:
         import llama_cpp  # noqa: F401
         loads = {path.name: llamacpp_loads(path) for path in (unsloth_file, ours)}
