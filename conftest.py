@@ -54,6 +54,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU")
     config.addinivalue_line("markers", "slow: slow test")
     config.addinivalue_line("markers", "claim(id): binds a test to a claim ID")
+    config.addinivalue_line("markers", "uses_runs(name): reads a background GPU run (e2e, experiments), see tests/gpu")
+    config.addinivalue_line("markers", "gpu_phase(n): tests run in ascending n (default 0): short GPU probes, then "
+                                       "the readers of background runs, the timings last")
     if config.getoption("--no-report") or hasattr(config, "workerinput"):
         config._handbook_recorder = None
         return
@@ -74,7 +77,15 @@ def _claim_ids(item) -> list[str]:
     return ids
 
 
+def _phase(item) -> int:
+    mark = item.get_closest_marker("gpu_phase")
+    return mark.args[0] if mark else 0
+
+
 def pytest_collection_modifyitems(config, items):
+    # Short GPU probes first (the long runs go on in the background meanwhile), then the tests that wait for
+    # those runs, then the timings, which need the GPU to themselves. The sort is stable: files keep their order.
+    items.sort(key=_phase)
     no_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     has_cuda = cuda_available()
     for item in items:

@@ -6,21 +6,18 @@
 
 The handbook arm is shared by all three, so 3 seeds cost 4 arms × 3 runs. Each run is
 `python -m harness finetune --arm A --seed S` in its own process (Unsloth patches globally), several
-at once on one GPU: a 270M model's step is bound by kernel launches, not by the GPU, so concurrent
-runs share it well. A run whose run.json is complete is not run again, so an interrupted set resumes.
+at once on one GPU (harness.run_queue). A run whose run.json is complete is not run again, so an
+interrupted set resumes.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from harness.run_queue import RunQueue, complete
 
 EXPERIMENTS = {
     "LORA-MLP-ABLATION": ("handbook", "attention_only"),
@@ -35,56 +32,43 @@ def run_dir(root: Path, arm: str, seed: int) -> Path:
     return Path(root) / f"{arm}-seed{seed}"
 
 
-def _complete(folder: Path) -> bool:
-    try:
-        return json.loads((folder / "run.json").read_text()).get("complete") is True
-    except (OSError, ValueError):
-        return False
-
-
-def run_arms(root: Path, arms: list[str], seeds: list[int], *, model: str, backend: str, max_steps: int | None = None,
-             eval_limit: int | None = None, parallel: int = 4, extra_env: dict | None = None) -> dict:
-    """Run every (arm, seed) not already complete, `parallel` at a time; return {run name: outcome}."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    todo = [(arm, seed) for arm in arms for seed in seeds if not _complete(run_dir(root, arm, seed))]
-    outcomes = {run_dir(root, a, s).name: "complete (earlier)" for a in arms for s in seeds if (a, s) not in todo}
-    running: dict[str, tuple[subprocess.Popen, float, object]] = {}
-    bar = tqdm(total=len(todo), desc=f"experiment runs ({parallel} at a time)", unit="run")
-    # One CPU thread per run or so (oversubscribed threads slowed 4 CPU runs on 2 cores ~10×), a smaller
-    # generation batch and expandable segments so that several runs share one GPU's memory.
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // parallel)), "HARNESS_EVAL_BATCH": "16",
-           "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", **(extra_env or {})}
-    while todo or running:
-        while todo and len(running) < parallel:
-            arm, seed = todo.pop(0)
+def arm_runs(root: Path, arms: list[str], seeds: list[int], *, model: str, backend: str, max_steps: int | None = None,
+             eval_limit: int | None = None) -> list[tuple[str, Path, list[str]]]:
+    """(name, folder, command) of each (arm, seed) run: `python -m harness finetune --arm A --seed S`."""
+    runs = []
+    for arm in arms:
+        for seed in seeds:
             folder = run_dir(root, arm, seed)
-            folder.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "harness", "finetune", "--model", model, "--backend", backend, "--arm", arm,
                    "--seed", str(seed), "--out", str(folder), "--no-export", "--no-base-eval"]
             cmd += ["--max-steps", str(max_steps)] if max_steps else []
             cmd += ["--eval-limit", str(eval_limit)] if eval_limit else []
-            log = open(folder / "log.txt", "w")
-            running[folder.name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time(), log)
-        time.sleep(2)
-        for name, (proc, start, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            log.close()
-            tail = (root / name / "log.txt").read_text(errors="replace")[-1500:]
-            outcomes[name] = (f"complete in {time.time() - start:.0f} s" if proc.returncode == 0
-                              else f"failed (exit {proc.returncode}): {tail}")
-            del running[name]
-            bar.update()
-    bar.close()
-    return outcomes
+            runs.append((folder.name, folder, cmd))
+    return runs
+
+
+def queue_arms(queue: RunQueue, root: Path, arms: list[str], seeds: list[int], **kwargs) -> list[str]:
+    """Add every (arm, seed) run to `queue` (complete ones are reused); return their names."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    runs = arm_runs(root, arms, seeds, **kwargs)
+    for name, folder, cmd in runs:
+        queue.add(name, folder, cmd)
+    return [name for name, _, _ in runs]
+
+
+def run_arms(root: Path, arms: list[str], seeds: list[int], *, parallel: int = 4, extra_env: dict | None = None,
+             **kwargs) -> dict:
+    """Run every (arm, seed) not already complete, `parallel` at a time; return {run name: outcome}."""
+    queue = RunQueue(parallel, extra_env, desc="experiment runs")
+    names = queue_arms(queue, root, arms, seeds, **kwargs)
+    return queue.start().wait(names)
 
 
 def _runs(root: Path, arm: str, seeds: list[int]) -> list[dict]:
     runs = []
     for seed in seeds:
         folder = run_dir(root, arm, seed)
-        if not _complete(folder):
+        if not complete(folder):
             raise FileNotFoundError(f"{folder}/run.json is missing or incomplete: run the experiment arms first "
                                     f"(python -m harness experiments --out {root}); see {folder}/log.txt")
         runs.append(json.loads((folder / "run.json").read_text()))

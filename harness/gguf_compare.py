@@ -61,21 +61,16 @@ def metadata_diff(ra, rb) -> dict:
 def llamacpp_agreement(a: Path, b: Path, prompt_ids: list[list[int]], corpus: list[str],
                        max_new_tokens: int = 24) -> dict:
     """Load both in llama.cpp: token ids on a corpus and greedy continuations of the same prompts."""
-    import llama_cpp
+    from harness.gguf_verify import llama_outputs
 
-    from harness.gguf_verify import llama_greedy, use_mmap
-
-    llms = [llama_cpp.Llama(model_path=str(p), n_ctx=1024, verbose=False, seed=0, use_mmap=use_mmap()) for p in (a, b)]
-    token_mismatch = [text for text in corpus
-                      if llms[0].tokenize(text.encode(), add_bos=False, special=True)
-                      != llms[1].tokenize(text.encode(), add_bos=False, special=True)]
     stop = {1, 106}  # <eos>, <end_of_turn>
+    outs = [llama_outputs(p, corpus, prompt_ids, stop, max_new_tokens) for p in (a, b)]  # each in a child process
+    token_mismatch = [text for text, ta, tb in zip(corpus, outs[0]["tokens"], outs[1]["tokens"]) if ta != tb]
     same, differences = 0, []
-    for ids in prompt_ids:
-        outs = [llama_greedy(llm, ids, stop, max_new_tokens) for llm in llms]
-        same += outs[0] == outs[1]
-        if outs[0] != outs[1] and len(differences) < 5:
-            differences.append({"prompt_tokens": len(ids), "a": outs[0], "b": outs[1]})
+    for ids, ga, gb in zip(prompt_ids, outs[0]["greedy"], outs[1]["greedy"]):
+        same += ga == gb
+        if ga != gb and len(differences) < 5:
+            differences.append({"prompt_tokens": len(ids), "a": ga, "b": gb})
     return {"corpus": len(corpus), "tokenization_differs": len(token_mismatch), "tokenization_examples": token_mismatch[:5],
             "prompts": len(prompt_ids), "greedy_equal": same, "greedy_equal_rate": same / max(1, len(prompt_ids)),
             "differences": differences}

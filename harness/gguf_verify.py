@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +122,6 @@ def llamacpp_loads(path: Path, timeout: int = 300) -> tuple[bool, str]:
     """Load the file in llama.cpp in a child process: a crash there (seen: SIGSEGV from a llama-cpp-python
     built on a GPU runner, on every file) is reported instead of taking the caller down with it.
     Mapped first, then read without mmap; what worked is kept for this process's later loads."""
-    import subprocess
-    import sys
-
     failures = []
     for mmap in ([True, False] if use_mmap() else [False]):
         code = f"import llama_cpp; llama_cpp.Llama(model_path={str(path)!r}, n_ctx=256, verbose=False, use_mmap={mmap})"
@@ -131,9 +129,14 @@ def llamacpp_loads(path: Path, timeout: int = 300) -> tuple[bool, str]:
         if proc.returncode == 0:
             os.environ["HARNESS_LLAMA_MMAP"] = "1" if mmap else "0"
             return True, "loaded" + ("" if mmap else " (without mmap: mapped, it failed)")
-        why = f"crashed (signal {-proc.returncode})" if proc.returncode < 0 else f"failed: {proc.stderr.strip()[-200:]}"
-        failures.append(f"{'mapped' if mmap else 'read'}: {why}")
+        failures.append(f"{'mapped' if mmap else 'read'}: {_failure(proc)}")
     return False, f"llama.cpp could not load {path.name}: " + "; ".join(failures)
+
+
+def _failure(proc: subprocess.CompletedProcess) -> str:
+    if proc.returncode < 0:
+        return f"crashed (signal {-proc.returncode})"
+    return f"failed: {proc.stderr.strip()[-300:]}"
 
 
 def llama_greedy(llm, ids: list[int], stop: set[int], max_new_tokens: int) -> list[int]:
@@ -147,37 +150,59 @@ def llama_greedy(llm, ids: list[int], stop: set[int], max_new_tokens: int) -> li
     return out
 
 
+def _llama_side(job: dict) -> dict:
+    """In the child: llama.cpp's token ids for each text and greedy continuation of each prompt."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=job["path"], n_ctx=1024, verbose=False, seed=0, use_mmap=job["mmap"])
+    return {"tokens": [llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) for text in job["corpus"]],
+            "greedy": [llama_greedy(llm, ids, set(job["stop"]), job["max_new_tokens"]) for ids in job["prompt_ids"]]}
+
+
+def llama_outputs(path: Path, corpus: list[str], prompt_ids: list[list[int]], stop: set[int], max_new_tokens: int,
+                  timeout: int = 1800) -> dict:
+    """{"tokens": [...], "greedy": [...]} from llama.cpp, computed in a child process.
+
+    llama.cpp never shares a process with torch/CUDA here: on a GPU runner the pytest process (torch,
+    Unsloth, CUDA loaded) died of SIGSEGV inside llama-cpp-python; a child's crash is an error instead."""
+    job = {"path": str(path), "corpus": corpus, "prompt_ids": prompt_ids, "stop": sorted(stop),
+           "max_new_tokens": max_new_tokens, "mmap": use_mmap()}
+    proc = subprocess.run([sys.executable, "-m", "harness.gguf_verify"], input=json.dumps(job), capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise GGUFVerifyError(f"llama.cpp {_failure(proc)} reading {path}; check it alone with "
+                              f"python -m harness verify-gguf {path}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], corpus: list[str],
                     max_new_tokens: int = 16) -> dict:
     """GGUF-LLAMACPP: load in llama.cpp; token ids vs the HF tokenizer; greedy outputs vs the HF model."""
-    import llama_cpp
     import torch
     from transformers import AutoModelForCausalLM
 
     from harness.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(str(checkpoint))
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, verbose=False, logits_all=False, seed=0, use_mmap=use_mmap())
+    stop = {tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id}
+    prompt_ids = [list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+                  for messages in prompts]
+    llama = llama_outputs(path, corpus, prompt_ids, stop, max_new_tokens)
     mismatches, first = 0, None
-    for text in corpus:
-        a = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    for text, a in zip(corpus, llama["tokens"]):
         b = tokenizer.encode(text, add_special_tokens=False)
         if a != b:
             mismatches += 1
             first = first or {"text": text, "llama.cpp": a[:20], "hf": b[:20]}
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
-    stop = {tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id}
     same, top1, differences = 0, 0, []
-    for messages in prompts:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
-        ids = list(ids)
+    for messages, ids, lc in zip(prompts, prompt_ids, llama["greedy"]):
         with torch.no_grad():
             out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
                                  eos_token_id=list(stop), pad_token_id=tokenizer.pad_token_id)
-        hf = [t for t in out[0][len(ids):].tolist()]
+        hf = out[0][len(ids):].tolist()
         while hf and hf[-1] in stop:
             hf.pop()
-        lc = llama_greedy(llm, ids, stop, max_new_tokens)
         same += hf == lc
         top1 += bool(hf and lc and hf[0] == lc[0]) or (not hf and not lc)
         if hf != lc and len(differences) < 5:
@@ -211,3 +236,7 @@ def verify(path: Path, checkpoint: Path | None = None, llama: bool = True, promp
             ok &= report["llamacpp"]["token_mismatches"] == 0
     report["ok"] = bool(ok)
     return report
+
+
+if __name__ == "__main__":  # the child of llama_outputs: a job on stdin, the outputs on the last line of stdout
+    print(json.dumps(_llama_side(json.loads(sys.stdin.read()))))

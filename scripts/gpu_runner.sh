@@ -76,7 +76,7 @@ case "$stage" in
   gpu)
     start_llama_builds; wait_llama_builds; assemble_model
     mkdir -p "$HARNESS_REPORTS"
-    python3 -m pytest -m gpu -p no:cacheprovider -q --benchmark-json="$HARNESS_REPORTS/benchmark.json" "$@" ;;
+    python3 -m pytest -m gpu -p no:cacheprovider -q --durations=0 --benchmark-json="$HARNESS_REPORTS/benchmark.json" "$@" ;;
   bg)
     rm -f "$HS/gpu-tier.done"
     args=$(printf '%q ' "$@")

@@ -1,7 +1,8 @@
 """The GPU tier: the handbook's pipeline through Unsloth on a CUDA GPU (`pytest -m gpu`).
 
 Unsloth patches torch and transformers globally, so memory and checkpointing probes run in fresh
-processes (harness.gpu_probe); the model facts and the end-to-end run share this process.
+processes (harness.gpu_probe), and so does the end-to-end run (queued at session start, see
+conftest.py); the model facts share this process.
 """
 
 import copy
@@ -15,7 +16,6 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-E2E_STEPS = int(os.environ.get("HARNESS_E2E_STEPS", "600"))
 GRID = os.environ.get("HARNESS_VRAM_GRID", "512x1,512x8,1024x1,1024x8,2048x1,2048x8,4096x1,4096x8")
 
 
@@ -147,16 +147,19 @@ def test_gc_mechanism_and_fallback(perf_model, certify):
 
 
 @pytest.fixture(scope="module")
-def e2e(gemma_dir, tmp_path_factory, run_extras):
-    from harness.finetune import finetune
-
-    out = os.environ.get("HARNESS_E2E_OUT") or tmp_path_factory.mktemp("e2e")
-    record = finetune(model=str(gemma_dir), backend="unsloth", out_dir=out, max_steps=E2E_STEPS)
+def e2e(gpu_runs, run_extras):
+    """The reference fine-tune's run record: `python -m harness finetune --backend unsloth`, run in the background."""
+    outcome = gpu_runs.queue.wait("e2e")["e2e"]
+    assert outcome.startswith("complete"), f"the reference fine-tune failed ({gpu_runs.e2e_dir}/log.txt): {outcome}"
+    record = json.loads((gpu_runs.e2e_dir / "run.json").read_text())
     run_extras["finetune"] = {k: record.get(k) for k in ("model", "backend", "steps", "phases", "throughput", "eval",
                                                           "base_eval", "val_loss", "memory", "artifacts")}
+    run_extras["finetune"]["shared_gpu_with"] = f"up to {gpu_runs.slots - 1} other runs (its step times are not speed figures)"
     return record
 
 
+@pytest.mark.uses_runs("e2e")
+@pytest.mark.gpu_phase(1)
 @pytest.mark.claim("E2E-REFERENCE", "RECIPE-FIDELITY", "CHECK-OUTPUT", "MASK-USER-TURNS")
 def test_reference_finetune_end_to_end(e2e, certify):
     """Unsloth 4-bit + LoRA + SFT with train_on_responses_only and the cosine schedule, then held-out eval and export."""
@@ -175,6 +178,8 @@ def test_reference_finetune_end_to_end(e2e, certify):
     certify.check()
 
 
+@pytest.mark.uses_runs("e2e")
+@pytest.mark.gpu_phase(1)
 @pytest.mark.claim("GGUF-Q8-EXPORT", "GGUF-Q8-ERROR", "GGUF-LLAMACPP")
 def test_unsloth_q8_0_export_offline_is_verified(e2e, dataset, certify, run_extras):
     """save_pretrained_gguf(Q8_0) with the vendored llama.cpp: layout, error bound, same model as our exporter, llama.cpp."""

@@ -1,0 +1,144 @@
+"""Subprocess runs queued on one GPU, `slots` at a time, from a background thread.
+
+A 270M model's training step is bound by kernel launches, not by the GPU, so several fine-tunes in
+their own processes share one GPU well (12 at once took ~10 min on an H200, against ~53 min one after
+another). The GPU tier queues its long runs here at session start and goes on with short probes
+meanwhile; a test that needs a run's result waits for it by name. A run whose folder already holds a
+complete run.json is not run again, so an interrupted tier resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+
+def complete(folder: Path) -> bool:
+    try:
+        return json.loads((Path(folder) / "run.json").read_text()).get("complete") is True
+    except (OSError, ValueError):
+        return False
+
+
+def shared_gpu_env(slots: int) -> dict:
+    """Environment for runs sharing one GPU: about one CPU thread each (oversubscribed threads slowed 4 CPU runs
+    on 2 cores ~10×), a smaller generation batch, and expandable segments so their memory packs together."""
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // max(1, slots))), "HARNESS_EVAL_BATCH": "16",
+            "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+
+
+@dataclass
+class Run:
+    name: str
+    folder: Path
+    cmd: list[str]
+
+
+class RunQueue:
+    """Start queued runs `slots` at a time in a background thread; `wait(name)` or `wait_all()` for outcomes.
+
+    An outcome reads "complete in N s", "complete (earlier)" or "failed (exit C): <log tail>".
+    """
+
+    def __init__(self, slots: int, env: dict | None = None, desc: str = "runs"):
+        self.slots, self.desc = max(1, slots), desc
+        self.env = {**os.environ, **shared_gpu_env(self.slots), **(env or {})}
+        self.runs: list[Run] = []
+        self.outcomes: dict[str, str] = {}
+        self.started: dict[str, float] = {}
+        self._done = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def add(self, name: str, folder: Path, cmd: list[str]) -> None:
+        if self._thread is not None:
+            raise RuntimeError("RunQueue.add after start: queue every run first")
+        if complete(folder):
+            self.outcomes[name] = "complete (earlier)"
+        else:
+            self.runs.append(Run(name, Path(folder), list(cmd)))
+
+    def start(self) -> "RunQueue":
+        self._thread = threading.Thread(target=self._drive, name=f"run-queue {self.desc}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _finish(self, name: str, outcome: str) -> None:
+        with self._done:
+            self.outcomes[name] = outcome
+            self._done.notify_all()
+
+    def _drive(self) -> None:
+        todo = list(self.runs)
+        running: dict[str, tuple[subprocess.Popen, object]] = {}
+        bar = tqdm(total=len(todo), desc=f"{self.desc} ({self.slots} at a time)", unit="run")
+        try:
+            while (todo or running) and not self._stopping:
+                while todo and len(running) < self.slots:
+                    run = todo.pop(0)
+                    run.folder.mkdir(parents=True, exist_ok=True)
+                    log = open(run.folder / "log.txt", "w")
+                    self.started[run.name] = time.time()
+                    try:
+                        proc = subprocess.Popen(run.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+                    except OSError as exc:
+                        log.close()
+                        self._finish(run.name, f"failed to start: {exc}")
+                        continue
+                    running[run.name] = (proc, log)
+                time.sleep(2)
+                for name, (proc, log) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    log.close()
+                    folder = next(r.folder for r in self.runs if r.name == name)
+                    tail = (folder / "log.txt").read_text(errors="replace")[-1500:]
+                    took = time.time() - self.started[name]
+                    ok = proc.returncode == 0 and complete(folder)
+                    self._finish(name, f"complete in {took:.0f} s" if ok
+                                 else f"failed (exit {proc.returncode}, run.json complete: {complete(folder)}) "
+                                      f"after {took:.0f} s: {tail}")
+                    del running[name]
+                    bar.update()
+            why = "stopped at the end of the session"
+        except BaseException as exc:
+            why = f"the queue stopped ({type(exc).__name__}: {exc})"
+            raise
+        finally:  # never leave a waiter hanging: every unfinished run is killed and gets an outcome
+            for proc, log in running.values():
+                proc.kill()
+                proc.wait()
+                log.close()
+            for run in self.runs:
+                if run.name not in self.outcomes:
+                    self._finish(run.name, f"failed: {why}")
+            bar.close()
+
+    def wait(self, names: list[str] | str, timeout: float | None = None) -> dict[str, str]:
+        """Block until every named run has an outcome (or `timeout` s pass); return those outcomes."""
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in self.outcomes and all(r.name != n for r in self.runs)]
+        if unknown:
+            raise KeyError(f"not queued: {unknown}")
+        if self._thread is None:
+            self.start()
+        with self._done:
+            if not self._done.wait_for(lambda: all(n in self.outcomes for n in names), timeout=timeout):
+                raise TimeoutError(f"runs still going after {timeout} s: {[n for n in names if n not in self.outcomes]}")
+            return {n: self.outcomes[n] for n in names}
+
+    def wait_all(self, timeout: float | None = None) -> dict[str, str]:
+        return self.wait([*self.outcomes, *(r.name for r in self.runs)], timeout=timeout)
+
+    def stop(self) -> None:
+        """Kill what still runs (end of session): a later session resumes from the complete runs."""
+        self._stopping = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)

@@ -1,0 +1,80 @@
+"""The GPU tier's long fine-tunes start at session start, in the background, sharing the one GPU.
+
+The reference fine-tune (E2E) and the 12 experiment runs are subprocesses queued on a RunQueue as soon
+as the first GPU test runs; the short probes (NF4, LoRA, VRAM grid, checkpointing) go on meanwhile.
+Tests that read a run wait for it (E2E and its GGUF checks first, as E2E is queued first, then the
+experiments); the timings run last (`gpu_phase(3)`), once the GPU is idle again. Sharing leaves the memory figures exact (peak memory is counted per process) and
+the runs' step times meaningless as speed figures: the benchmarks in test_performance.py give those.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+E2E_STEPS = int(os.environ.get("HARNESS_E2E_STEPS", "600"))
+SEEDS = [int(s) for s in os.environ.get("HARNESS_EXPERIMENT_SEEDS", "3407,3408,3409").split(",")]
+GIB_PER_RUN = 6  # a 270M QLoRA run with generation batch 16 and expandable segments: ~3-5 GiB at its peak
+VRAM_GRID_RESERVE_GIB = 32  # the grid's largest cell, 4096×8 without checkpointing, needs ~27 GiB
+
+
+@dataclass
+class GpuRuns:
+    queue: object  # harness.run_queue.RunQueue
+    slots: int
+    e2e_dir: Path | None = None
+    experiments_root: Path | None = None
+    experiment_runs: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: list(SEEDS))
+
+
+def _slots(items) -> int:
+    """Runs at once: what the GPU's memory holds beside the foreground probes ($HARNESS_GPU_PARALLEL overrides)."""
+    import torch
+
+    if os.environ.get("HARNESS_GPU_PARALLEL"):
+        return int(os.environ["HARNESS_GPU_PARALLEL"])
+    total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    reserve = VRAM_GRID_RESERVE_GIB if any("vram" in item.name for item in items) else 8
+    return max(1, min(13, int((total_gib - reserve) // GIB_PER_RUN)))
+
+
+def _wanted(items) -> set[str]:
+    return {name for item in items if not item.get_closest_marker("skip")
+            for mark in item.iter_markers("uses_runs") for name in mark.args}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gpu_runs(request, tmp_path_factory):
+    """Queue and start the selected long runs (E2E first: it also exports); stop what is left at the end."""
+    from harness.experiments import all_arms, queue_arms
+    from harness.run_queue import RunQueue
+
+    items = request.session.items
+    wanted = _wanted(items)
+    slots = _slots(items)
+    runs = GpuRuns(RunQueue(slots, desc="GPU tier fine-tunes"), slots)
+    if wanted:
+        model = str(request.getfixturevalue("gemma_dir"))
+    if "e2e" in wanted:
+        runs.e2e_dir = Path(os.environ.get("HARNESS_E2E_OUT") or tmp_path_factory.mktemp("e2e"))
+        runs.queue.add("e2e", runs.e2e_dir, [sys.executable, "-m", "harness", "finetune", "--model", model,
+                                             "--backend", "unsloth", "--out", str(runs.e2e_dir),
+                                             "--max-steps", str(E2E_STEPS)])
+    if "experiments" in wanted:
+        runs.experiments_root = Path(os.environ.get("HARNESS_EXPERIMENTS_DIR") or tmp_path_factory.mktemp("experiments"))
+        runs.experiment_runs = queue_arms(runs.queue, runs.experiments_root, all_arms(), SEEDS, model=model,
+                                          backend="unsloth")
+    runs.queue.start()
+    yield runs
+    runs.queue.stop()
+
+
+@pytest.fixture
+def gpu_to_itself(gpu_runs):
+    """Wait until the background runs are done, so that timings measure one process alone on the GPU."""
+    gpu_runs.queue.wait_all()
