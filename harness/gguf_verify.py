@@ -130,7 +130,31 @@ def llamacpp_loads(path: Path, timeout: int = 300) -> tuple[bool, str]:
             os.environ["HARNESS_LLAMA_MMAP"] = "1" if mmap else "0"
             return True, "loaded" + ("" if mmap else " (without mmap: mapped, it failed)")
         failures.append(f"{'mapped' if mmap else 'read'}: {_failure(proc)}")
-    return False, f"llama.cpp could not load {path.name}: " + "; ".join(failures)
+    return False, f"llama.cpp could not load {path.name}: " + "; ".join(failures) + build_problem()
+
+
+def build_problem() -> str:
+    """Why an installed llama-cpp-python crashes on every file, where that can be seen in its libraries.
+
+    Seen on a GPU runner whose $CXX (/opt/gcc/bin/g++) links libstdc++ statically: each of libllama,
+    libggml, libggml-base carries its own copy, C++ objects cross between them and loading segfaults in
+    print_info. A good build lists libstdc++.so.6 among libllama's NEEDED libraries."""
+    import glob
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None or shutil.which("readelf") is None:
+        return ""
+    libs = glob.glob(str(Path(spec.origin).parent / "lib" / "libllama.so*"))
+    if not libs:
+        return ""
+    needed = subprocess.run(["readelf", "-d", libs[0]], capture_output=True, text=True).stdout
+    if "libstdc++" in needed:
+        return ""
+    return (f"; {libs[0]} does not link libstdc++.so (libstdc++ was linked statically into each library): rebuild "
+            "llama-cpp-python with the system compiler, CC=/usr/bin/gcc CXX=/usr/bin/g++ pip install … "
+            "(scripts/gpu_runner.sh does)")
 
 
 def _failure(proc: subprocess.CompletedProcess) -> str:

@@ -101,3 +101,24 @@ def test_llamacpp_load_failure_is_reported_not_fatal(tiny_gguf, tmp_path):
     ok, why = llamacpp_loads(bad)
     assert (ok, "corrupt.gguf" in why) == (False, True)
     assert llamacpp_loads(tiny_gguf) == (True, "loaded")
+
+
+def test_llamacpp_build_with_static_libstdcxx_is_named(tmp_path, monkeypatch):
+    """A llama-cpp-python whose libllama does not link libstdc++.so is named, with the rebuild to do; a good one is not."""
+    import importlib.util
+    import shutil
+
+    from harness.gguf_verify import build_problem
+
+    if shutil.which("readelf") is None:
+        pytest.skip("readelf is not installed (binutils)")
+    if importlib.util.find_spec("llama_cpp") is not None:
+        assert build_problem() == ""  # this machine's build links libstdc++.so
+    fake = tmp_path / "llama_cpp"
+    (fake / "lib").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    shutil.copy("/bin/true", fake / "lib" / "libllama.so")  # an ELF file that needs libc only
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "llama_cpp", raising=False)
+    message = build_problem()
+    assert "does not link libstdc++.so" in message and "CXX=/usr/bin/g++" in message
