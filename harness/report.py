@@ -39,6 +39,12 @@ def status(data: dict) -> tuple[str, str]:
     return "certified", "Certified: every claim that ran matches its recorded expectation"
 
 
+def expected_cell(claim: dict) -> str:
+    """The recorded expectation of each context that ran ("a|b": either verdict is as recorded), else the claim's."""
+    shown = sorted(set((claim.get("expected_by_context") or {}).values())) or [claim["expected"]]
+    return "<br>".join(f'<span class="v v-{escape(e.split("|")[0])}">{escape(e.replace("|", " or "))}</span>' for e in shown)
+
+
 def key_evidence(claim: dict) -> str:
     parts = []
     for context, evidence in (claim.get("evidence") or {}).items():
@@ -105,7 +111,7 @@ def render(data: dict) -> str:
             f'<tr class="claim{" reg" if c.get("regression") else ""}" data-verdict="{c["verdict"]}" data-section="{escape(c["section"])}">'
             f'<td><b>{escape(c["id"])}</b><br><small>{escape(c["tier"])}</small></td><td>{escape(c["section"])}</td>'
             f'<td><span class="q">“{escape(c["quote"])}”</span><br>{escape(c["summary"])}</td>'
-            f'<td><span class="v v-{c["expected"]}">{c["expected"]}</span></td>'
+            f'<td>{expected_cell(c)}</td>'
             f'<td><span class="v v-{c["verdict"]}">{c["verdict"]}</span>{" <b>REGRESSION</b>" if c.get("regression") else ""}</td>'
             f'<td>{key_evidence(c)}<br><small>bounds: {escape("; ".join(c.get("bounds") or [])) or "—"}</small>'
             f'{f"<ul>{violations}</ul>" if violations else ""}'

@@ -56,3 +56,12 @@ def test_report_has_one_row_per_claim_and_no_external_assets():
     page = render(results({}))
     assert page.count('<tr class="claim') == len(spec.CLAIMS)
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
+
+
+def test_report_shows_the_context_expectation_and_its_band():
+    """A context's recorded band shows as "refuted or unsupported", not the claim's default expectation."""
+    data = results({"MASK-STABILITY": "unsupported"})
+    entry = next(c for c in data["claims"] if c["id"] == "MASK-STABILITY")
+    entry["expected_by_context"] = {"gpu": "refuted|unsupported"}
+    row = next(r for r in render(data).split('<tr class="claim')[1:] if "<b>MASK-STABILITY</b>" in r)
+    assert "refuted or unsupported" in row and ">pass<" not in row
