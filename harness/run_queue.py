@@ -44,12 +44,15 @@ class Run:
 class RunQueue:
     """Start queued runs `slots` at a time in a background thread; `wait(name)` or `wait_all()` for outcomes.
 
-    An outcome reads "complete in N s", "complete (earlier)" or "failed (exit C): <log tail>".
+    An outcome reads "complete in N s", "complete (earlier)" or "failed (…): <log tail>". Runs import this
+    checkout's harness wherever pytest was started from.
     """
 
     def __init__(self, slots: int, env: dict | None = None, desc: str = "runs"):
         self.slots, self.desc = max(1, slots), desc
         self.env = {**os.environ, **shared_gpu_env(self.slots), **(env or {})}
+        root = str(Path(__file__).resolve().parents[1])
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH")) if p)
         self.runs: list[Run] = []
         self.outcomes: dict[str, str] = {}
         self.started: dict[str, float] = {}
