@@ -20,7 +20,7 @@ for part in .carry/gguf.part*; do
   [ -f "$part" ] || continue
   name=$(basename "$part")
   [ -f "$HS/$name.done" ] && continue
-  cp "$part" "$HS/$name" && touch "$HS/$name.done" && echo "kept $name ($(du -m "$part" | cut -f1) MB)"
+  cp "$part" "$HS/$name" && touch "$HS/$name.done" && rm -f "$HS/gemma.gguf" && echo "kept $name ($(du -m "$part" | cut -f1) MB)"
 done
 export PYTHONPATH="$HS/llama-site:$HS/site${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
