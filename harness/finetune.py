@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from harness.recipe import HANDBOOK, Recipe
+from harness.recipe import ARMS, HANDBOOK, Recipe
 from harness.run_record import PhaseClock, StepRecorder, peak_memory, write
 
 BACKENDS = ("hf", "unsloth")
@@ -83,8 +83,6 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
              report_to: str = "none", export: bool = True, evaluate_base: bool = True, arm: str = "handbook",
              seed: int | None = None) -> dict:
     """Run the recipe (or one experiment arm of it, harness.recipe.ARMS) and return (and write) its run record."""
-    from harness.recipe import ARMS
-
     from harness import dataset as ds
     from harness.evaluate import evaluate_split
     from harness.masking import reference_masker

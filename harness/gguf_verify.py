@@ -124,8 +124,7 @@ def llamacpp_loads(path: Path, timeout: int = 300) -> tuple[bool, str]:
     Mapped first, then read without mmap; what worked is kept for this process's later loads."""
     failures = []
     for mmap in ([True, False] if use_mmap() else [False]):
-        code = f"import llama_cpp; llama_cpp.Llama(model_path={str(path)!r}, n_ctx=256, verbose=False, use_mmap={mmap})"
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+        proc = _llama_child(_job(path, [], [], set(), 0, mmap), timeout)
         if proc.returncode == 0:
             os.environ["HARNESS_LLAMA_MMAP"] = "1" if mmap else "0"
             return True, "loaded" + ("" if mmap else " (without mmap: mapped, it failed)")
@@ -183,16 +182,25 @@ def _llama_side(job: dict) -> dict:
             "greedy": [llama_greedy(llm, ids, set(job["stop"]), job["max_new_tokens"]) for ids in job["prompt_ids"]]}
 
 
+def _job(path: Path, corpus: list[str], prompt_ids: list[list[int]], stop: set[int], max_new_tokens: int,
+         mmap: bool) -> dict:
+    return {"path": str(path), "corpus": corpus, "prompt_ids": prompt_ids, "stop": sorted(stop),
+            "max_new_tokens": max_new_tokens, "mmap": mmap}
+
+
+def _llama_child(job: dict, timeout: int) -> subprocess.CompletedProcess:
+    """`python -m harness.gguf_verify` with the job on stdin: llama.cpp alone in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "harness.gguf_verify"], input=json.dumps(job), capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def llama_outputs(path: Path, corpus: list[str], prompt_ids: list[list[int]], stop: set[int], max_new_tokens: int,
                   timeout: int = 1800) -> dict:
     """{"tokens": [...], "greedy": [...]} from llama.cpp, computed in a child process.
 
     llama.cpp never shares a process with torch/CUDA here: on a GPU runner the pytest process (torch,
     Unsloth, CUDA loaded) died of SIGSEGV inside llama-cpp-python; a child's crash is an error instead."""
-    job = {"path": str(path), "corpus": corpus, "prompt_ids": prompt_ids, "stop": sorted(stop),
-           "max_new_tokens": max_new_tokens, "mmap": use_mmap()}
-    proc = subprocess.run([sys.executable, "-m", "harness.gguf_verify"], input=json.dumps(job), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = _llama_child(_job(path, corpus, prompt_ids, stop, max_new_tokens, use_mmap()), timeout)
     if proc.returncode != 0:
         raise GGUFVerifyError(f"llama.cpp {_failure(proc)} reading {path}; check it alone with "
                               f"python -m harness verify-gguf {path}")

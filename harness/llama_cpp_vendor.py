@@ -156,8 +156,8 @@ def unsloth_env(tree: Path) -> dict[str, str]:
 def convert(tree: Path, checkpoint: Path, out_file: Path, outtype: str = "q8_0") -> dict:
     """Run llama.cpp's own converter (the one Unsloth calls) on an HF checkpoint; offline."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_LOCAL_GGUF": ""}
-    env.pop("NO_LOCAL_GGUF")  # the converter then imports the gguf-py beside it, its own version
+    # Without NO_LOCAL_GGUF the converter imports the gguf-py beside it, its own version.
+    env = {**{k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}, "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(tree / "convert_hf_to_gguf.py"), str(checkpoint), "--outtype", outtype,
                            "--outfile", str(out_file)], capture_output=True, text=True, env=env)

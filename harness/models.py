@@ -218,27 +218,24 @@ def gemma3_270m_config():
     )
 
 
-def _build_random_270m(tmp: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
+def _random_init(config, dtype: str, source: str):
+    """A cache build step: a model of `config` with seeded random weights, plus the Gemma 3 tokenizer files."""
 
-    torch.manual_seed(TINY_SEED)
-    model = AutoModelForCausalLM.from_config(gemma3_270m_config(), dtype=torch.bfloat16)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    _copy_tokenizer_into(tmp)
-    _write_manifest(tmp, source=f"Gemma 3 270M architecture, random init, seed {TINY_SEED}",
-                    tokenizer_format=TOKENIZER_FORMAT)
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(TINY_SEED)
+        model = AutoModelForCausalLM.from_config(config(), dtype=getattr(torch, dtype))
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        _copy_tokenizer_into(tmp)
+        _write_manifest(tmp, source=f"{source}, random init, seed {TINY_SEED}", tokenizer_format=TOKENIZER_FORMAT)
+
+    return build
 
 
-def _build_tiny(tmp: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(TINY_SEED)
-    model = AutoModelForCausalLM.from_config(tiny_config(), dtype=torch.float32)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    _copy_tokenizer_into(tmp)
-    _write_manifest(tmp, source=f"random init, seed {TINY_SEED}", tokenizer_format=TOKENIZER_FORMAT)
+_build_tiny = _random_init(tiny_config, "float32", "tiny Gemma 3")
+_build_random_270m = _random_init(gemma3_270m_config, "bfloat16", "Gemma 3 270M architecture")
 
 
 def resolve(name: str = DEFAULT_MODEL) -> ModelSource:
@@ -250,7 +247,8 @@ def resolve(name: str = DEFAULT_MODEL) -> ModelSource:
         folder = build_once(cache_root() / "models" / f"{TINY_MODEL}-v{TINY_VERSION}", _build_tiny, _complete)
         return ModelSource(name, _refresh_tokenizer(folder), "tiny")
     if name == RANDOM_MODEL:
-        return ModelSource(name, build_once(cache_root() / "models" / RANDOM_MODEL, _build_random_270m, _complete), "random")
+        folder = build_once(cache_root() / "models" / RANDOM_MODEL, _build_random_270m, _complete)
+        return ModelSource(name, _refresh_tokenizer(folder), "random")
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

@@ -80,7 +80,7 @@ class RunQueue:
 
     def _drive(self) -> None:
         todo = list(self.runs)
-        running: dict[str, tuple[subprocess.Popen, object]] = {}
+        running: dict[str, tuple[Run, subprocess.Popen, object]] = {}
         bar = tqdm(total=len(todo), desc=f"{self.desc} ({self.slots} at a time)", unit="run")
         try:
             while (todo or running) and not self._stopping:
@@ -95,19 +95,20 @@ class RunQueue:
                         log.close()
                         self._finish(run.name, f"failed to start: {exc}")
                         continue
-                    running[run.name] = (proc, log)
+                    running[run.name] = (run, proc, log)
                 time.sleep(2)
-                for name, (proc, log) in list(running.items()):
+                for name, (run, proc, log) in list(running.items()):
                     if proc.poll() is None:
                         continue
                     log.close()
-                    folder = next(r.folder for r in self.runs if r.name == name)
-                    tail = (folder / "log.txt").read_text(errors="replace")[-1500:]
                     took = time.time() - self.started[name]
-                    ok = proc.returncode == 0 and complete(folder)
-                    self._finish(name, f"complete in {took:.0f} s" if ok
-                                 else f"failed (exit {proc.returncode}, run.json complete: {complete(folder)}) "
-                                      f"after {took:.0f} s: {tail}")
+                    written = complete(run.folder)
+                    if proc.returncode == 0 and written:
+                        self._finish(name, f"complete in {took:.0f} s")
+                    else:
+                        tail = (run.folder / "log.txt").read_text(errors="replace")[-1500:]
+                        self._finish(name, f"failed (exit {proc.returncode}, run.json complete: {written}) "
+                                           f"after {took:.0f} s: {tail}")
                     del running[name]
                     bar.update()
             why = "stopped at the end of the session"
@@ -115,7 +116,7 @@ class RunQueue:
             why = f"the queue stopped ({type(exc).__name__}: {exc})"
             raise
         finally:  # never leave a waiter hanging: every unfinished run is killed and gets an outcome
-            for proc, log in running.values():
+            for _, proc, log in running.values():
                 proc.kill()
                 proc.wait()
                 log.close()

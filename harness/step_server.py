@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from harness.recipe import HANDBOOK
+from harness.run_record import on_training_batches
+
 
 def _sync() -> None:
     if torch.cuda.is_available():  # CPU: only for trying the server out; timings there mean little
         torch.cuda.synchronize()
-
-from harness.recipe import HANDBOOK
-from harness.run_record import on_training_batches
 
 
 class SteppedByStdin(TrainerCallback):

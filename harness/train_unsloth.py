@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -105,8 +106,6 @@ def export_unsloth_gguf(model, tokenizer, out_dir: Path) -> dict:
         # The GGUF vocabulary is read from the SentencePiece model, and llama.cpp's converter reads the
         # user-defined pieces from tokenizer_config.json's added_tokens_decoder (harness.tokenizer).
         if (source_dir / name).exists() and (name == "tokenizer_config.json" or not (merged / name).exists()):
-            import shutil
-
             shutil.copy2(source_dir / name, merged / name)
     artifacts["gguf"] = str(export_q8_0(merged, Path(out_dir) / "model-q8_0.gguf"))
     return artifacts
