@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 from harness.cache import build_once, cache_root
-
-SDIST_VERSION = "0.3.36"
+from harness.llama_cpp_build import VERSION as SDIST_VERSION
 # Top-level entries the converter and the llama-quantize build read; the rest (docs, 75 MB of test
 # vocabularies in models/, examples, the web UI) is dropped.
 KEEP_TOP = {"CMakeLists.txt", "app", "cmake", "common", "conversion", "convert_hf_to_gguf.py", "convert_lora_to_gguf.py",

@@ -44,7 +44,8 @@ start_llama_builds() {  # detached: they run on while the next calls bring the m
     # The system compiler: the runner's $CXX (/opt/gcc/bin/g++) links libstdc++ statically into each of
     # llama.cpp's shared libraries, and such a build segfaults loading any GGUF (seen 2026-11-26).
     local cc=""; [ -x /usr/bin/gcc ] && [ -x /usr/bin/g++ ] && cc="CC=/usr/bin/gcc CXX=/usr/bin/g++"
-    setsid nohup bash -c "$cc CMAKE_ARGS='-DLLAVA_BUILD=OFF' CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install -q --no-build-isolation --no-deps --no-index --target '$HS/llama-site' '$sd' > '$HS/llama-cpp-python.log' 2>&1; echo \$? > '$HS/llama-cpp-python.done'" </dev/null >/dev/null 2>&1 &
+    # Portable CPU flags (harness/llama_cpp_build.py): a native build segfaults at decode on AVX-512/AMX CPUs.
+    setsid nohup bash -c "$cc CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m harness.llama_cpp_build --offline --sdist '$sd' --target '$HS/llama-site' > '$HS/llama-cpp-python.log' 2>&1; echo \$? > '$HS/llama-cpp-python.done'" </dev/null >/dev/null 2>&1 &
   fi
 }
 
