@@ -39,6 +39,9 @@ def pytest_addoption(parser):
     group.addoption("--model", default=os.environ.get("HARNESS_MODEL", "gemma3-270m"),
                     help="model for claims that run on the real model (default: the embedded gemma3-270m)")
     group.addoption("--no-report", action="store_true", help="do not write reports/<run>/ (unit tests of the report itself)")
+    group.addoption("--faults", action="store_true",
+                    help="also run the fault catalog (tests/faults: 16 planted regressions, each in its own pytest "
+                         "process; ~4 min on 2 cores); without it those tests are deselected")
 
 
 def cuda_available() -> bool:
@@ -54,6 +57,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU")
     config.addinivalue_line("markers", "slow: slow test")
     config.addinivalue_line("markers", "claim(id): binds a test to a claim ID")
+    config.addinivalue_line("markers", "faults: the fault catalog; runs only with --faults")
     config.addinivalue_line("markers", "uses_runs(name): reads a background GPU run (e2e, experiments), see tests/gpu")
     config.addinivalue_line("markers", "gpu_phase(n): tests run in ascending n (default 0): short GPU probes, then "
                                        "the readers of background runs, the timings last")
@@ -86,6 +90,11 @@ def pytest_collection_modifyitems(config, items):
     # Short GPU probes first (the long runs go on in the background meanwhile), then the tests that wait for
     # those runs, then the timings, which need the GPU to themselves. The sort is stable: files keep their order.
     items.sort(key=_phase)
+    if not config.getoption("--faults"):
+        deselected = [item for item in items if item.get_closest_marker("faults")]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if not item.get_closest_marker("faults")]
     no_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     has_cuda = cuda_available()
     for item in items:
@@ -137,6 +146,9 @@ def run_extras(request):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
+    from harness.doctor import environment_problem_as_skip
+
+    environment_problem_as_skip(item, call, report)
     recorder = item.config._handbook_recorder
     ids = _claim_ids(item)
     if recorder is None or not ids:
@@ -177,6 +189,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_line("verdicts: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items())))
     if regressions:
         terminalreporter.write_line("REGRESSIONS: " + ", ".join(regressions))
+    for problem in recorder.environment_problems():
+        terminalreporter.write_line(f"ENVIRONMENT PROBLEM (not a regression; {', '.join(problem['claims'])} could "
+                                    f"not be checked here): {problem['reason']}")
     terminalreporter.write_line(f"report: {recorder.run_dir / 'index.html'}")
 
 
@@ -223,16 +238,30 @@ def tiny_gguf(tiny_dir, tmp_path_factory):
     return export_q8_0(tiny_dir, tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf")
 
 
+def _healthy(check) -> None:
+    """Skip as an environment problem unless the reader `check` (a harness.doctor check) is healthy here."""
+    health = check()
+    if health.ok is False:
+        pytest.skip(health.skip_reason())
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_reader():
+    """llama.cpp, checked once a session on Google's own GGUF (harness.doctor): a missing or crashing build skips
+    the claims that need it as an environment problem."""
+    from harness import doctor
+
+    _healthy(doctor.llama_cpp)
+
+
 @pytest.fixture(scope="session")
 def llama_cpp_tree():
     """llama.cpp's tree vendored from the llama-cpp-python sdist (never downloaded here: install.sh fetches it)."""
+    from harness import doctor
     from harness.llama_cpp_vendor import find_tree
 
-    tree = find_tree()
-    if tree is None:
-        pytest.skip("llama.cpp's converter is not vendored: run `python -m harness llama-cpp` (fetches the "
-                    "llama-cpp-python sdist from PyPI, ~80 MB, once)")
-    return tree
+    _healthy(doctor.llama_cpp_converter)
+    return find_tree()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""`python -m harness ...`: materialize, tokenize, finetune, experiments, certify, export-gguf, verify-gguf, compare-gguf, llama-cpp, diff, bundle."""
+"""`python -m harness ...`: materialize, tokenize, finetune, experiments, certify, doctor, export-gguf, verify-gguf, compare-gguf, llama-cpp, diff, bundle."""
 
 from __future__ import annotations
 
@@ -59,9 +59,25 @@ def cmd_certify(args) -> int:
     if args.select:
         argv += ["-k", args.select]
     code = pytest.main(argv + args.pytest_args)
-    latest = Path(os.environ.get("HARNESS_REPORTS") or "reports") / "latest"
+    from harness.results import certify_exit_code, reports_root
+
+    latest = reports_root() / "latest"
+    try:
+        data = json.loads((latest / "results.json").read_text())
+    except (OSError, ValueError):
+        data = None
+    outcome = certify_exit_code(int(code), data)
     print(f"report: {latest / 'index.html'}")
-    return int(code)
+    print({0: "certified: every claim that ran is as recorded", 1: "REGRESSION (or a failing test): see the report",
+           2: "ENVIRONMENT PROBLEM: no regression, but some claims could not be checked here (python -m harness doctor)",
+           3: "the run did not complete: the report is partial"}[outcome])
+    return outcome
+
+
+def cmd_doctor(args) -> int:
+    from harness.doctor import main
+
+    return main()
 
 
 def cmd_export_gguf(args) -> int:
@@ -217,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", dest="select", help="pytest -k expression")
     s.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
     s.set_defaults(func=cmd_certify)
+
+    s = sub.add_parser("doctor", help="check each independent reader (llama.cpp, its converter, unsloth_zoo, Chromium)")
+    s.set_defaults(func=cmd_doctor)
 
     s = sub.add_parser("export-gguf", help="write a Q8_0 GGUF of a checkpoint with this project's exporter")
     s.add_argument("--model", default="gemma3-270m", help=model_help)

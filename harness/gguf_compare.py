@@ -78,15 +78,25 @@ def llamacpp_agreement(a: Path, b: Path, prompt_ids: list[list[int]], corpus: li
 
 def compare(a: Path, b: Path, prompt_ids: list[list[int]] | None = None, corpus: list[str] | None = None) -> dict:
     """Everything above; `llamacpp` only where llama-cpp-python is installed and prompts were given."""
+    import sys
+
+    from harness import measure_cache as mc
     from harness.gguf_verify import read
 
-    ra, rb = read(a), read(b)  # each file parsed once (a 262k-token vocabulary takes seconds)
-    report = {"a": str(a), "b": str(b), "tensors": tensors_agree(ra, rb), "metadata": metadata_diff(ra, rb)}
+    def both() -> dict:
+        ra, rb = read(a), read(b)  # each file parsed once (a 262k-token vocabulary takes ~8 s)
+        return {"tensors": tensors_agree(ra, rb), "metadata": metadata_diff(ra, rb)}
+
+    inputs = {"a": mc.file_digest(a), "b": mc.file_digest(b), "versions": mc.versions("gguf", "numpy"),
+              "code": mc.code_digest(sys.modules[__name__])}
+    report = {"a": str(a), "b": str(b), **mc.cached("gguf-compare", inputs, both)}
     if prompt_ids is not None:
         try:
             import llama_cpp  # noqa: F401
         except ImportError:
-            report["llamacpp"] = {"skipped": "llama-cpp-python is not installed: pip install 'llama-cpp-python==0.3.36'"}
+            from harness.llama_cpp_build import INSTALL_HINT
+
+            report["llamacpp"] = {"skipped": f"llama-cpp-python is not installed: {INSTALL_HINT}"}
         else:
             report["llamacpp"] = llamacpp_agreement(a, b, prompt_ids, corpus or [])
     return report

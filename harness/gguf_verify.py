@@ -112,6 +112,60 @@ def error_vs_checkpoint(reader, checkpoint: Path) -> dict:
             "norm_max_err_after_shift": norm_err, "per_tensor_kind": per_kind}
 
 
+def _measurement_inputs(path: Path, *extra_packages: str) -> dict:
+    """What a measurement of a GGUF file depends on: its bytes, this module's and the exporter's constants, gguf-py."""
+    import harness.gguf_export
+    from harness import measure_cache as mc
+
+    return {"file": mc.file_digest(path), "code": mc.code_digest(sys.modules[__name__], harness.gguf_export),
+            "versions": mc.versions("gguf", "numpy", *extra_packages)}
+
+
+def file_layout(path: Path) -> dict:
+    """layout(read(path)), measured once per distinct file content (gguf-py parses a 262k vocabulary in ~8 s)."""
+    from harness.measure_cache import cached
+
+    return cached("gguf-layout", _measurement_inputs(path), lambda: layout(read(path)))
+
+
+def file_error(path: Path, checkpoint: Path) -> dict:
+    """error_vs_checkpoint(read(path), checkpoint), measured once per distinct (file, checkpoint) content."""
+    from harness.measure_cache import cached, folder_digest
+
+    inputs = {**_measurement_inputs(path, "safetensors", "torch"),
+              "checkpoint": folder_digest(checkpoint, ("config.json", "model.safetensors"))}
+    return cached("gguf-q8-error", inputs, lambda: error_vs_checkpoint(read(path), checkpoint))
+
+
+def hf_greedy(checkpoint: Path, prompt_ids: list[list[int]], stop: set[int], pad_id: int, max_new_tokens: int) -> list:
+    """transformers' float32 greedy continuations (stop tokens stripped), the reference llama.cpp is held to.
+    Cached by checkpoint bytes, prompts, torch/transformers versions and the CPU's vector features (float32
+    kernels dispatch on them): 20 prompts of the 270M take ~27 s on 2 cores."""
+    from harness import measure_cache as mc
+
+    def generate() -> list:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
+        outputs = []
+        for ids in prompt_ids:
+            with torch.no_grad():
+                out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                     eos_token_id=sorted(stop), pad_token_id=pad_id)
+            hf = out[0][len(ids):].tolist()
+            while hf and hf[-1] in stop:
+                hf.pop()
+            outputs.append(hf)
+        return outputs
+
+    inputs = {"checkpoint": mc.folder_digest(checkpoint, ("config.json", "generation_config.json", "model.safetensors")),
+              "prompt_ids": prompt_ids, "stop": sorted(stop), "pad": pad_id, "max_new_tokens": max_new_tokens,
+              "versions": mc.versions("torch", "transformers"), "cpu": mc.cpu_signature(),
+              "code": mc.code_digest(sys.modules[__name__])}
+    return mc.cached("hf-greedy", inputs, generate)
+
+
 def use_mmap() -> bool:
     """$HARNESS_LLAMA_MMAP=0 makes llama.cpp read files instead of mapping them (set by llamacpp_loads when
     only that works: a sandboxed runner's mmap is the first suspect for the crash seen there)."""
@@ -202,17 +256,19 @@ def llama_outputs(path: Path, corpus: list[str], prompt_ids: list[list[int]], st
     Unsloth, CUDA loaded) died of SIGSEGV inside llama-cpp-python; a child's crash is an error instead."""
     proc = _llama_child(_job(path, corpus, prompt_ids, stop, max_new_tokens, use_mmap()), timeout)
     if proc.returncode != 0:
-        raise GGUFVerifyError(f"llama.cpp {_failure(proc)} reading {path}; check it alone with "
-                              f"python -m harness verify-gguf {path}")
+        # Whose fault: a reader that also fails on Google's own GGUF is an environment problem (raised
+        # here, reported as skip); a healthy reader that fails on this file blames the file.
+        from harness.doctor import require_llama_cpp
+
+        require_llama_cpp()
+        raise GGUFVerifyError(f"llama.cpp {_failure(proc)} reading {path}, while it decodes Google's own GGUF: "
+                              f"the file is at fault; check it alone with python -m harness verify-gguf {path}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], corpus: list[str],
                     max_new_tokens: int = 16) -> dict:
     """GGUF-LLAMACPP: load in llama.cpp; token ids vs the HF tokenizer; greedy outputs vs the HF model."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from harness.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(str(checkpoint))
@@ -226,15 +282,9 @@ def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], cor
         if a != b:
             mismatches += 1
             first = first or {"text": text, "llama.cpp": a[:20], "hf": b[:20]}
-    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
+    references = hf_greedy(checkpoint, prompt_ids, stop, tokenizer.pad_token_id, max_new_tokens)
     same, top1, differences = 0, 0, []
-    for messages, ids, lc in zip(prompts, prompt_ids, llama["greedy"]):
-        with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=list(stop), pad_token_id=tokenizer.pad_token_id)
-        hf = out[0][len(ids):].tolist()
-        while hf and hf[-1] in stop:
-            hf.pop()
+    for messages, hf, lc in zip(prompts, references, llama["greedy"]):
         same += hf == lc
         top1 += bool(hf and lc and hf[0] == lc[0]) or (not hf and not lc)
         if hf != lc and len(differences) < 5:
@@ -257,7 +307,9 @@ def verify(path: Path, checkpoint: Path | None = None, llama: bool = True, promp
         try:
             import llama_cpp  # noqa: F401
         except ImportError:
-            report["llamacpp"] = {"skipped": "llama-cpp-python is not installed: pip install 'llama-cpp-python==0.3.36'"}
+            from harness.llama_cpp_build import INSTALL_HINT
+
+            report["llamacpp"] = {"skipped": f"llama-cpp-python is not installed: {INSTALL_HINT}"}
         else:
             from harness.corpus import tokenizer_corpus
             from harness.dataset import generate

@@ -63,16 +63,18 @@ def unsloth_masker(tokenizer):
     skipped (UNSLOTH_ZOO_DISABLE_GPU_INIT=1). This is the same function Unsloth maps over the
     trainer's dataset.
     """
-    os.environ.setdefault("UNSLOTH_ZOO_DISABLE_GPU_INIT", "1")
-    os.environ.setdefault("UNSLOTH_IS_PRESENT", "1")
-    os.environ.setdefault("UNSLOTH_ALLOW_CPU", "1")
-    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
-    try:
+    from harness import doctor
+
+    for key, value in doctor.UNSLOTH_ZOO_ENV.items():
+        os.environ.setdefault(key, value)
+    try:  # in-process (a child's fresh torch import costs ~4 s); `harness doctor` checks it in a child
         from unsloth_zoo.dataset_utils import train_on_responses_only
-    except ImportError as exc:
-        raise UnslothUnavailable(
-            f"unsloth_zoo is not importable ({exc}); install it with: pip install --no-deps unsloth_zoo==2026.10.9"
-        ) from exc
+    except Exception as exc:  # missing or broken: an environment problem, not a regression of the masking claims
+        health = doctor.unsloth_zoo()
+        raise UnslothUnavailable(health.skip_reason() if health.ok is False else doctor.Health(
+            "unsloth_zoo", False, f"importing its masking function failed ({type(exc).__name__}: {exc})",
+            "pip install --no-deps unsloth_zoo==2026.10.9").skip_reason()) from exc
+
     fn = train_on_responses_only(None, instruction_part=INSTRUCTION_PART, response_part=RESPONSE_PART,
                                  tokenizer=tokenizer, return_function=True)
     return lambda ids: fn({"input_ids": [list(ids)]})["labels"][0]

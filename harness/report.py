@@ -14,6 +14,7 @@ STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}h1{margin:0 0 4px}
 .banner{padding:12px 16px;border-radius:6px;margin:12px 0;font-size:18px;font-weight:600}
 .certified{background:#e5f5e0}.regressions{background:#fde0dd}.incomplete{background:#fff3cd}
+.environment{background:#e0ecf8}
 table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:6px;text-align:left;vertical-align:top}
 .v{font-weight:600;padding:2px 6px;border-radius:4px}.v-pass{background:#e5f5e0}.v-corrected{background:#deebf7}
 .v-refuted{background:#fee0b6}.v-unsupported{background:#f2e6f7}.v-fail{background:#fcbba1}.v-skip{background:#eee}
@@ -32,11 +33,24 @@ var m=/verdict=([a-z]+)/.exec(location.hash);if(m){document.getElementById('f-ve
 
 
 def status(data: dict) -> tuple[str, str]:
+    """The banner: incomplete, regressions, environment problem (claims that could not be checked here; not a
+    regression) or certified."""
     if not data.get("complete"):
         return "incomplete", "Incomplete run — the report is partial"
     if any(c.get("regression") for c in data["claims"]):
         return "regressions", "Regressions found"
+    problems = data.get("environment_problems") or []
+    if problems:
+        claims = sorted({cid for p in problems for cid in p["claims"]})
+        return "environment", (f"Environment problem — not a regression: {len(claims)} claim(s) could not be fully "
+                               f"checked on this machine ({', '.join(claims)}); fix the environment and run again")
     return "certified", "Certified: every claim that ran matches its recorded expectation"
+
+
+def environment_problems_html(data: dict) -> str:
+    items = "".join(f"<li><b>{escape(', '.join(p['claims']))}</b>: {escape(p['reason'])}</li>"
+                    for p in data.get("environment_problems") or [])
+    return f'<ul class="envproblems">{items}</ul>' if items else ""
 
 
 def expected_cell(claim: dict) -> str:
@@ -117,7 +131,7 @@ def render(data: dict) -> str:
             f'{f"<ul>{violations}</ul>" if violations else ""}'
             f'<details><summary>full evidence, tests</summary><pre>{evidence_json}</pre>'
             f'<small>{"<br>".join(escape(t) for t in c.get("tests") or []) or "no test ran"}</small></details></td>'
-            f'<td>{escape(c.get("reason") or "")}</td></tr>')
+            f'<td>{escape(c.get("reason") or c.get("environment_problem") or "")}</td></tr>')
     env = data.get("environment") or {}
     env_rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(str(v))}</td></tr>" for k, v in env.items() if k != "packages")
     pkg_rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in sorted((env.get("packages") or {}).items()))
@@ -137,7 +151,7 @@ def render(data: dict) -> str:
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Handbook compliance report {escape(str(data.get("run")))}</title>
 <style>{STYLE}</style><script>{SCRIPT}</script></head><body>
 <h1>Handbook compliance report</h1><div>run {escape(str(data.get("run")))}, started {escape(str(data.get("started")))}</div>
-<div class="banner {kind}" id="status">{escape(headline)}</div>{prev_note}
+<div class="banner {kind}" id="status">{escape(headline)}</div>{environment_problems_html(data)}{prev_note}
 <div class="counts">{"".join(f'<span class="v v-{v}">{v}: {counts.get(v, 0)}</span>' for v in ORDER)}</div>
 <h2>Claims</h2><div class="filters">verdict <select id="f-verdict"><option value="">all</option>{options}</select>
 section <select id="f-section"><option value="">all</option>{section_options}</select> showing <span id="shown"></span></div>

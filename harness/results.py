@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.doctor import is_environment_problem
+
 SCHEMA = 1
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers",
             "sentencepiece", "gguf", "unsloth", "unsloth_zoo", "llama_cpp_python", "triton", "numpy", "hypothesis",
@@ -140,14 +142,26 @@ class RunRecorder:
                     entry["reason"] = NO_GPU_REASON
                 else:
                     entry["reason"] = "not run in this session (no test for it was selected)"
+            unchecked = [t.reason for t in records if t.outcome == "skipped" and is_environment_problem(t.reason)]
+            if unchecked:  # some or all of its tests could not run here: never silent, never a regression
+                entry["environment_problem"] = unchecked[0]
             entries.append(entry)
         return entries
 
+    def environment_problems(self, claims: list[dict] | None = None) -> list[dict]:
+        """Each distinct environment problem of this run with the claims it left (partly) unchecked."""
+        grouped: dict[str, list[str]] = {}
+        for entry in claims if claims is not None else self.claims():
+            if entry.get("environment_problem"):
+                grouped.setdefault(entry["environment_problem"], []).append(entry["id"])
+        return [{"reason": reason, "claims": ids} for reason, ids in grouped.items()]
+
     def payload(self, complete: bool) -> dict:
+        claims = self.claims()
         return {"schema": SCHEMA, "run": self.run_id, "complete": complete, "started": self.started.isoformat(),
                 "finished": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat() if complete else None,
-                "previous_run": self.previous, "environment": self.environment, "claims": self.claims(),
-                "extras": self.extras}
+                "previous_run": self.previous, "environment": self.environment, "claims": claims,
+                "environment_problems": self.environment_problems(claims), "extras": self.extras}
 
     def write(self, complete: bool) -> Path:
         data = self.payload(complete)
@@ -170,3 +184,18 @@ def _jsonable(value):
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+# `python -m harness certify` exit codes (README: "Exit codes").
+VERIFIED, REGRESSION, ENVIRONMENT_PROBLEM, NOT_COMPLETED = 0, 1, 2, 3
+
+
+def certify_exit_code(pytest_code: int, data: dict | None) -> int:
+    """0 every claim that ran is as recorded; 1 a regression (or a failing test of the suite itself);
+    2 no regression, but an environment problem left claims unchecked here; 3 the run did not complete
+    (interrupted, a usage or internal error, no tests)."""
+    if data is None or not data.get("complete") or pytest_code not in (0, 1):
+        return NOT_COMPLETED
+    if pytest_code == 1 or any(c.get("regression") for c in data["claims"]):
+        return REGRESSION
+    return ENVIRONMENT_PROBLEM if data.get("environment_problems") else VERIFIED

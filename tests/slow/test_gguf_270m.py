@@ -6,9 +6,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.claim("GGUF-LLAMACPP")
-def test_llamacpp_greedy_matches_transformers_on_the_270m(gemma_gguf, gemma_dir, dataset, certify):
+def test_llamacpp_greedy_matches_transformers_on_the_270m(llama_cpp_reader, gemma_gguf, gemma_dir, dataset, certify):
     """The 270M's Q8_0 export: same token ids on 240 strings; first-token agreement on 20 held-out prompts."""
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'llama-cpp-python==0.3.36'")
     from harness.corpus import tokenizer_corpus
     from harness.gguf_verify import llamacpp_checks
 

@@ -91,9 +91,8 @@ def test_killed_run_leaves_an_incomplete_report_that_the_next_run_names(tmp_path
     assert "did not finish" in (recorder.write(complete=True).parent / "index.html").read_text()
 
 
-def test_llamacpp_load_failure_is_reported_not_fatal(tiny_gguf, tmp_path):
+def test_llamacpp_load_failure_is_reported_not_fatal(llama_cpp_reader, tiny_gguf, tmp_path):
     """llama.cpp loads in a child process: a corrupt file gives a message naming it; a good one loads."""
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'llama-cpp-python==0.3.36'")
     from harness.gguf_verify import llamacpp_loads
 
     bad = tmp_path / "corrupt.gguf"

@@ -45,9 +45,9 @@ def test_same_ids_as_sentencepiece_on_the_corpus(tokenizer, tiny_dir):
     assert [tokenizer.encode(t, add_special_tokens=False) for t in corpus] == [sp.encode(t) for t in corpus]
 
 
-def test_same_ids_as_llamacpp_on_the_original_gguf(tokenizer):
+def test_same_ids_as_llamacpp_on_the_original_gguf(tokenizer, llama_cpp_reader):
     """llama.cpp's own tokenizer on google's GGUF gives the same ids on ≥200 strings."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'llama-cpp-python==0.3.36'")
+    import llama_cpp
     from harness.models import embedded_gguf
 
     llm = llama_cpp.Llama(model_path=str(embedded_gguf()), vocab_only=True, verbose=False)

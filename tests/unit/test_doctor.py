@@ -1,0 +1,129 @@
+"""A crashing or missing reader is an environment problem (skip with cause and fix), never a regression;
+a healthy reader that fails on an exported file still blames the file."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness import doctor
+from harness.results import certify_exit_code
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A stand-in for llama-cpp-python: SIGSEGV in Llama() on every file ("all", a broken build) or on every file
+# but Google's reference GGUF ("exports", a healthy build reading a broken export).
+FAKE_LLAMA_CPP = '''
+import os, signal
+
+class Llama:
+    def __init__(self, model_path, **kwargs):
+        mode = os.environ.get("FAKE_LLAMA_CRASH", "all")
+        if mode == "all" or not model_path.endswith("gemma-3-270m-q4_k_m.gguf"):
+            os.kill(os.getpid(), signal.SIGSEGV)
+
+    def tokenize(self, text, add_bos=False, special=True):
+        return [818, 5279, 529, 7001, 563]
+
+    def reset(self):
+        pass
+
+    def generate(self, ids, **kwargs):
+        while True:
+            yield 506
+'''
+
+
+@pytest.fixture
+def fake_llama_cpp(tmp_path, monkeypatch):
+    """Put the fake reader first on the path of this process and of its children; forget cached health."""
+    package = tmp_path / "fake" / "llama_cpp"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(FAKE_LLAMA_CPP)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(package.parent), str(ROOT)]))
+    monkeypatch.syspath_prepend(str(package.parent))
+    monkeypatch.delitem(sys.modules, "llama_cpp", raising=False)
+    doctor.llama_cpp.cache_clear()
+    yield package.parent
+    doctor.llama_cpp.cache_clear()
+
+
+def test_probe_ids_are_the_tokenizers(tokenizer):
+    """The doctor's fixed probe ids are what the faithful Gemma 3 tokenizer gives (and llama.cpp must give)."""
+    assert tokenizer.encode(doctor.PROBE_TEXT, add_special_tokens=False) == doctor.PROBE_IDS
+
+
+def test_crashing_reader_is_an_environment_problem_with_the_fix(fake_llama_cpp, monkeypatch):
+    monkeypatch.setenv("FAKE_LLAMA_CRASH", "all")
+    health = doctor.llama_cpp()
+    assert health.ok is False
+    assert "crashed (signal 11)" in health.detail and "Google's own" in health.detail
+    assert "python -m harness.llama_cpp_build" in health.fix
+    assert doctor.is_environment_problem(health.skip_reason())
+    with pytest.raises(doctor.EnvironmentProblem):
+        doctor.require_llama_cpp()
+
+
+def test_missing_reader_is_an_environment_problem(monkeypatch):
+    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda name: None)
+    doctor.llama_cpp.cache_clear()
+    try:
+        health = doctor.llama_cpp()
+    finally:
+        doctor.llama_cpp.cache_clear()
+    assert (health.ok, health.detail) == (False, "llama-cpp-python is not installed")
+    assert "install.sh" in health.fix
+
+
+def test_healthy_reader_failing_on_an_export_blames_the_file(fake_llama_cpp, monkeypatch, tmp_path):
+    """The reader decodes Google's GGUF, then crashes on ours: that is the file's fault (a regression), not the machine's."""
+    from harness.gguf_verify import GGUFVerifyError, llama_outputs
+
+    monkeypatch.setenv("FAKE_LLAMA_CRASH", "exports")
+    assert doctor.llama_cpp().ok is True
+    export = tmp_path / "export.gguf"
+    export.write_bytes(b"GGUF")
+    with pytest.raises(GGUFVerifyError, match="the file is at fault"):
+        llama_outputs(export, ["a"], [[2]], set(), 2)
+
+
+def test_crashing_reader_skips_its_claims_and_the_report_says_environment_problem(fake_llama_cpp, monkeypatch, tmp_path):
+    """The real GGUF-LLAMACPP test with a reader that segfaults: skip + 'environment problem', pytest green, certify 2."""
+    monkeypatch.setenv("FAKE_LLAMA_CRASH", "all")
+    env = {**os.environ, "HARNESS_REPORTS": str(tmp_path / "reports")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/claims/test_gguf.py::test_llamacpp_reads_the_export_like_transformers"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "ENVIRONMENT PROBLEM" in proc.stdout
+    data = json.loads((tmp_path / "reports" / "latest" / "results.json").read_text())
+    claim = next(c for c in data["claims"] if c["id"] == "GGUF-LLAMACPP")
+    assert (claim["verdict"], claim["regression"]) == ("skip", False)
+    assert "crashed (signal 11)" in claim["environment_problem"]
+    assert data["environment_problems"][0]["claims"] == ["GGUF-LLAMACPP"]
+    assert "Environment problem — not a regression" in (tmp_path / "reports" / "latest" / "index.html").read_text()
+    assert certify_exit_code(proc.returncode, data) == 2
+
+
+def test_environment_problem_raised_inside_a_test_becomes_a_skip():
+    """The plugin's safety net: an EnvironmentProblem raised by a test body is reported as a skip with its reason."""
+    problem = doctor.EnvironmentProblem(doctor.Health("llama.cpp", False, "crashed (signal 11)", "rebuild"))
+    excinfo = SimpleNamespace(errisinstance=lambda cls: isinstance(problem, cls), value=problem)
+    report = SimpleNamespace(outcome="failed", longrepr="traceback")
+    item = SimpleNamespace(path=Path("t.py"), location=("t.py", 3, "test"))
+    doctor.environment_problem_as_skip(item, SimpleNamespace(excinfo=excinfo), report)
+    assert report.outcome == "skipped"
+    assert report.longrepr[2].startswith("Skipped: environment problem: llama.cpp: crashed (signal 11)")
+
+
+@pytest.mark.parametrize("pytest_code, regression, problems, complete, expected", [
+    (0, False, [], True, 0), (1, True, [], True, 1), (0, False, [{"reason": "x", "claims": ["A"]}], True, 2),
+    (1, True, [{"reason": "x", "claims": ["A"]}], True, 1), (1, False, [], True, 1), (2, False, [], False, 3),
+    (5, False, [], True, 3), (0, False, [], False, 3)])
+def test_certify_exit_code_tells_the_outcomes_apart(pytest_code, regression, problems, complete, expected):
+    data = {"complete": complete, "claims": [{"id": "A", "regression": regression}], "environment_problems": problems}
+    assert certify_exit_code(pytest_code, data) == expected
