@@ -48,8 +48,9 @@ class RunQueue:
     checkout's harness wherever pytest was started from.
     """
 
-    def __init__(self, slots: int, env: dict | None = None, desc: str = "runs"):
-        self.slots, self.desc = max(1, slots), desc
+    def __init__(self, slots: int, env: dict | None = None, desc: str = "runs", poll_seconds: float = 2.0):
+        # Fine-tunes take minutes: a 2 s poll costs nothing there; the unit tests poll faster.
+        self.slots, self.desc, self.poll_seconds = max(1, slots), desc, poll_seconds
         self.env = {**os.environ, **shared_gpu_env(self.slots), **(env or {})}
         root = str(Path(__file__).resolve().parents[1])
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH")) if p)
@@ -96,7 +97,7 @@ class RunQueue:
                         self._finish(run.name, f"failed to start: {exc}")
                         continue
                     running[run.name] = (run, proc, log)
-                time.sleep(2)
+                time.sleep(self.poll_seconds)
                 for name, (run, proc, log) in list(running.items()):
                     if proc.poll() is None:
                         continue

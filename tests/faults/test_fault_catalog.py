@@ -12,12 +12,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from catalog import FAULTS  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_fault(fault, out: Path) -> dict:
-    env = {**os.environ, "HARNESS_FAULT": fault.id, "HARNESS_REPORTS": str(out / fault.id)}
+    # The measurement cache off: a planted runtime patch stands for a library upgrade, whose new version would
+    # be a new cache key (harness.measure_cache); a cached result must not hide it.
+    env = {**os.environ, "HARNESS_FAULT": fault.id, "HARNESS_REPORTS": str(out / fault.id), "HARNESS_MEASUREMENT_CACHE": "0"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *fault.tests], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=900)
     try:

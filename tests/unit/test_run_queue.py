@@ -25,7 +25,7 @@ def test_runs_complete_fail_and_resume(tmp_path):
     earlier = tmp_path / "earlier"
     earlier.mkdir()
     (earlier / "run.json").write_text(json.dumps({"complete": True}))
-    queue = RunQueue(2, desc="test")
+    queue = RunQueue(2, desc="test", poll_seconds=0.1)
     queue.add("ok", tmp_path / "ok", _writes_run_json(tmp_path / "ok"))
     queue.add("crash", tmp_path / "crash", _writes_run_json(tmp_path / "crash", code=3))
     queue.add("half", tmp_path / "half", _writes_run_json(tmp_path / "half", complete_flag=False))
@@ -41,7 +41,7 @@ def test_runs_complete_fail_and_resume(tmp_path):
 
 def test_waiting_for_one_run_does_not_wait_for_the_others(tmp_path):
     """wait(name) returns once that run is done while a slower one still runs."""
-    queue = RunQueue(2, desc="test")
+    queue = RunQueue(2, desc="test", poll_seconds=0.1)
     queue.add("fast", tmp_path / "fast", _writes_run_json(tmp_path / "fast"))
     queue.add("slow", tmp_path / "slow", _writes_run_json(tmp_path / "slow", sleep=30))
     queue.start()
@@ -58,7 +58,7 @@ def test_waiting_for_one_run_does_not_wait_for_the_others(tmp_path):
 
 def test_stop_kills_what_runs_and_records_why(tmp_path):
     """stop() at the end of a session kills unfinished runs; their outcome says so, and waiters return."""
-    queue = RunQueue(1, desc="test")
+    queue = RunQueue(1, desc="test", poll_seconds=0.1)
     queue.add("long", tmp_path / "long", [sys.executable, "-c", "import time; time.sleep(120)"])
     queue.add("queued", tmp_path / "queued", [sys.executable, "-c", "pass"])
     queue.start()
