@@ -8,7 +8,6 @@ normalizer, no dummy prefix, escaped whitespace, split digits).
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +30,28 @@ class GgufVocab:
 
 
 def read_gguf_vocab(gguf_path: Path, cache_file: Path | None = None) -> GgufVocab:
-    """Read the tokenizer fields of a GGUF file (~20 s for 262,144 entries; cached when asked)."""
+    """Read the tokenizer fields of a GGUF file (~20 s for 262,144 entries; cached when asked).
+
+    The cache is JSON (a pickle in a shared cache would let whoever can write it run code in the suite),
+    holds the sha256 of the GGUF it was read from and of its own payload, and is used only when both match;
+    otherwise it is read again, and the run says why."""
+    import hashlib
+    import json
+    import sys
+
+    from harness.measure_cache import file_digest
+
+    source = file_digest(Path(gguf_path))
     if cache_file is not None and cache_file.exists():
-        with open(cache_file, "rb") as handle:
-            return pickle.load(handle)
+        try:
+            entry = json.loads(cache_file.read_text())
+            payload = json.dumps(entry["vocab"], sort_keys=True)
+            if entry["gguf_sha256"] == source and hashlib.sha256(payload.encode()).hexdigest() == entry["sha256"]:
+                return GgufVocab(**entry["vocab"])
+            why = "it was read from another GGUF" if entry["gguf_sha256"] != source else "its sha256 does not match"
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            why = f"it is unreadable ({type(exc).__name__})"
+        print(f"vocabulary cache {cache_file}: {why}; reading the GGUF again", file=sys.stderr)
     from gguf import GGUFReader
 
     fields = GGUFReader(str(gguf_path)).fields
@@ -56,10 +73,13 @@ def read_gguf_vocab(gguf_path: Path, cache_file: Path | None = None) -> GgufVoca
         pad_id=scalar("tokenizer.ggml.padding_token_id"),
     )
     if cache_file is not None:
+        from dataclasses import asdict
+
         cache_file.parent.mkdir(parents=True, exist_ok=True)
+        payload = asdict(vocab)
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         tmp = cache_file.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
-            pickle.dump(vocab, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.write_text(json.dumps({"gguf_sha256": source, "sha256": digest, "vocab": payload}))
         tmp.replace(cache_file)
     return vocab
 

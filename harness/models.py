@@ -97,7 +97,7 @@ def tokenizer_dir() -> Path:
     def build(tmp: Path) -> None:
         steps = tqdm(total=3, desc="gemma3 tokenizer", unit="step")
         steps.set_postfix_str("reading the GGUF vocabulary (~20 s)")
-        vocab = read_gguf_vocab(embedded_gguf(), cache_file=cache_root() / "gemma3-vocab.pkl")
+        vocab = read_gguf_vocab(embedded_gguf(), cache_file=cache_root() / "gemma3-vocab.json")
         steps.update()
         steps.set_postfix_str("SentencePiece model")
         model_bytes = sentencepiece_model_bytes(vocab)

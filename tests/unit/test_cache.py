@@ -81,3 +81,43 @@ def test_materialized_checkpoint_has_manifest_and_loads_as_a_normal_checkpoint(g
         assert name in manifest["files"]
     config = json.loads((gemma_dir / "config.json").read_text())
     assert "quantization_config" not in config and config["num_hidden_layers"] == 18
+
+
+def _small_vocab_gguf(path):
+    """A GGUF holding only a 4-token vocabulary (the real one takes ~20 s to read)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_token_list(["<pad>", "<eos>", "<bos>", "<unk>"])
+    writer.add_token_scores([0.0, 0.0, 0.0, 0.0])
+    writer.add_token_types([3, 3, 3, 2])
+    for name, value in (("bos", 2), ("eos", 1), ("unknown", 3), ("padding", 0)):
+        writer.add_uint32(f"tokenizer.ggml.{name}_token_id", value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_vocabulary_cache_is_json_checked_and_never_executed(tmp_path, capsys):
+    """The GGUF vocabulary cache: JSON with the source GGUF's and its own sha256; a tampered entry is read again,
+    and an entry read from another GGUF is not used."""
+    import json
+
+    from harness.gemma_vocab import read_gguf_vocab
+
+    source, cache = _small_vocab_gguf(tmp_path / "v.gguf"), tmp_path / "vocab.json"
+    first = read_gguf_vocab(source, cache_file=cache)
+    assert (first.tokens, first.bos_id, first.unk_id) == (["<pad>", "<eos>", "<bos>", "<unk>"], 2, 3)
+    assert read_gguf_vocab(source, cache_file=cache) == first and "sha256" in json.loads(cache.read_text())
+    entry = json.loads(cache.read_text())
+    entry["vocab"]["tokens"][2] = "<evil>"
+    cache.write_text(json.dumps(entry))
+    assert read_gguf_vocab(source, cache_file=cache) == first
+    assert "its sha256 does not match" in capsys.readouterr().err
+    entry = json.loads(cache.read_text())
+    entry["gguf_sha256"] = "0" * 64
+    cache.write_text(json.dumps(entry))
+    assert read_gguf_vocab(source, cache_file=cache) == first
+    assert "read from another GGUF" in capsys.readouterr().err
