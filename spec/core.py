@@ -12,10 +12,39 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable
 
 VERDICTS = ("pass", "corrected", "refuted", "unsupported", "fail", "skip")
 TIERS = ("cpu", "gpu", "both")
+
+
+class Context(str, Enum):
+    """Where a measurement was made. A claim's context-specific bounds and expectations are keyed by these;
+    an unknown context is an error, never a silently dropped bound."""
+
+    DEFAULT = "default"
+    CPU = "cpu"  # CPU tier, no model or a synthetic one
+    CPU_UNSLOTH_ZOO = "cpu/unsloth_zoo"  # Unsloth's own function, run on the CPU
+    GEMMA3 = "gemma3"  # the Gemma 3 tokenizer
+    GEMMA3_270M = "gemma3-270m"  # the embedded 270M model (CPU or meta device)
+    GPU = "gpu"  # the GPU tier (Unsloth, bitsandbytes on CUDA)
+    LLAMA_CPP_CONVERTER = "llama.cpp-converter"  # llama.cpp's own convert_hf_to_gguf.py
+    SYNTHETIC = "synthetic"  # generated inputs (e.g. loss curves for a detector)
+    TINY = "tiny"  # the 6-layer random-weight Gemma 3
+    UNSLOTH = "unsloth"  # Unsloth's own exporter
+
+
+class UnknownContext(ValueError):
+    """A measurement context that is not a `Context`: its bounds would be silently skipped."""
+
+
+def context_of(name: str) -> Context:
+    try:
+        return Context(name)
+    except ValueError:
+        raise UnknownContext(f"unknown measurement context {name!r}; known: "
+                             f"{', '.join(c.value for c in Context)} (add it to spec.core.Context)") from None
 
 
 @dataclass(frozen=True)
@@ -86,6 +115,8 @@ class Claim:
 
     def __post_init__(self):
         assert self.tier in TIERS, self.tier
+        for name in (*self.context_bounds, *self.context_expected):
+            context_of(name)
         for expected in (self.expected, *self.context_expected.values()):
             assert all(v in VERDICTS for v in accepted(expected)), expected
 
@@ -123,6 +154,7 @@ class Outcome:
 
 def evaluate(claim: Claim, measurements: dict, context: str = "default") -> Outcome:
     """Run a claim's check on measurements and compare the result with its recorded expectation."""
+    context = context_of(context).value
     verdict, evidence = claim.check(measurements)
     assert verdict in VERDICTS, verdict
     bounds = claim.bounds + claim.context_bounds.get(context, ())

@@ -94,3 +94,17 @@ def test_an_unknown_verdict_in_a_band_is_refused():
 
     with pytest.raises(AssertionError, match="refutd"):
         Claim("X", "s", "gpu", "q", "s", "pass", lambda m: ("pass", {}), (), {}, {"gpu": "unsupported|refutd"})
+
+
+def test_an_unknown_measurement_context_is_an_error_not_a_dropped_bound():
+    """A misspelled context would skip its context bounds: evaluate() and Claim() refuse it, naming the known ones."""
+    import dataclasses
+
+    import spec
+    from spec.core import UnknownContext, evaluate
+
+    claim = spec.CLAIMS["GGUF-Q8-EXPORT"]
+    with pytest.raises(UnknownContext, match="gemma3-270m"):
+        evaluate(claim, {}, "gemma3_270m")
+    with pytest.raises(UnknownContext):
+        dataclasses.replace(claim, context_bounds={"gemma-270m": ()})
