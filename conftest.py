@@ -76,7 +76,7 @@ def _claim_ids(item) -> list[str]:
     for mark in item.iter_markers("claim"):
         for claim_id in mark.args:
             if claim_id not in spec.CLAIMS:
-                raise pytest.UsageError(f"{item.nodeid}: unknown claim ID {claim_id!r} (see shared/claims.md)")
+                raise pytest.UsageError(f"{item.nodeid}: unknown claim ID {claim_id!r} (see CATALOG.md)")
             ids.append(claim_id)
     return ids
 

@@ -1,4 +1,4 @@
-"""`python -m harness ...`: materialize, tokenize, finetune, experiments, certify, doctor, export-gguf, verify-gguf, compare-gguf, llama-cpp, diff, bundle."""
+"""`python -m harness ...`: materialize, tokenize, finetune, experiments, certify, doctor, catalog, export-gguf, verify-gguf, compare-gguf, llama-cpp, diff, bundle."""
 
 from __future__ import annotations
 
@@ -72,6 +72,12 @@ def cmd_certify(args) -> int:
            2: "ENVIRONMENT PROBLEM: no regression, but some claims could not be checked here (python -m harness doctor)",
            3: "the run did not complete: the report is partial"}[outcome])
     return outcome
+
+
+def cmd_catalog(args) -> int:
+    from spec.catalog import main
+
+    return main(["--write"] if args.write else [])
 
 
 def cmd_doctor(args) -> int:
@@ -233,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", dest="select", help="pytest -k expression")
     s.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
     s.set_defaults(func=cmd_certify)
+
+    s = sub.add_parser("catalog", help="print the claim catalog generated from spec/ (--write updates CATALOG.md)")
+    s.add_argument("--write", action="store_true")
+    s.set_defaults(func=cmd_catalog)
 
     s = sub.add_parser("doctor", help="check each independent reader (llama.cpp, its converter, unsloth_zoo, Chromium)")
     s.set_defaults(func=cmd_doctor)
