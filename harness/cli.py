@@ -53,9 +53,19 @@ def cmd_certify(args) -> int:
     import pytest
 
     os.environ["HARNESS_MODEL"] = args.model
-    argv = [str(Path(__file__).resolve().parent.parent / "tests"), "-q", "-p", "no:cacheprovider", f"--model={args.model}"]
+    tests = Path(__file__).resolve().parent.parent / "tests"
     if args.gpu:
-        argv += ["-m", "gpu"]
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: certify --gpu needs a CUDA GPU (on a CPU machine, `certify` runs the CPU tier)", file=sys.stderr)
+            return 3
+        from harness.tiers import certify_all
+
+        code = certify_all(args.model, (["-k", args.select] if args.select else []) + args.pytest_args, tests)
+        print(f"report: {Path(os.environ.get('HARNESS_REPORTS') or 'reports') / 'latest' / 'index.html'}")
+        return code
+    argv = [str(tests), "-q", "-p", "no:cacheprovider", f"--model={args.model}"]
     if args.select:
         argv += ["-k", args.select]
     code = pytest.main(argv + args.pytest_args)
@@ -235,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("certify", help="run the claim suite and write the compliance report")
     s.add_argument("--model", default="gemma3-270m", help=model_help)
-    s.add_argument("--gpu", action="store_true", help="run the GPU tier only (pytest -m gpu)")
+    s.add_argument("--gpu", action="store_true", help="on a CUDA runner: every claim, the GPU tier and beside it the CPU "
+                                                      "tier with CUDA hidden, merged into one report")
     s.add_argument("-k", dest="select", help="pytest -k expression")
     s.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
     s.set_defaults(func=cmd_certify)

@@ -98,12 +98,7 @@ class RunRecorder:
         return {"run": data.get("run"), "complete": data.get("complete", False), "started": data.get("started")}
 
     def _point_latest(self) -> None:
-        link = self.root / "latest"
-        tmp = self.root / f".latest-{os.getpid()}"
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        tmp.symlink_to(self.run_id)
-        os.replace(tmp, link)
+        point_latest(self.root, self.run_id)
 
     def test(self, nodeid: str, claim_ids: list[str]) -> TestRecord:
         return self.tests.setdefault(nodeid, TestRecord(nodeid, list(claim_ids)))
@@ -164,18 +159,35 @@ class RunRecorder:
                 "environment_problems": self.environment_problems(claims), "extras": self.extras}
 
     def write(self, complete: bool) -> Path:
-        data = self.payload(complete)
-        path = self.run_dir / "results.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=_jsonable))
-        os.replace(tmp, path)
-        try:
-            from harness.report import write_html
+        return write_run(self.payload(complete), self.run_dir)
 
-            write_html(data, self.run_dir / "index.html")
-        except Exception as exc:  # the JSON is the record; a broken HTML renderer must not lose it
-            (self.run_dir / "index.html").write_text(f"<p>report rendering failed: {type(exc).__name__}: {exc}</p>")
-        return path
+
+def point_latest(root: Path, run_id: str) -> None:
+    """root/latest -> run_id, replaced atomically."""
+    link = root / "latest"
+    tmp = root / f".latest-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(run_id)
+    os.replace(tmp, link)
+
+
+def write_run(data: dict, run_dir: Path, root: Path | None = None) -> Path:
+    """results.json (atomically) and index.html into run_dir; with `root`, root/latest points at it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "results.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=_jsonable))
+    os.replace(tmp, path)
+    try:
+        from harness.report import write_html
+
+        write_html(data, run_dir / "index.html")
+    except Exception as exc:  # the JSON is the record; a broken HTML renderer must not lose it
+        (run_dir / "index.html").write_text(f"<p>report rendering failed: {type(exc).__name__}: {exc}</p>")
+    if root is not None:
+        point_latest(root, run_dir.name)
+    return path
 
 
 def _jsonable(value):

@@ -5,6 +5,7 @@
 #   scripts/gpu_runner.sh setup            unpack; build llama-quantize and llama-cpp-python in the background
 #   scripts/gpu_runner.sh check            versions of the stack
 #   scripts/gpu_runner.sh gpu [pytest …]   pytest -m gpu, report in $HARNESS_REPORTS (default /tmp/handbook-site/reports)
+#   scripts/gpu_runner.sh all [pytest …]   certify --gpu: every claim (CPU tier with CUDA hidden + GPU tier), one report
 #   scripts/gpu_runner.sh bg [pytest …]    the same, detached (survives the calling shell); then:
 #   scripts/gpu_runner.sh wait SECONDS     wait for the detached run (or SECONDS), print the log's tail, collect
 #   scripts/gpu_runner.sh collect          copy the report, run record and benchmark JSON into $OUT
@@ -70,6 +71,8 @@ collect() {
   [ -f "$HARNESS_REPORTS/benchmark.json" ] && cp "$HARNESS_REPORTS/benchmark.json" "$OUT/"
   [ -f "$HARNESS_E2E_OUT/run.json" ] && cp "$HARNESS_E2E_OUT/run.json" "$OUT/run-unsloth-e2e.json"
   [ -f "$HS/gpu-tier.log" ] && tail -c 2000000 "$HS/gpu-tier.log" > "$OUT/gpu-tier-log.txt"
+  local cpu_log; cpu_log=$(ls -t "$HARNESS_REPORTS"/*.cpu.log 2>/dev/null | head -1)
+  [ -n "$cpu_log" ] && tail -c 1000000 "$cpu_log" > "$OUT/cpu-tier-log.txt"
   ls -la "$OUT"
 }
 
@@ -81,11 +84,15 @@ case "$stage" in
     start_llama_builds; wait_llama_builds; assemble_model
     mkdir -p "$HARNESS_REPORTS"
     python3 -m pytest -m gpu -p no:cacheprovider -q --durations=0 --benchmark-json="$HARNESS_REPORTS/benchmark.json" "$@" ;;
-  bg)
+  all)  # every claim: certify --gpu (the CPU tier with CUDA hidden beside the GPU tier, one merged report)
+    start_llama_builds; wait_llama_builds; assemble_model
+    mkdir -p "$HARNESS_REPORTS"
+    python3 -m harness certify --gpu -- --durations=0 --benchmark-json="$HARNESS_REPORTS/benchmark.json" "$@" ;;
+  bg)  # BG_STAGE=all for certify --gpu; default: the GPU tier alone
     rm -f "$HS/gpu-tier.done"
     args=$(printf '%q ' "$@")
-    setsid nohup bash -c "start=\$(date +%s); scripts/gpu_runner.sh gpu $args > '$HS/gpu-tier.log' 2>&1; echo \"exit \$? after \$((\$(date +%s) - start)) s\" > '$HS/gpu-tier.done'" </dev/null >/dev/null 2>&1 &
-    echo "GPU tier started in the background: log $HS/gpu-tier.log" ;;
+    setsid nohup bash -c "start=\$(date +%s); scripts/gpu_runner.sh ${BG_STAGE:-gpu} $args > '$HS/gpu-tier.log' 2>&1; echo \"exit \$? after \$((\$(date +%s) - start)) s\" > '$HS/gpu-tier.done'" </dev/null >/dev/null 2>&1 &
+    echo "${BG_STAGE:-gpu} started in the background: log $HS/gpu-tier.log" ;;
   wait)
     limit="${1:-540}"; waited=0
     while [ ! -f "$HS/gpu-tier.done" ] && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done

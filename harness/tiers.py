@@ -1,0 +1,118 @@
+"""`python -m harness certify --gpu`: every catalog claim measured on a GPU runner, in one report.
+
+The CPU tier runs there too, on the same versions, but in its own pytest process with CUDA hidden
+(`CUDA_VISIBLE_DEVICES=""`): its recorded expectations are the CPU's (e.g. the tiny fine-tune trains in
+float32 without 4-bit on a CPU), so it must see a CPU. It runs beside the GPU tier (whose fine-tunes
+keep the GPU busy in the background for minutes), and the two results are merged claim by claim:
+evidence of every context, a regression in either tier is a regression, environment problems of either.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.results import certify_exit_code, reports_root, write_run
+
+CPU_TIER_ARGS = ["-m", "not gpu"]
+GPU_TIER_ARGS = ["-m", "gpu"]
+NOT_RUN = "not run in this session"
+
+
+def _ran(entry: dict) -> bool:
+    return entry.get("verdict") != "skip"
+
+
+def merge_claim(parts: list[tuple[str, dict]]) -> dict:
+    """One claim's entries from several tiers (label, entry) as one entry."""
+    ran = [(label, e) for label, e in parts if _ran(e)]
+    if not ran:  # the most informative skip: an environment problem, then any real reason, then "not run"
+        ranked = sorted(parts, key=lambda p: (not p[1].get("environment_problem"), NOT_RUN in (p[1].get("reason") or "")))
+        merged = copy.deepcopy(ranked[0][1])
+        merged["tests"] = [t for _, e in parts for t in e.get("tests", [])]
+        return merged
+    merged = copy.deepcopy(ran[-1][1])
+    evidence, expected, contexts, violations = {}, {}, [], []
+    for label, entry in ran:
+        for context, value in (entry.get("evidence") or {}).items():
+            key = context if context not in evidence else f"{context} [{label}]"
+            evidence[key] = value
+            expected[key] = (entry.get("expected_by_context") or {}).get(context, entry.get("expected"))
+            contexts.append(key)
+        violations += [f"[{label}] {v}" for v in entry.get("violations") or []]
+    regressing = [e for _, e in ran if e.get("regression")]
+    merged.update(evidence=evidence, expected_by_context=expected, contexts=sorted(contexts), violations=violations,
+                  regression=bool(regressing), verdict=regressing[0]["verdict"] if regressing else ran[-1][1]["verdict"],
+                  tests=[t for _, e in parts for t in e.get("tests", [])],
+                  reason="; ".join(e["reason"] for _, e in ran if e.get("reason")))
+    problems = [e["environment_problem"] for _, e in parts if e.get("environment_problem")]
+    if problems:
+        merged["environment_problem"] = problems[0]
+    else:
+        merged.pop("environment_problem", None)
+    return merged
+
+
+def merge(parts: list[tuple[str, dict]], run_id: str) -> dict:
+    """Several tiers' results.json (label, data), in run order, as one run's results."""
+    by_id: dict[str, list] = {}
+    for label, data in parts:
+        for entry in data["claims"]:
+            by_id.setdefault(entry["id"], []).append((label, entry))
+    claims = [merge_claim(entries) for entries in by_id.values()]
+    problems: dict[str, list[str]] = {}
+    for entry in claims:
+        if entry.get("environment_problem"):
+            problems.setdefault(entry["environment_problem"], []).append(entry["id"])
+    extras: dict = {}
+    for _, data in parts:
+        extras.update(data.get("extras") or {})
+    last = parts[-1][1]
+    return {"schema": last.get("schema"), "run": run_id, "complete": all(d.get("complete") for _, d in parts),
+            "started": min(d.get("started") or "" for _, d in parts), "finished": last.get("finished"),
+            "previous_run": None, "environment": {**(last.get("environment") or {}),
+                                                  "tiers": {label: d.get("run") for label, d in parts}},
+            "claims": claims, "environment_problems": [{"reason": r, "claims": ids} for r, ids in problems.items()],
+            "extras": extras}
+
+
+def _load(root: Path) -> dict | None:
+    try:
+        return json.loads((root / "latest" / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def certify_all(model: str, pytest_args: list[str], tests: Path) -> int:
+    """Both tiers (CPU tier with CUDA hidden, beside the GPU tier), merged into reports/<run>/."""
+    root = reports_root()
+    run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{os.getpid()}-all-tiers"
+    base = [sys.executable, "-m", "pytest", str(tests), "-q", "-p", "no:cacheprovider", f"--model={model}"]
+    cpu_root, gpu_root = root / f"{run_id}.cpu", root / f"{run_id}.gpu"
+    root.mkdir(parents=True, exist_ok=True)
+    cpu_log = open(root / f"{run_id}.cpu.log", "w")
+    print(f"CPU tier (CUDA hidden) in the background: log {cpu_log.name}", flush=True)
+    cpu = subprocess.Popen(base + CPU_TIER_ARGS, stdout=cpu_log, stderr=subprocess.STDOUT,
+                           env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "HARNESS_REPORTS": str(cpu_root)})
+    try:
+        gpu_code = subprocess.run(base + GPU_TIER_ARGS + pytest_args,
+                                  env={**os.environ, "HARNESS_REPORTS": str(gpu_root)}).returncode
+        cpu_code = cpu.wait()
+    finally:
+        if cpu.poll() is None:
+            cpu.kill()
+        cpu_log.close()
+    print(f"CPU tier: pytest exit {cpu_code}; GPU tier: pytest exit {gpu_code}")
+    parts = [(label, data) for label, data in (("cpu tier", _load(cpu_root)), ("gpu tier", _load(gpu_root))) if data]
+    if len(parts) < 2:
+        print("a tier wrote no results: the merged report would be partial", file=sys.stderr)
+        return 3
+    data = merge(parts, run_id)
+    write_run(data, root / run_id, root)
+    codes = [certify_exit_code(code, d) for code, (_, d) in zip((cpu_code, gpu_code), parts)]
+    return 1 if 1 in codes else max(codes)

@@ -1,0 +1,53 @@
+"""certify --gpu merges the CPU tier (CUDA hidden) and the GPU tier claim by claim: nothing lost, no regression hidden."""
+
+from harness.results import certify_exit_code
+from harness.tiers import merge
+
+
+def entry(cid, verdict, evidence=None, regression=False, reason="", env=None, expected="pass"):
+    e = {"id": cid, "verdict": verdict, "regression": regression, "evidence": evidence or {}, "reason": reason,
+         "tests": [f"t::{cid}"], "violations": ["x"] if regression else [], "expected": expected,
+         "expected_by_context": {k: expected for k in (evidence or {})}}
+    if env:
+        e["environment_problem"] = env
+    return e
+
+
+def run(claims, complete=True):
+    return {"schema": 1, "run": "r", "complete": complete, "started": "2026", "claims": claims, "extras": {},
+            "environment": {}}
+
+
+def test_evidence_of_both_tiers_is_kept_and_the_gpu_verdict_shown():
+    cpu = run([entry("LORA-RANK", "corrected", {"tiny": {"r": 32}, "gemma3-270m": {"m": 126}}),
+               entry("GC-VRAM", "skip", reason="not run in this session (no test for it was selected)")])
+    gpu = run([entry("LORA-RANK", "corrected", {"gpu": {"r": 32}, "gemma3-270m": {"m": 126}}),
+               entry("GC-VRAM", "corrected", {"gpu": {"saving": 0.176}})])
+    merged = {c["id"]: c for c in merge([("cpu tier", cpu), ("gpu tier", gpu)], "all")["claims"]}
+    assert set(merged["LORA-RANK"]["evidence"]) == {"tiny", "gemma3-270m", "gpu", "gemma3-270m [gpu tier]"}
+    assert merged["GC-VRAM"]["verdict"] == "corrected" and merged["GC-VRAM"]["evidence"] == {"gpu": {"saving": 0.176}}
+
+
+def test_a_regression_in_either_tier_is_a_regression():
+    cpu = run([entry("NF4-LOAD", "fail", {"tiny": {}}, regression=True)])
+    gpu = run([entry("NF4-LOAD", "pass", {"gpu": {}})])
+    data = merge([("cpu tier", cpu), ("gpu tier", gpu)], "all")
+    claim = data["claims"][0]
+    assert (claim["verdict"], claim["regression"], claim["violations"]) == ("fail", True, ["[cpu tier] x"])
+    assert certify_exit_code(0, data) == 1
+
+
+def test_environment_problems_and_skip_reasons_survive():
+    cpu = run([entry("GGUF-LLAMACPP", "skip", reason="environment problem: llama.cpp: crashed",
+                     env="environment problem: llama.cpp: crashed")])
+    gpu = run([entry("GGUF-LLAMACPP", "skip", reason="not run in this session (no test for it was selected)")])
+    data = merge([("cpu tier", cpu), ("gpu tier", gpu)], "all")
+    assert data["claims"][0]["reason"].startswith("environment problem")
+    assert data["environment_problems"] == [{"reason": "environment problem: llama.cpp: crashed",
+                                             "claims": ["GGUF-LLAMACPP"]}]
+    assert certify_exit_code(0, data) == 2
+
+
+def test_an_incomplete_tier_makes_the_merged_run_incomplete():
+    data = merge([("cpu tier", run([], complete=False)), ("gpu tier", run([]))], "all")
+    assert data["complete"] is False and certify_exit_code(0, data) == 3
