@@ -245,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("certify", help="run the claim suite and write the compliance report")
     s.add_argument("--model", default="gemma3-270m", help=model_help)
-    s.add_argument("--gpu", action="store_true", help="on a CUDA runner: every claim, the GPU tier and beside it the CPU "
-                                                      "tier with CUDA hidden, merged into one report")
+    s.add_argument("--gpu", action="store_true", help="on a CUDA runner: every claim, the CPU tier with CUDA hidden, then "
+                                                      "the GPU tier, merged into one report")
     s.add_argument("-k", dest="select", help="pytest -k expression")
     s.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
     s.set_defaults(func=cmd_certify)

@@ -2,9 +2,10 @@
 
 The CPU tier runs there too, on the same versions, but in its own pytest process with CUDA hidden
 (`CUDA_VISIBLE_DEVICES=""`): its recorded expectations are the CPU's (e.g. the tiny fine-tune trains in
-float32 without 4-bit on a CPU), so it must see a CPU. It runs beside the GPU tier (whose fine-tunes
-keep the GPU busy in the background for minutes), and the two results are merged claim by claim:
-evidence of every context, a regression in either tier is a regression, environment problems of either.
+float32 without 4-bit on a CPU), so it must see a CPU. It runs first, then the GPU tier: run beside the
+GPU tier's 13 training processes it was starved (an H100 runner, 16 cores, 2026-11-27: ~30 of its ~125
+tests in 18 min). The two results are merged claim by claim: evidence of every context, a regression in
+either tier is a regression, environment problems of either.
 """
 
 from __future__ import annotations
@@ -89,25 +90,20 @@ def _load(root: Path) -> dict | None:
 
 
 def certify_all(model: str, pytest_args: list[str], tests: Path) -> int:
-    """Both tiers (CPU tier with CUDA hidden, beside the GPU tier), merged into reports/<run>/."""
+    """Both tiers (the CPU tier with CUDA hidden, then the GPU tier), merged into reports/<run>/."""
     root = reports_root()
     run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{os.getpid()}-all-tiers"
     base = [sys.executable, "-m", "pytest", str(tests), "-q", "-p", "no:cacheprovider", f"--model={model}"]
     cpu_root, gpu_root = root / f"{run_id}.cpu", root / f"{run_id}.gpu"
     root.mkdir(parents=True, exist_ok=True)
-    cpu_log = open(root / f"{run_id}.cpu.log", "w")
-    print(f"CPU tier (CUDA hidden) in the background: log {cpu_log.name}", flush=True)
-    cpu = subprocess.Popen(base + CPU_TIER_ARGS, stdout=cpu_log, stderr=subprocess.STDOUT,
-                           env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "HARNESS_REPORTS": str(cpu_root)})
-    try:
-        gpu_code = subprocess.run(base + GPU_TIER_ARGS + pytest_args,
-                                  env={**os.environ, "HARNESS_REPORTS": str(gpu_root)}).returncode
-        cpu_code = cpu.wait()
-    finally:
-        if cpu.poll() is None:
-            cpu.kill()
-        cpu_log.close()
-    print(f"CPU tier: pytest exit {cpu_code}; GPU tier: pytest exit {gpu_code}")
+    print(f"CPU tier (CUDA hidden), then the GPU tier: logs {root / run_id}.*.log", flush=True)
+    with open(root / f"{run_id}.cpu.log", "w") as cpu_log:
+        cpu_code = subprocess.run(base + CPU_TIER_ARGS, stdout=cpu_log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "HARNESS_REPORTS": str(cpu_root)}).returncode
+    print(f"CPU tier: pytest exit {cpu_code}", flush=True)
+    gpu_code = subprocess.run(base + GPU_TIER_ARGS + pytest_args,
+                              env={**os.environ, "HARNESS_REPORTS": str(gpu_root)}).returncode
+    print(f"GPU tier: pytest exit {gpu_code}")
     parts = [(label, data) for label, data in (("cpu tier", _load(cpu_root)), ("gpu tier", _load(gpu_root))) if data]
     if len(parts) < 2:
         print("a tier wrote no results: the merged report would be partial", file=sys.stderr)

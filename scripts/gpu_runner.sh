@@ -5,7 +5,7 @@
 #   scripts/gpu_runner.sh setup            unpack; build llama-quantize and llama-cpp-python in the background
 #   scripts/gpu_runner.sh check            versions of the stack
 #   scripts/gpu_runner.sh gpu [pytest …]   pytest -m gpu, report in $HARNESS_REPORTS (default /tmp/handbook-site/reports)
-#   scripts/gpu_runner.sh all [pytest …]   certify --gpu: every claim (CPU tier with CUDA hidden + GPU tier), one report
+#   scripts/gpu_runner.sh all [pytest …]   certify --gpu: every claim (CPU tier with CUDA hidden, then GPU tier), one report
 #   scripts/gpu_runner.sh bg [pytest …]    the same, detached (survives the calling shell); then:
 #   scripts/gpu_runner.sh wait SECONDS     wait for the detached run (or SECONDS), print the log's tail, collect
 #   scripts/gpu_runner.sh collect          copy the report, run record and benchmark JSON into $OUT
@@ -84,7 +84,7 @@ case "$stage" in
     start_llama_builds; wait_llama_builds; assemble_model
     mkdir -p "$HARNESS_REPORTS"
     python3 -m pytest -m gpu -p no:cacheprovider -q --durations=0 --benchmark-json="$HARNESS_REPORTS/benchmark.json" "$@" ;;
-  all)  # every claim: certify --gpu (the CPU tier with CUDA hidden beside the GPU tier, one merged report)
+  all)  # every claim: certify --gpu (the CPU tier with CUDA hidden, then the GPU tier, one merged report)
     start_llama_builds; wait_llama_builds; assemble_model
     mkdir -p "$HARNESS_REPORTS"
     python3 -m harness certify --gpu -- --durations=0 --benchmark-json="$HARNESS_REPORTS/benchmark.json" "$@" ;;
