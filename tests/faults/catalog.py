@@ -1,6 +1,6 @@
 """Planted regressions: each a small runtime patch of a library's behaviour, modelling a plausible upgrade bug.
 
-A fault is applied inside a subprocess run of the suite (tests/faults/plugin.py reads HARNESS_FAULT);
+A fault is applied inside a subprocess run of the suite (harness.pytest_plugin reads HARNESS_FAULT);
 the project's source is never edited. Each names the claim that must turn red and the tests to run.
 """
 

@@ -1,0 +1,221 @@
+"""The claims pytest plugin: markers, the claim registry, `certify`, results.json and the report after every run.
+
+Registered as the `pytest11` entry point `harness.pytest_plugin` (pyproject.toml), so any repository with
+this package installed can bind its own tests to the catalog's claims:
+
+    @pytest.mark.claim("LORA-SCALING")
+    def test_my_adapter_scaling(certify):
+        certify("LORA-SCALING", {"r": 32, "lora_alpha": 64, "scalings": my_model_scalings()}, "tiny")
+
+Every run writes `reports/<run>/results.json` and `index.html` (`$HARNESS_REPORTS` moves them; see
+harness.results): at the start marked incomplete, after every claim test, and complete at the end of a
+normal run. `--no-report` writes nothing. The run's state lives in one `ClaimSession` in `config.stash`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import spec
+from spec.core import evaluate
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+
+
+@dataclass
+class ClaimSession:
+    """One pytest run's claim state: the recorder (None with --no-report) and where results.json went."""
+
+    recorder: object  # harness.results.RunRecorder | None
+    results_path: Path | None = None
+
+
+STATE = pytest.StashKey[ClaimSession]()
+
+
+def _recorder(config):
+    return config.stash[STATE].recorder
+
+
+def _apply_planted_fault(config) -> None:
+    """HARNESS_FAULT=<id>: apply one planted regression from <rootdir>/tests/faults/catalog.py (fault-injection
+    runs of this repository only), before any test module imports the libraries it patches."""
+    fault_id = os.environ.get("HARNESS_FAULT")
+    if not fault_id:
+        return
+    import importlib.util
+    import sys
+
+    path = Path(config.rootpath) / "tests" / "faults" / "catalog.py"
+    module_spec = importlib.util.spec_from_file_location("handbook_fault_catalog", path)
+    catalog = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = catalog  # dataclasses look their module up in sys.modules
+    module_spec.loader.exec_module(catalog)
+    catalog.BY_ID[fault_id].apply()
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("handbook", "handbook claim suite")
+    group.addoption("--model", default=os.environ.get("HARNESS_MODEL", "gemma3-270m"),
+                    help="model for claims that run on the real model (default: the embedded gemma3-270m)")
+    group.addoption("--no-report", action="store_true", help="do not write reports/<run>/ (unit tests of the report itself)")
+    group.addoption("--faults", action="store_true",
+                    help="also run the fault catalog (tests/faults: 16 planted regressions, each in its own pytest "
+                         "process; ~4 min on 2 cores); without it those tests are deselected")
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU")
+    config.addinivalue_line("markers", "slow: slow test")
+    config.addinivalue_line("markers", "claim(id): binds a test to a claim ID")
+    config.addinivalue_line("markers", "faults: the fault catalog; runs only with --faults")
+    config.addinivalue_line("markers", "uses_runs(name): reads a background GPU run (e2e, experiments), see tests/gpu")
+    config.addinivalue_line("markers", "gpu_phase(n): tests run in ascending n (default 0): short GPU probes, then "
+                                       "the readers of background runs, the timings last")
+    _apply_planted_fault(config)
+    recorder = None
+    if not (config.getoption("--no-report") or hasattr(config, "workerinput")):
+        from harness.results import RunRecorder
+
+        recorder = RunRecorder(command="pytest " + " ".join(config.invocation_params.args))
+        recorder.write(complete=False)
+    config.stash[STATE] = ClaimSession(recorder)
+
+
+def _claim_ids(item) -> list[str]:
+    ids = []
+    for mark in item.iter_markers("claim"):
+        for claim_id in mark.args:
+            if claim_id not in spec.CLAIMS:
+                raise pytest.UsageError(f"{item.nodeid}: unknown claim ID {claim_id!r} (see CATALOG.md)")
+            ids.append(claim_id)
+    return ids
+
+
+def _phase(item) -> int:
+    mark = item.get_closest_marker("gpu_phase")
+    return mark.args[0] if mark else 0
+
+
+def pytest_collection_modifyitems(config, items):
+    # Short GPU probes first (the long runs go on in the background meanwhile), then the tests that wait for
+    # those runs, then the timings, which need the GPU to themselves. The sort is stable: files keep their order.
+    items.sort(key=_phase)
+    if not config.getoption("--faults"):
+        deselected = [item for item in items if item.get_closest_marker("faults")]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if not item.get_closest_marker("faults")]
+    no_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
+    has_cuda = cuda_available()
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(no_cuda)
+        for claim_id in _claim_ids(item):
+            item.user_properties.append(("claim", claim_id))
+
+
+@pytest.fixture
+def certify(request):
+    """Evaluate a claim on measurements, record the outcome, and fail the test if it is a regression.
+
+    Usage: `certify("LORA-RANK", measurements, context="tiny")` returns the Outcome.
+    """
+    recorder = _recorder(request.config)
+    declared = _claim_ids(request.node)
+
+    failures: list[str] = []
+
+    def _certify(claim_id: str, measurements: dict, context: str = "default", soft: bool = False):
+        """soft=True records a regression and goes on; `certify.check()` then fails with all of them."""
+        if claim_id not in declared:
+            raise AssertionError(f"{request.node.nodeid} certifies {claim_id} without @pytest.mark.claim({claim_id!r})")
+        outcome = evaluate(spec.CLAIMS[claim_id], measurements, context)
+        if recorder is not None:
+            recorder.test(request.node.nodeid, declared).outcomes.append(outcome)
+        if outcome.regression:
+            failures.append(outcome.explain())
+            if not soft:
+                pytest.fail(outcome.explain(), pytrace=False)
+        return outcome
+
+    def _check():
+        if failures:
+            pytest.fail("\n".join(failures), pytrace=False)
+
+    _certify.check = _check
+    return _certify
+
+
+@pytest.fixture(scope="session")
+def run_extras(request):
+    """A dict the report renders (loss curves, schedules, grids); empty when no report is written."""
+    recorder = _recorder(request.config)
+    return recorder.extras if recorder is not None else {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    from harness.doctor import environment_problem_as_skip
+
+    environment_problem_as_skip(item, call, report)
+    recorder = _recorder(item.config)
+    ids = _claim_ids(item)
+    if recorder is None or not ids:
+        return
+    record = recorder.test(item.nodeid, ids)
+    if report.skipped and record.outcome != "failed":
+        record.outcome = "skipped"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        record.reason = reason.removeprefix("Skipped: ")
+    elif report.failed:
+        record.outcome = "failed"
+        record.reason = (report.longreprtext or "").strip().splitlines()[-1][:500] if report.longreprtext else "failed"
+    elif report.when == "call" and record.outcome == "unknown":
+        record.outcome = "passed"
+    if report.when == "teardown":
+        recorder.write(complete=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    recorder = _recorder(session.config)
+    if recorder is None:
+        return
+    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+    session.config.stash[STATE].results_path = recorder.write(complete=not interrupted)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    recorder = _recorder(config)
+    if recorder is None:
+        return
+    counts: dict[str, int] = {}
+    claims = recorder.claims()
+    for entry in claims:
+        counts[entry["verdict"]] = counts.get(entry["verdict"], 0) + 1
+    regressions = [e["id"] for e in claims if e["regression"]]
+    terminalreporter.section("handbook claims")
+    terminalreporter.write_line("verdicts: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items())))
+    if regressions:
+        terminalreporter.write_line("REGRESSIONS: " + ", ".join(regressions))
+    for problem in recorder.environment_problems():
+        terminalreporter.write_line(f"ENVIRONMENT PROBLEM (not a regression; {', '.join(problem['claims'])} could "
+                                    f"not be checked here): {problem['reason']}")
+    terminalreporter.write_line(f"report: {recorder.run_dir / 'index.html'}")
