@@ -193,6 +193,8 @@ def cmd_bundle(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness.recipe import EXPERIMENT_SEEDS, HANDBOOK
+
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     model_help = "gemma3-270m (default, embedded), tiny, a local checkpoint folder or an HF hub id"
@@ -217,14 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-export", action="store_true")
     s.add_argument("--no-base-eval", action="store_true", help="skip scoring the base model before training")
     s.add_argument("--arm", default="handbook", help="an experiment arm: handbook, attention_only, unmasked, no_warmup")
-    s.add_argument("--seed", type=int, help="training seed (recipe: 3407)")
+    s.add_argument("--seed", type=int, help=f"training seed (recipe: {HANDBOOK.seed})")
     s.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("experiments", help="LORA-MLP-ABLATION, MASK-STABILITY, LR-WARMUP-STABILITY: arms × seeds")
     s.add_argument("--model", default="gemma3-270m", help=model_help)
     s.add_argument("--backend", choices=("unsloth", "hf"), default="unsloth")
-    s.add_argument("--seeds", default="3407,3408,3409", help="comma-separated training seeds (at least 3 to judge noise)")
-    s.add_argument("--max-steps", type=int, help="steps per run (recipe: 600)")
+    s.add_argument("--seeds", default=",".join(map(str, EXPERIMENT_SEEDS)),
+                   help="comma-separated training seeds (at least 3 to judge noise)")
+    s.add_argument("--max-steps", type=int, help=f"steps per run (recipe: {HANDBOOK.max_steps})")
     s.add_argument("--eval-limit", type=int, help="held-out conversations per run (recipe: 320)")
     s.add_argument("--parallel", type=int, default=4, help="runs at once (on one GPU: up to ~12 for the 270M model)")
     s.add_argument("--out", type=Path, default=Path("reports/experiments"))

@@ -22,13 +22,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.recipe import GEMMA3_VOCAB_SIZE
+
 PREFIX = "environment problem"
 # Gemma 3's ids for the sentence, without BOS: fixed by the vocabulary of Google's GGUF (measured with
 # llama.cpp and with the HF tokenizer rebuilt from that GGUF; tests/unit/test_doctor.py re-derives them).
 PROBE_TEXT = "The capital of France is"
 PROBE_IDS = [818, 5279, 529, 7001, 563]
 PROBE_NEW_TOKENS = 4
-GEMMA3_VOCAB = 262144
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def llama_cpp() -> Health:
         return Health("llama.cpp", False, detail, _llama_fix(detail), claims)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     tokens, greedy = out["tokens"][0], out["greedy"][0]
-    if tokens != PROBE_IDS or len(greedy) != PROBE_NEW_TOKENS or not all(0 <= t < GEMMA3_VOCAB for t in greedy):
+    if tokens != PROBE_IDS or len(greedy) != PROBE_NEW_TOKENS or not all(0 <= t < GEMMA3_VOCAB_SIZE for t in greedy):
         detail = (f"answers wrongly on Google's {reference.name}: tokens {tokens} (expected {PROBE_IDS}), "
                   f"decoded {greedy}; build: {llama_cpp_build()}")
         return Health("llama.cpp", False, detail, _llama_fix(detail), claims)

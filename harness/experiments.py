@@ -17,6 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from harness.recipe import ARMS, HANDBOOK
 from harness.run_queue import RunQueue, complete
 
 EXPERIMENTS = {
@@ -84,9 +85,9 @@ def first_steps(run: dict, field: str, steps: int) -> list[float]:
     return [s[field] for s in run["steps"][:steps] if s.get(field) is not None]
 
 
-def measurements(root: Path, seeds: list[int], warmup_steps: int = 200) -> dict:
+def measurements(root: Path, seeds: list[int], warmup_steps: int = HANDBOOK.warmup_steps) -> dict:
     """Each experiment's measurements, in the shape its spec check reads (spec.lora/masking/schedule)."""
-    runs = {arm: _runs(root, arm, seeds) for arm in ("handbook", "attention_only", "unmasked", "no_warmup")}  # read once
+    runs = {arm: _runs(root, arm, seeds) for arm in ARMS}  # each run record read once
     exact = {arm: [r["eval"]["exact_match"] for r in rs] for arm, rs in runs.items()}
     val = {arm: [r["val_loss"] for r in rs] for arm, rs in runs.items()}
     spread = {arm: round(statistics.pstdev(v), 4) if len(v) > 1 else 0.0 for arm, v in val.items()}

@@ -63,7 +63,9 @@ def llamacpp_agreement(a: Path, b: Path, prompt_ids: list[list[int]], corpus: li
     """Load both in llama.cpp: token ids on a corpus and greedy continuations of the same prompts."""
     from harness.gguf_verify import llama_outputs
 
-    stop = {1, 106}  # <eos>, <end_of_turn>
+    from harness.recipe import END_OF_TURN_ID, EOS_ID
+
+    stop = {EOS_ID, END_OF_TURN_ID}
     outs = [llama_outputs(p, corpus, prompt_ids, stop, max_new_tokens) for p in (a, b)]  # each in a child process
     token_mismatch = [text for text, ta, tb in zip(corpus, outs[0]["tokens"], outs[1]["tokens"]) if ta != tb]
     same, differences = 0, []

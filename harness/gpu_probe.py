@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+from harness.recipe import GEMMA3_VOCAB_SIZE
+
 
 def _mode(text: str):
     return {"True": True, "False": False}.get(text, text)
@@ -47,7 +49,7 @@ def vram(args) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     torch.cuda.synchronize()
     weights = torch.cuda.memory_allocated() / 2**20
-    vocab = model.config.vocab_size if hasattr(model.config, "vocab_size") else 262144
+    vocab = model.config.vocab_size if hasattr(model.config, "vocab_size") else GEMMA3_VOCAB_SIZE
     rows = []
     for seq, batch in shapes:
         row = {"mode": str(mode), "seq": seq, "batch": batch, "weights_mib": round(weights, 1), "oom": False}
@@ -84,11 +86,11 @@ def checkpoint(args) -> dict:
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     seq = min(args.max_seq_length, 2048)
-    _step(model, optimizer, seq, 2, 262144)
+    _step(model, optimizer, seq, 2, GEMMA3_VOCAB_SIZE)
     torch.cuda.synchronize()
     host_before = _host_stats()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        _step(model, optimizer, seq, 2, 262144)
+        _step(model, optimizer, seq, 2, GEMMA3_VOCAB_SIZE)
         torch.cuda.synchronize()
     names = [e.name for e in prof.events() if e.device_type.name == "CUDA"]
     facts.update(

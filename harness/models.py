@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from harness.cache import build_once, cache_root, sha256_file
+from harness.recipe import GEMMA3_VOCAB_SIZE
 
 DEFAULT_MODEL = "gemma3-270m"
 TINY_MODEL = "tiny"
@@ -183,7 +184,7 @@ def tiny_config():
     from transformers import Gemma3TextConfig
 
     return Gemma3TextConfig(
-        vocab_size=262144,
+        vocab_size=GEMMA3_VOCAB_SIZE,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=6,
@@ -208,7 +209,7 @@ def gemma3_270m_config():
     from transformers import Gemma3TextConfig
 
     return Gemma3TextConfig(
-        vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
+        vocab_size=GEMMA3_VOCAB_SIZE, hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
         num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, sliding_window=512,
         layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 3, max_position_embeddings=32768,
         hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, tie_word_embeddings=True,

@@ -52,6 +52,11 @@ class Recipe:
 
 HANDBOOK = Recipe()
 
+# Facts of the model and the test design that several modules need; defined here once.
+GEMMA3_VOCAB_SIZE = 262144  # Gemma 3's vocabulary (the embedded GGUF's token table)
+EOS_ID, END_OF_TURN_ID = 1, 106  # Gemma 3's <eos> and <end_of_turn>: where greedy generation stops
+EXPERIMENT_SEEDS = (3407, 3408, 3409)  # training seeds of every experiment arm (HANDBOOK.seed first)
+
 # The experiments' arms: each changes one handbook value and keeps data, steps and seed.
 ARMS = {
     "handbook": {},

@@ -6,6 +6,8 @@ import functools
 import json
 from pathlib import Path
 
+from harness.recipe import HANDBOOK
+
 # FunctionGemma turns: `<start_of_turn>{developer|user|model}\n … <end_of_turn>\n`. "system" is the
 # developer turn and "assistant" the model turn. The {% generation %} block marks what a model turn
 # trains on (its content, <end_of_turn> and the newline), which is what TRL's assistant-only loss
@@ -26,8 +28,8 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 
-INSTRUCTION_PART = "<start_of_turn>user\n"
-RESPONSE_PART = "<start_of_turn>model\n"
+INSTRUCTION_PART = HANDBOOK.instruction_part  # "<start_of_turn>user\n"
+RESPONSE_PART = HANDBOOK.response_part  # "<start_of_turn>model\n"
 END_OF_TURN = "<end_of_turn>"
 
 

@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
+from harness.recipe import HANDBOOK
 from spec.schedule import closed_form, handbook_form
 
 
@@ -10,9 +11,8 @@ from spec.schedule import closed_form, handbook_form
 def lr_trace(tiny_dir, tmp_path_factory):
     """A function (η, W, T) -> the optimizer's lr at steps 0..T of an SFTTrainer built with that config."""
     from harness.train_hf import build_sft_trainer
-    from harness.recipe import HANDBOOK
 
-    trainer = build_sft_trainer(tiny_dir, HANDBOOK.with_(max_steps=600), tmp_path_factory.mktemp("lr"),
+    trainer = build_sft_trainer(tiny_dir, HANDBOOK, tmp_path_factory.mktemp("lr"),
                                 train_rows=4, load_in_4bit=False)
 
     def trace(peak: float, warmup: int, total: int) -> list[float]:
@@ -37,8 +37,8 @@ def _max_rel_err(lrs, peak, warmup, total):
 @pytest.mark.claim("LR-COSINE")
 def test_optimizer_lr_follows_warmup_then_shifted_cosine(lr_trace, certify):
     """At every step the optimizer's lr equals η·t/W, then ½η(1+cos(π(t−W)/(T−W))), to 1e-12 relative."""
-    cases = [(1e-3, 200, 600)]
-    worst = {"err": _max_rel_err(lr_trace(1e-3, 200, 600), 1e-3, 200, 600)}
+    cases = [(HANDBOOK.learning_rate, HANDBOOK.warmup_steps, HANDBOOK.max_steps)]
+    worst = {"err": _max_rel_err(lr_trace(*cases[0]), *cases[0])}
     steps = {"n": 601}
 
     @given(st.floats(1e-6, 1e-1), st.integers(0, 60), st.integers(1, 120))
@@ -58,7 +58,7 @@ def test_optimizer_lr_follows_warmup_then_shifted_cosine(lr_trace, certify):
 @pytest.mark.claim("LR-HANDBOOK-FORMULA")
 def test_handbook_cosine_formula_misses_the_warmup_shift(lr_trace, certify, run_extras):
     """The handbook's ½ηmax(1+cos(tπ/T)) differs from the trainer's lr by most at the start of the run."""
-    peak, warmup, total = 1e-3, 200, 600
+    peak, warmup, total = HANDBOOK.learning_rate, HANDBOOK.warmup_steps, HANDBOOK.max_steps
     lrs = lr_trace(peak, warmup, total)
     run_extras["lr_schedule"] = {"trainer": lrs, "handbook": [handbook_form(t, peak, total) for t in range(total + 1)],
                                  "warmup": warmup}
@@ -72,7 +72,7 @@ def test_handbook_cosine_formula_misses_the_warmup_shift(lr_trace, certify, run_
 @pytest.mark.claim("LR-WARMUP")
 def test_warmup_ramps_linearly_from_zero_to_peak(lr_trace, certify):
     """lr is 0 at the first step, linear through the warmup, exactly 1e-3 at step 200, and 0 at the end."""
-    peak, warmup, total = 1e-3, 200, 600
+    peak, warmup, total = HANDBOOK.learning_rate, HANDBOOK.warmup_steps, HANDBOOK.max_steps
     lrs = lr_trace(peak, warmup, total)
     certify("LR-WARMUP", {
         "peak": peak, "lr_first": lrs[0], "lr_at_warmup": lrs[warmup], "lr_last": lrs[total],

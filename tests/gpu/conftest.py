@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-E2E_STEPS = int(os.environ.get("HARNESS_E2E_STEPS", "600"))
-SEEDS = [int(s) for s in os.environ.get("HARNESS_EXPERIMENT_SEEDS", "3407,3408,3409").split(",")]
+from harness.recipe import EXPERIMENT_SEEDS, HANDBOOK
+
+E2E_STEPS = int(os.environ.get("HARNESS_E2E_STEPS") or HANDBOOK.max_steps)
+SEEDS = [int(s) for s in os.environ.get("HARNESS_EXPERIMENT_SEEDS", "").split(",") if s] or list(EXPERIMENT_SEEDS)
 GIB_PER_RUN = 6  # a 270M QLoRA run with generation batch 16 and expandable segments: ~3-5 GiB at its peak
 VRAM_GRID_RESERVE_GIB = 32  # the grid's largest cell, 4096×8 without checkpointing, needs ~27 GiB
 
