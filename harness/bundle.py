@@ -30,8 +30,8 @@ GPU_REQUIREMENTS = [
     # llama-cpp-python (built on the runner from the vendored sdist, harness.llama_cpp_vendor) imports it
     "diskcache",
 ]
-# A runner that lacks these too passes them with --extra (the H100 runner has transformers 5.17.0, peft 0.21).
-OPTIONAL = ["transformers==5.17.0", "peft==0.21.2", "accelerate==1.15.0"]
+# A runner that lacks transformers, peft or accelerate too passes them with --extra (e.g. --extra
+# transformers==5.17.0 peft==0.21.2 accelerate==1.15.0; the H100 runner has transformers 5.17.0, peft 0.21).
 KEEP_BNB = ("libbitsandbytes_cuda130.so", "libbitsandbytes_cpu.so")
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from harness import dataset_templates as T
 
 ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
-TO_ASCII = str.maketrans("٠١٢٣٤٥٦٧٨٩", "0123456789")
 SPLITS = ("train", "validation", "test")
 DEFAULT_SIZES = {"train": 3200, "validation": 320, "test": 320}
 MULTI_TURN_RATE = 0.1

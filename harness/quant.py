@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.recipe import HANDBOOK, Recipe
+from harness.recipe import HANDBOOK
 
 
-def bnb_config(recipe: Recipe = HANDBOOK):
+def bnb_config():
     """NF4 with double quantization and bf16 compute: what `load_in_4bit=True` means in Unsloth."""
     from transformers import BitsAndBytesConfig
 
@@ -15,10 +15,10 @@ def bnb_config(recipe: Recipe = HANDBOOK):
                               bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["lm_head"])
 
 
-def load_4bit(model_dir, recipe: Recipe = HANDBOOK, device_map="cpu"):
+def load_4bit(model_dir, device_map="cpu"):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(model_dir), quantization_config=bnb_config(recipe),
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), quantization_config=bnb_config(),
                                                 dtype=torch.bfloat16, device_map=device_map)
 
 

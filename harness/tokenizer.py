@@ -30,7 +30,6 @@ CHAT_TEMPLATE = (
 
 INSTRUCTION_PART = HANDBOOK.instruction_part  # "<start_of_turn>user\n"
 RESPONSE_PART = HANDBOOK.response_part  # "<start_of_turn>model\n"
-END_OF_TURN = "<end_of_turn>"
 
 
 def build_tokenizer_files(sentencepiece_model: bytes, out_dir: Path) -> None:

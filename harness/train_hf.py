@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from harness.recipe import HANDBOOK, Recipe
+from harness.recipe import Recipe
 
 
 def tokenize_conversations(tokenizer, conversations: list[list[dict]], masker, max_length: int) -> list[dict]:
@@ -68,7 +68,7 @@ def load_model(model_dir: Path, recipe: Recipe, load_in_4bit: bool):
 
         from harness.quant import load_4bit
 
-        model = load_4bit(model_dir, recipe, device_map={"": 0} if on_gpu else "cpu")
+        model = load_4bit(model_dir, device_map={"": 0} if on_gpu else "cpu")
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(recipe.use_gradient_checkpointing))
     dtype = torch.bfloat16 if on_gpu else torch.float32
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
