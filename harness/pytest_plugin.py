@@ -177,6 +177,8 @@ def pytest_runtest_makereport(item, call):
 
     environment_problem_as_skip(item, call, report)
     recorder = _recorder(item.config)
+    if recorder is not None:
+        recorder.durations[item.nodeid] = round(recorder.durations.get(item.nodeid, 0.0) + report.duration, 3)
     ids = _claim_ids(item)
     if recorder is None or not ids:
         return

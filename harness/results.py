@@ -86,6 +86,7 @@ class RunRecorder:
         self.previous = self._previous_run()
         self.tests: dict[str, TestRecord] = {}
         self.extras: dict = {}  # plots' data and other sections (loss curves, fault catalog, ...)
+        self.durations: dict[str, float] = {}  # seconds per test (setup + call + teardown): where a run's time goes
         self.environment = environment(command)
         self._point_latest()
 
@@ -156,7 +157,8 @@ class RunRecorder:
         return {"schema": SCHEMA, "run": self.run_id, "complete": complete, "started": self.started.isoformat(),
                 "finished": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat() if complete else None,
                 "previous_run": self.previous, "environment": self.environment, "claims": claims,
-                "environment_problems": self.environment_problems(claims), "extras": self.extras}
+                "environment_problems": self.environment_problems(claims), "extras": self.extras,
+                "durations": dict(sorted(self.durations.items(), key=lambda kv: -kv[1]))}
 
     def write(self, complete: bool) -> Path:
         return write_run(self.payload(complete), self.run_dir)

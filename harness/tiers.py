@@ -71,15 +71,17 @@ def merge(parts: list[tuple[str, dict]], run_id: str) -> dict:
         if entry.get("environment_problem"):
             problems.setdefault(entry["environment_problem"], []).append(entry["id"])
     extras: dict = {}
+    durations: dict = {}
     for _, data in parts:
         extras.update(data.get("extras") or {})
+        durations.update(data.get("durations") or {})
     last = parts[-1][1]
     return {"schema": last.get("schema"), "run": run_id, "complete": all(d.get("complete") for _, d in parts),
             "started": min(d.get("started") or "" for _, d in parts), "finished": last.get("finished"),
             "previous_run": None, "environment": {**(last.get("environment") or {}),
                                                   "tiers": {label: d.get("run") for label, d in parts}},
             "claims": claims, "environment_problems": [{"reason": r, "claims": ids} for r, ids in problems.items()],
-            "extras": extras}
+            "extras": extras, "durations": dict(sorted(durations.items(), key=lambda kv: -kv[1]))}
 
 
 def _load(root: Path) -> dict | None:

@@ -40,4 +40,5 @@ def test_a_scratch_repository_gets_marker_certify_and_results(tmp_path):
     assert data["complete"] and claims["LORA-SCALING"]["verdict"] == "corrected"
     assert claims["LORA-RANK"]["regression"] and "ranks == [32] (observed [16])" in claims["LORA-RANK"]["violations"][0]
     assert claims["LORA-RANK"]["tests"] == ["test_mine.py::test_my_ranks"]
-    assert (tmp_path / "reports" / "latest" / "index.html").is_file()
+    assert set(data["durations"]) == {"test_mine.py::test_my_adapter_scaling", "test_mine.py::test_my_ranks"}
+    assert "Where the time went" in (tmp_path / "reports" / "latest" / "index.html").read_text()
