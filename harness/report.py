@@ -145,10 +145,10 @@ def render(data: dict) -> str:
         extra_sections += "<h2>Planted regressions</h2>" + _faults_table(faults)
     slowest = list((data.get("durations") or {}).items())[:10]
     if slowest:
-        rows = "".join(f"<tr><td>{escape(nodeid)}</td><td>{seconds:.1f}</td></tr>" for nodeid, seconds in slowest)
+        slow_rows = "".join(f"<tr><td>{escape(nodeid)}</td><td>{seconds:.1f}</td></tr>" for nodeid, seconds in slowest)
         extra_sections += (f"<h2>Where the time went</h2><p>the slowest tests of {len(data['durations'])} (setup + call + "
                            f"teardown, seconds; all of them in results.json under <code>durations</code>)</p>"
-                           f"<table><tr><th>test</th><th>s</th></tr>{rows}</table>")
+                           f"<table><tr><th>test</th><th>s</th></tr>{slow_rows}</table>")
     diff = (data.get("extras") or {}).get("diff_html")
     if diff:
         extra_sections += diff

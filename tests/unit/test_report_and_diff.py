@@ -53,8 +53,11 @@ def test_report_has_one_row_per_claim_and_no_external_assets():
     """Every catalog claim has a row; nothing is loaded from the network."""
     import spec
 
-    page = render(results({}))
+    data = results({})
+    data["durations"] = {"tests/a.py::test_slow": 20.5, "tests/b.py::test_fast": 0.1}
+    page = render(data)
     assert page.count('<tr class="claim') == len(spec.CLAIMS)
+    assert "Where the time went" in page and "tests/a.py::test_slow" in page
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
 
 

@@ -30,7 +30,8 @@ def report(tmp_path):
             "extras": {"lr_schedule": {"trainer": [0, 1e-3, 5e-4], "handbook": [1e-3, 7.5e-4, 2.5e-4], "warmup": 1},
                        "finetune": {"model": "tiny", "backend": "hf", "val_loss": 1.0,
                                     "steps": [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}]},
-                       "nf4_error_hist": {"edges": [0.0, 0.01], "shares": [0.6, 0.4]}}}
+                       "nf4_error_hist": {"edges": [0.0, 0.01], "shares": [0.6, 0.4]}},
+            "durations": {"tests/slow/test_finetune_tiny.py::test_run": 20.5, "tests/unit/test_x.py::test_y": 0.1}}
     path = write_html(data, tmp_path / "index.html")
     return path, len(plots(data)), sum(1 for c in claims if c["verdict"] == "corrected"), len(claims)
 
