@@ -193,6 +193,7 @@ def cmd_bundle(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness import backends
     from harness.recipe import EXPERIMENT_SEEDS, HANDBOOK
 
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
@@ -210,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("finetune", help="run the handbook's recipe end to end and write run.json")
     s.add_argument("--model", default="gemma3-270m", help=model_help)
-    s.add_argument("--backend", choices=("unsloth", "hf"), default="hf")
+    s.add_argument("--backend", choices=backends.names(), default="hf")
     s.add_argument("--max-steps", type=int)
     s.add_argument("--batch-size", type=int, help="per-device batch size (recipe: 8)")
     s.add_argument("--eval-limit", type=int, help="held-out conversations to generate from (recipe: 320)")
@@ -224,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("experiments", help="LORA-MLP-ABLATION, MASK-STABILITY, LR-WARMUP-STABILITY: arms × seeds")
     s.add_argument("--model", default="gemma3-270m", help=model_help)
-    s.add_argument("--backend", choices=("unsloth", "hf"), default="unsloth")
+    s.add_argument("--backend", choices=backends.names(), default="unsloth")
     s.add_argument("--seeds", default=",".join(map(str, EXPERIMENT_SEEDS)),
                    help="comma-separated training seeds (at least 3 to judge noise)")
     s.add_argument("--max-steps", type=int, help=f"steps per run (recipe: {HANDBOOK.max_steps})")

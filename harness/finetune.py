@@ -1,6 +1,6 @@
 """The reference fine-tune end to end: load → LoRA → SFT with masking and schedule → evaluate → export.
 
-Both backends run behind `finetune()`; the run record (run.json) holds what the trainer actually used,
+Every backend (harness.backends) runs behind `finetune()`; the run record (run.json) holds what the trainer actually used,
 per-step loss / lr / grad norm, throughput apart from warm-up, peak memory, and wall time per phase.
 """
 
@@ -12,28 +12,10 @@ from pathlib import Path
 
 import torch
 
+from harness import backends
 from harness.recipe import ARMS, HANDBOOK, Recipe
 from harness.run_record import PhaseClock, StepRecorder, peak_memory, write
 
-BACKENDS = ("hf", "unsloth")
-
-
-def effective_recipe(recipe: Recipe, backend: str, on_gpu: bool) -> tuple[dict, dict]:
-    """(what this backend on this device is meant to run, declared deviations from the handbook with reasons)."""
-    expected = recipe.to_dict()
-    deviations = {}
-    if backend == "hf":
-        if not on_gpu:
-            expected["load_in_4bit"] = False
-            deviations["load_in_4bit"] = "CPU: bitsandbytes' 4-bit CPU kernels are far too slow to train; weights stay float32"
-            expected["use_gradient_checkpointing"] = False
-            deviations["use_gradient_checkpointing"] = "CPU: activations are small; recomputation only costs time"
-            deviations["loss"] = ("CPU: TRL's fused LM-head loss is Triton-only; transformers' causal-LM cross entropy "
-                                  "(the same mean over labels != -100) is used instead")
-        else:
-            expected["use_gradient_checkpointing"] = True
-            deviations["use_gradient_checkpointing"] = "standard checkpointing: 'unsloth' mode exists only in Unsloth"
-    return expected, deviations
 
 
 def fidelity(trainer, model, expected: dict, passed_args: dict) -> dict:
@@ -88,11 +70,10 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
     from harness.masking import reference_masker
     from harness.models import resolve
 
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    impl = backends.get(backend)
     on_gpu = torch.cuda.is_available()
-    if backend == "unsloth" and not on_gpu:
-        raise RuntimeError("the unsloth backend needs a CUDA GPU (import unsloth fails without one); use --backend hf")
+    if impl.needs_gpu and not on_gpu:
+        raise RuntimeError(f"the {backend} backend needs a CUDA GPU; on a CPU use --backend hf")
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
     changes = {k: v for k, v in {"max_steps": max_steps, "per_device_train_batch_size": batch_size,
@@ -102,7 +83,7 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
     out_dir = Path(out_dir or Path("reports") / f"finetune-{backend}-{model.replace('/', '_')}-{stamp}")
     out_dir.mkdir(parents=True, exist_ok=True)
     clock = PhaseClock()
-    expected, deviations = effective_recipe(recipe, backend, on_gpu)
+    expected, deviations = impl.expected(recipe, on_gpu)
     record = {"schema": 1, "model": model, "backend": backend, "arm": arm, "recipe": recipe.to_dict(), "declared_deviations": deviations,
               "complete": False, "phases": clock.phases, "out_dir": str(out_dir)}
     write(record, out_dir / "run.json")
@@ -112,49 +93,29 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
 
     with clock.phase("load"):
         source = resolve(model)
-        if backend == "unsloth":
-            from harness.train_unsloth import load_unsloth
-
-            peft_model, tokenizer = load_unsloth(source.path, recipe)
-        else:
-            from harness.lora import apply_lora
-            from harness.tokenizer import load_tokenizer
-            from harness.train_hf import load_model
-
-            tokenizer = load_tokenizer(str(source.path))
-            peft_model = apply_lora(load_model(source.path, recipe, expected["load_in_4bit"]), recipe)
+        peft_model, tokenizer = impl.load(source.path, recipe, expected)
     with clock.phase("tokenize"):
         data = ds.generate(recipe.dataset_seed)
         masker = reference_masker(tokenizer)
         from harness.train_hf import tokenize_conversations
 
-        # hf: labels from the reference masker (or every token, unmasked). unsloth: input_ids only; its
-        # train_on_responses_only writes the labels, or TRL trains on every token when it is off.
-        # Validation labels stay masked in every arm, so val loss is over the answers alone and comparable.
+        # Labels from the reference masker (or every token, unmasked); each backend keeps what its trainer takes
+        # (Unsloth: input_ids only). Validation labels stay masked in every arm: val loss is over the answers alone.
         train_masker = masker if recipe.train_on_responses_only else list
         train_rows = tokenize_conversations(tokenizer, [e.messages for e in data["train"]], train_masker,
                                             recipe.max_seq_length)
         val_rows = tokenize_conversations(tokenizer, [e.messages for e in data["validation"][: recipe.eval_limit]], masker,
                                           recipe.max_seq_length)
-        if backend == "unsloth":
-            train_rows = [{"input_ids": r["input_ids"]} for r in train_rows]
+        train_rows = impl.train_rows(train_rows)
     if evaluate_base:
         with clock.phase("evaluate_base"):
             record["base_eval"] = evaluate_split(peft_model, tokenizer, data["test"], recipe.eval_limit, recipe.max_new_tokens,
                                                  desc="evaluate base model")
     recorder = StepRecorder(reference_labels=masker)
     with clock.phase("build_trainer"):
-        if backend == "unsloth":
-            from harness.train_unsloth import build_unsloth_trainer
-
-            trainer, passed = build_unsloth_trainer(peft_model, tokenizer, recipe, out_dir, train_rows, val_rows,
-                                                    report_to, [recorder], masked=recipe.train_on_responses_only)
-        else:
-            from harness.train_hf import build_sft_trainer, sft_kwargs
-
-            trainer = build_sft_trainer(source.path, recipe, out_dir, train_rows=train_rows, eval_rows=val_rows,
-                                        model=peft_model, tokenizer=tokenizer, report_to=report_to, callbacks=[recorder])
-            passed = sft_kwargs(recipe, out_dir, on_gpu=on_gpu, report_to=report_to)
+        built = impl.build_trainer(peft_model, tokenizer, recipe, out_dir, source.path, train_rows, val_rows, report_to,
+                                   [recorder], on_gpu)
+        trainer = built.trainer
         recorder.attach(trainer)
         from harness.masking import user_turn_facts
 
@@ -164,11 +125,11 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
         labels = sample["labels"] if "labels" in sample.column_names else sample["input_ids"]
         record["mask_check"] = user_turn_facts(tokenizer, [e.messages for e in data["train"][: len(sample)]],
                                                list(zip(sample["input_ids"], labels)),
-                                               ("unsloth.chat_templates" if backend == "unsloth" else "reference")
-                                               if recipe.train_on_responses_only else "none (unmasked arm)",
+                                               impl.masker_name if recipe.train_on_responses_only
+                                               else "none (unmasked arm)",
                                                recipe.max_seq_length)
-        record["masking_seconds"] = getattr(trainer, "_masking_seconds", None)
-        record["fidelity"] = fidelity(trainer, peft_model, expected, passed)
+        record["masking_seconds"] = built.masking_seconds
+        record["fidelity"] = fidelity(trainer, peft_model, expected, built.passed)
     checkpoint_record()
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -195,7 +156,7 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
     if export:
         with clock.phase("export"):
             try:
-                record["artifacts"] = export_artifacts(trainer.model, tokenizer, out_dir, backend, source.path)
+                record["artifacts"] = impl.export(trainer.model, tokenizer, out_dir, source.path)
             except Exception as exc:  # recorded; the run's other figures stand
                 record["artifacts"] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
                 checkpoint_record()
@@ -203,36 +164,3 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
     record["complete"] = True
     write(record, out_dir / "run.json")
     return record
-
-
-def export_artifacts(model, tokenizer, out_dir: Path, backend: str, source_dir: Path) -> dict:
-    """Merge the adapters into a 16-bit checkpoint, then write the Q8_0 GGUF (Unsloth's exporter or this project's)."""
-    merged_dir = out_dir / "merged"
-    if backend == "unsloth":
-        from harness.train_unsloth import export_unsloth_gguf
-
-        tokenizer.name_or_path = str(source_dir)
-        return export_unsloth_gguf(model, tokenizer, out_dir)
-    # Merge into the 16-bit base, as Unsloth's merged_16bit does: merging into 4-bit layers would round
-    # the update into NF4, and a bitsandbytes model cannot be cast to bf16 afterwards.
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    adapter_dir = out_dir / "adapter"
-    model.save_pretrained(str(adapter_dir))
-    base = AutoModelForCausalLM.from_pretrained(str(source_dir), dtype=torch.bfloat16)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(str(merged_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(merged_dir))
-    import shutil
-
-    # The fast tokenizer saves tokenizer.json only; the GGUF vocabulary is read from the SentencePiece model.
-    shutil.copy2(Path(source_dir) / "tokenizer.model", merged_dir / "tokenizer.model")
-    artifacts = {"merged": str(merged_dir)}
-    try:
-        from harness.gguf_export import export_q8_0
-
-        artifacts["gguf"] = str(export_q8_0(merged_dir, out_dir / "model-q8_0.gguf"))
-    except ImportError as exc:
-        artifacts["gguf_error"] = f"exporter unavailable: {exc}"
-    return artifacts

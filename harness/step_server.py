@@ -63,29 +63,17 @@ def build_trainer(model: str, backend: str, callback: SteppedByStdin, out_dir: P
     from harness.models import resolve
     from harness.train_hf import tokenize_conversations
 
+    from harness import backends
+
     recipe = HANDBOOK.with_(max_steps=100_000)  # the server stops when told; the schedule's length is immaterial
     source = resolve(model)
-    if backend == "unsloth":
-        from harness.train_unsloth import build_unsloth_trainer, load_unsloth
-
-        peft_model, tokenizer = load_unsloth(source.path, recipe)
-    else:
-        from harness.lora import apply_lora
-        from harness.tokenizer import load_tokenizer
-        from harness.train_hf import load_model
-
-        tokenizer = load_tokenizer(str(source.path))
-        peft_model = apply_lora(load_model(source.path, recipe, torch.cuda.is_available()), recipe)
+    impl = backends.get(backend)
+    on_gpu = torch.cuda.is_available()
+    peft_model, tokenizer = impl.load(source.path, recipe, impl.expected(recipe, on_gpu)[0])
     rows = tokenize_conversations(tokenizer, [e.messages for e in ds.generate(recipe.dataset_seed)["train"]],
                                   reference_masker(tokenizer), recipe.max_seq_length)
-    if backend == "unsloth":
-        trainer, _ = build_unsloth_trainer(peft_model, tokenizer, recipe, out_dir,
-                                           [{"input_ids": r["input_ids"]} for r in rows], None, "none", [callback])
-    else:
-        from harness.train_hf import build_sft_trainer
-
-        trainer = build_sft_trainer(source.path, recipe, out_dir, train_rows=rows, model=peft_model, tokenizer=tokenizer,
-                                    callbacks=[callback])
+    trainer = impl.build_trainer(peft_model, tokenizer, recipe, out_dir, source.path, impl.train_rows(rows), None, "none",
+                                 [callback], on_gpu).trainer
     on_training_batches(trainer, callback.count)
     trainer.args.save_strategy = "no"
     return trainer
@@ -93,7 +81,9 @@ def build_trainer(model: str, backend: str, callback: SteppedByStdin, out_dir: P
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--backend", choices=("unsloth", "hf"), required=True)
+    from harness import backends
+
+    p.add_argument("--backend", choices=backends.names(), required=True)
     p.add_argument("--model", default="gemma3-270m")
     p.add_argument("--warmup", type=int, default=20)
     args = p.parse_args(argv)

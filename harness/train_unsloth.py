@@ -45,7 +45,8 @@ def load_unsloth(model_dir: Path, recipe: Recipe = HANDBOOK, *, target_modules=N
 
 def build_unsloth_trainer(model, tokenizer, recipe: Recipe, out_dir: Path, train_rows, val_rows, report_to, callbacks,
                           masked: bool = True):
-    """TRL SFTTrainer + unsloth.chat_templates.train_on_responses_only, as the handbook writes it."""
+    """TRL SFTTrainer + unsloth.chat_templates.train_on_responses_only, as the handbook writes it.
+    Returns (trainer, the SFT arguments passed, seconds Unsloth's masking took or None)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -56,6 +57,7 @@ def build_unsloth_trainer(model, tokenizer, recipe: Recipe, out_dir: Path, train
     trainer = SFTTrainer(model=model, args=SFTConfig(**kwargs), train_dataset=Dataset.from_list(train_rows),
                          eval_dataset=Dataset.from_list(val_rows) if val_rows else None, processing_class=tokenizer,
                          callbacks=list(callbacks))
+    masking_seconds = None
     if masked:
         from unsloth.chat_templates import train_on_responses_only
 
@@ -63,11 +65,11 @@ def build_unsloth_trainer(model, tokenizer, recipe: Recipe, out_dir: Path, train
         # num_proc=1: with worker processes the 32 MB tokenizer is pickled into each (60 s for 16 rows, notes).
         trainer = train_on_responses_only(trainer, instruction_part=recipe.instruction_part,
                                           response_part=recipe.response_part, num_proc=1)
-        trainer._masking_seconds = round(time.perf_counter() - start, 3)
-    return trainer, kwargs
+        masking_seconds = round(time.perf_counter() - start, 3)
+    return trainer, kwargs, masking_seconds
 
 
-def export_unsloth_gguf(model, tokenizer, out_dir: Path) -> dict:
+def export_unsloth_gguf(model, tokenizer, out_dir: Path, source_dir: Path) -> dict:
     """model.save_pretrained_gguf(dir, tokenizer, quantization_method="Q8_0"), offline; Unsloth writes `<dir>_gguf/`.
 
     llama.cpp comes from the tree vendored from the llama-cpp-python sdist (harness.llama_cpp_vendor):
@@ -101,7 +103,7 @@ def export_unsloth_gguf(model, tokenizer, out_dir: Path) -> dict:
     if merged != target:
         model.save_pretrained_merged(str(merged), tokenizer, save_method="merged_16bit")
     artifacts["merged"] = str(merged)
-    source_dir = Path(getattr(tokenizer, "name_or_path", ""))
+    source_dir = Path(source_dir)  # the model folder the run loaded: its tokenizer files are the faithful ones
     for name in ("tokenizer.model", "tokenizer_config.json"):
         # The GGUF vocabulary is read from the SentencePiece model, and llama.cpp's converter reads the
         # user-defined pieces from tokenizer_config.json's added_tokens_decoder (harness.tokenizer).

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import backends
+
 pytestmark = [pytest.mark.gpu, pytest.mark.gpu_phase(3)]
 
 MODEL = os.environ.get("HARNESS_PERF_MODEL", "gemma3-270m")
@@ -52,7 +54,7 @@ class StepServer:
         return stats
 
 
-@pytest.mark.parametrize("backend", ["hf", "unsloth"])
+@pytest.mark.parametrize("backend", backends.names())
 def test_training_step_time(backend, benchmark, gpu_to_itself):
     """One training step of the recipe on each backend, in its own process, warm-up excluded."""
     server = StepServer(backend)

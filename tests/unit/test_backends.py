@@ -1,0 +1,64 @@
+"""Backends are a registry behind one interface: a new one runs through finetune with no edit elsewhere."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import backends
+from harness.backends.hf import HfBackend
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class RecordingBackend(HfBackend):
+    """A third backend: the hf one under another name, recording which interface methods finetune called."""
+
+    name = "fake"
+    masker_name = "fake masker"
+
+    def __init__(self):
+        self.calls = []
+
+    def load(self, *args):
+        self.calls.append("load")
+        return super().load(*args)
+
+    def train_rows(self, rows):
+        self.calls.append("train_rows")
+        return super().train_rows(rows)
+
+    def build_trainer(self, *args):
+        self.calls.append("build_trainer")
+        return super().build_trainer(*args)
+
+    def export(self, *args):
+        self.calls.append("export")
+        return {"fake": True}
+
+
+@pytest.mark.slow
+def test_a_registered_backend_runs_through_finetune(tmp_path, tiny_dir):
+    from harness.finetune import finetune
+
+    fake = backends.register(RecordingBackend())
+    try:
+        assert "fake" in backends.names()
+        record = finetune(model="tiny", backend="fake", out_dir=tmp_path, max_steps=2, batch_size=2, eval_limit=2,
+                          evaluate_base=False)
+    finally:
+        backends._REGISTRY.pop("fake")
+    assert record["complete"] and record["backend"] == "fake" and record["artifacts"] == {"fake": True}
+    assert fake.calls == ["load", "train_rows", "build_trainer", "export"]
+    assert record["mask_check"]["implementation"] == "fake masker"
+
+
+def test_unknown_backend_names_the_registered_ones():
+    with pytest.raises(ValueError, match="hf, unsloth"):
+        backends.get("jax")
+
+
+def test_no_backend_branches_outside_the_backends_package():
+    found = subprocess.run(["grep", "-rn", "backend ==", "harness", "tests", "--include=*.py"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.splitlines()
+    assert [line for line in found if not line.startswith("harness/backends/") and "test_backends.py" not in line] == []
