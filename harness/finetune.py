@@ -97,7 +97,7 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
     with clock.phase("tokenize"):
         data = ds.generate(recipe.dataset_seed)
         masker = reference_masker(tokenizer)
-        from harness.train_hf import tokenize_conversations
+        from harness.backends.sft import tokenize_conversations
 
         # Labels from the reference masker (or every token, unmasked); each backend keeps what its trainer takes
         # (Unsloth: input_ids only). Validation labels stay masked in every arm: val loss is over the answers alone.

@@ -61,7 +61,7 @@ def build_trainer(model: str, backend: str, callback: SteppedByStdin, out_dir: P
     from harness import dataset as ds
     from harness.masking import reference_masker
     from harness.models import resolve
-    from harness.train_hf import tokenize_conversations
+    from harness.backends.sft import tokenize_conversations
 
     from harness import backends
 

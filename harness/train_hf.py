@@ -10,53 +10,8 @@ from pathlib import Path
 
 import torch
 
+from harness.backends.sft import cpu_sft_trainer_class, fused_lm_head_available, sft_config, tokenize_conversations
 from harness.recipe import Recipe
-
-
-def tokenize_conversations(tokenizer, conversations: list[list[dict]], masker, max_length: int) -> list[dict]:
-    """input_ids from the chat template and labels from `masker`, truncated to `max_length`.
-
-    A row that is empty, malformed, or has nothing to train on (no model turn, or one truncated away)
-    is an error naming the row: left in, it would make a batch of -100 labels and a NaN loss.
-    """
-    rows = []
-    for index, messages in enumerate(conversations):
-        if not messages or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages):
-            raise ValueError(f"conversation {index} is empty or malformed: every message needs 'role' and 'content'")
-        ids = list(tokenizer.apply_chat_template(messages, return_dict=True)["input_ids"])[:max_length]
-        labels = masker(ids)
-        if all(label == -100 for label in labels):
-            raise ValueError(f"conversation {index} has no model turn to train on (all labels are -100 after masking "
-                             f"and truncation to {max_length} tokens): add an assistant message or raise max_seq_length")
-        rows.append({"input_ids": ids, "labels": labels})
-    return rows
-
-
-def sft_config(recipe: Recipe, out_dir: Path, *, on_gpu: bool, report_to: str = "none", gradient_checkpointing=None):
-    """The SFTConfig the recipe asks for."""
-    from trl import SFTConfig
-
-    return SFTConfig(**sft_kwargs(recipe, out_dir, on_gpu=on_gpu, report_to=report_to,
-                                  gradient_checkpointing=gradient_checkpointing))
-
-
-def sft_kwargs(recipe: Recipe, out_dir: Path, *, on_gpu: bool, report_to: str = "none", gradient_checkpointing=None) -> dict:
-    """Every SFTConfig value the run sets explicitly (what RECIPE-FIDELITY compares the trainer against)."""
-    if gradient_checkpointing is None:
-        gradient_checkpointing = bool(recipe.use_gradient_checkpointing) and on_gpu
-    return dict(
-        output_dir=str(out_dir), learning_rate=recipe.learning_rate, lr_scheduler_type=recipe.lr_scheduler_type,
-        warmup_steps=recipe.warmup_steps, max_steps=recipe.max_steps,
-        per_device_train_batch_size=recipe.per_device_train_batch_size, per_device_eval_batch_size=recipe.per_device_train_batch_size,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps, weight_decay=recipe.weight_decay, optim=recipe.optim,
-        seed=recipe.seed, data_seed=recipe.seed, logging_steps=recipe.logging_steps, max_length=recipe.max_seq_length,
-        # TRL defaults bf16=True, which fails on a CPU-only machine: set both explicitly.
-        bf16=on_gpu, fp16=False, use_cpu=not on_gpu,
-        gradient_checkpointing=gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
-        save_strategy="no", eval_strategy="no", report_to=report_to, dataloader_num_workers=0,
-        dataset_num_proc=None, disable_tqdm=False, remove_unused_columns=False,
-    )
 
 
 def load_model(model_dir: Path, recipe: Recipe, load_in_4bit: bool):
@@ -76,8 +31,9 @@ def load_model(model_dir: Path, recipe: Recipe, load_in_4bit: bool):
 
 
 def build_sft_trainer(model_dir, recipe: Recipe, out_dir, *, train_rows=None, eval_rows=None, load_in_4bit=None,
-                      report_to="none", callbacks=(), model=None, tokenizer=None):
-    """An SFTTrainer for the recipe. `train_rows` is tokenized rows, or an int: that many rows of the dataset."""
+                      report_to="none", callbacks=(), model=None, tokenizer=None, sft_args: dict | None = None):
+    """An SFTTrainer for the recipe. `train_rows` is tokenized rows, or an int: that many rows of the dataset.
+    `sft_args`: the SFTConfig values to build the trainer's config from (default: the recipe's, sft_kwargs)."""
     from datasets import Dataset
     from trl import SFTTrainer
 
@@ -97,45 +53,13 @@ def build_sft_trainer(model_dir, recipe: Recipe, out_dir, *, train_rows=None, ev
                                             recipe.max_seq_length)
     if model is None:
         model = apply_lora(load_model(Path(model_dir), recipe, load_in_4bit), recipe)
-    args = sft_config(recipe, Path(out_dir), on_gpu=on_gpu, report_to=report_to)
+    if sft_args is not None:
+        from trl import SFTConfig
+
+        args = SFTConfig(**sft_args)
+    else:
+        args = sft_config(recipe, Path(out_dir), on_gpu=on_gpu, report_to=report_to)
     trainer_cls = SFTTrainer if fused_lm_head_available() else cpu_sft_trainer_class()
     return trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                       eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                       processing_class=tokenizer, callbacks=list(callbacks))
-
-
-def fused_lm_head_available() -> bool:
-    """TRL >= 1.15 computes the SFT loss with a fused LM head written in Triton (GPU only)."""
-    try:
-        from trl.trainer import utils as trl_utils
-    except ImportError:
-        return False
-    return getattr(trl_utils, "_ChunkedLogProbFunction", True) is not None and torch.cuda.is_available()
-
-
-def cpu_sft_trainer_class():
-    """SFTTrainer whose loss is computed without TRL's Triton kernel, the same way TRL's fused head does.
-
-    TRL 1.15 patches the model with a fused LM head whose kernel is Triton-only; without a GPU its
-    compute_loss fails ("'NoneType' object has no attribute 'apply'"). Like the fused head, this
-    projects only the positions that have a label onto the 262,144-token vocabulary (the full logits
-    would dominate a CPU step) and returns the mean cross entropy over labels != -100.
-    """
-    from trl import SFTTrainer
-
-    class CpuSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs["labels"]
-            shift_labels = labels[:, 1:]
-            keep = (shift_labels != -100).any(dim=0).nonzero().view(-1)
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                            logits_to_keep=keep)
-            logits = outputs.logits.float()
-            targets = shift_labels[:, keep]
-            total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                                      ignore_index=-100, reduction="sum")
-            count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
-            loss = total / count
-            return (loss, outputs) if return_outputs else loss
-
-    return CpuSFTTrainer

@@ -50,7 +50,7 @@ def build_unsloth_trainer(model, tokenizer, recipe: Recipe, out_dir: Path, train
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from harness.train_hf import sft_kwargs
+    from harness.backends.sft import sft_kwargs
 
     # Unsloth applies its own checkpointing in get_peft_model; TRL's default (True) would re-enable HF's.
     kwargs = sft_kwargs(recipe, out_dir, on_gpu=True, report_to=report_to, gradient_checkpointing=False)

@@ -37,11 +37,13 @@ class HfBackend(Backend):
 
     def build_trainer(self, model, tokenizer, recipe, out_dir: Path, source_dir: Path, train_rows, val_rows,
                       report_to: str, callbacks: list, on_gpu: bool) -> BuiltTrainer:
-        from harness.train_hf import build_sft_trainer, sft_kwargs
+        from harness.backends.sft import sft_kwargs
+        from harness.train_hf import build_sft_trainer
 
+        passed = sft_kwargs(recipe, out_dir, on_gpu=on_gpu, report_to=report_to)  # the trainer's config is built from it
         trainer = build_sft_trainer(source_dir, recipe, out_dir, train_rows=train_rows, eval_rows=val_rows, model=model,
-                                    tokenizer=tokenizer, report_to=report_to, callbacks=callbacks)
-        return BuiltTrainer(trainer, sft_kwargs(recipe, out_dir, on_gpu=on_gpu, report_to=report_to))
+                                    tokenizer=tokenizer, report_to=report_to, callbacks=callbacks, sft_args=passed)
+        return BuiltTrainer(trainer, passed)
 
     def export(self, model, tokenizer, out_dir: Path, source_dir: Path) -> dict:
         """Merge into the 16-bit base, as Unsloth's merged_16bit does (merging into 4-bit layers would round the

@@ -49,7 +49,7 @@ def test_model_folder_without_tokenizer(tmp_path):
 def test_rows_that_cannot_train_are_named(tokenizer, conversation, message):
     """Empty, malformed and model-turn-less conversations raise a ValueError naming the row (no NaN loss later)."""
     from harness.masking import reference_masker
-    from harness.train_hf import tokenize_conversations
+    from harness.backends.sft import tokenize_conversations
 
     with pytest.raises(ValueError, match=message):
         tokenize_conversations(tokenizer, [conversation], reference_masker(tokenizer), 512)
