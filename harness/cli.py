@@ -50,8 +50,6 @@ def cmd_finetune(args) -> int:
 
 def cmd_certify(args) -> int:
     """Run the claim suite (pytest) and write reports/<run>/index.html and results.json."""
-    import pytest
-
     os.environ["HARNESS_MODEL"] = args.model
     tests = Path(__file__).resolve().parent.parent / "tests"
     if args.gpu:
@@ -62,26 +60,32 @@ def cmd_certify(args) -> int:
             return 3
         from harness.tiers import certify_all
 
-        code = certify_all(args.model, (["-k", args.select] if args.select else []) + args.pytest_args, tests)
-        print(f"report: {Path(os.environ.get('HARNESS_REPORTS') or 'reports') / 'latest' / 'index.html'}")
-        return code
+        outcome = certify_all(args.model, (["-k", args.select] if args.select else []) + args.pytest_args, tests)
+    else:
+        outcome = _certify_cpu(args, tests)
+    from harness.results import reports_root
+
+    print(f"report: {reports_root() / 'latest' / 'index.html'}")
+    print({0: "certified: every claim that ran is as recorded", 1: "REGRESSION (or a failing test): see the report",
+           2: "ENVIRONMENT PROBLEM: no regression, but some claims could not be checked here (python -m harness doctor)",
+           3: "the run did not complete: the report is partial"}[outcome])
+    return outcome
+
+
+def _certify_cpu(args, tests: Path) -> int:
+    import pytest
+
     argv = [str(tests), "-q", "-p", "no:cacheprovider", f"--model={args.model}"]
     if args.select:
         argv += ["-k", args.select]
     code = pytest.main(argv + args.pytest_args)
     from harness.results import certify_exit_code, reports_root
 
-    latest = reports_root() / "latest"
     try:
-        data = json.loads((latest / "results.json").read_text())
+        data = json.loads((reports_root() / "latest" / "results.json").read_text())
     except (OSError, ValueError):
         data = None
-    outcome = certify_exit_code(int(code), data)
-    print(f"report: {latest / 'index.html'}")
-    print({0: "certified: every claim that ran is as recorded", 1: "REGRESSION (or a failing test): see the report",
-           2: "ENVIRONMENT PROBLEM: no regression, but some claims could not be checked here (python -m harness doctor)",
-           3: "the run did not complete: the report is partial"}[outcome])
-    return outcome
+    return certify_exit_code(int(code), data)
 
 
 def cmd_catalog(args) -> int:

@@ -81,21 +81,12 @@ def llama_cpp_build() -> str:
     return f"{dist.version}, not built by this suite (compiler flags unknown: pip's default is -march=native)"
 
 
-def cpu_features() -> list[str]:
-    """The wide-vector CPU features a native llama.cpp build would use (Linux /proc/cpuinfo)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags.split() if f.startswith(("avx512", "amx")))
-
-
-def _llama_fix(detail: str) -> str:
+def _llama_fix(build: str) -> str:
     from harness.llama_cpp_build import INSTALL_HINT
+    from harness.measure_cache import cpu_flags
 
-    build = llama_cpp_build()
     if "portable build" not in build:
-        wide = cpu_features()
+        wide = [f for f in cpu_flags() if f.startswith(("avx512", "amx"))]  # what a native build would use
         why = f" (this CPU has {', '.join(wide[:4])}{'…' if len(wide) > 4 else ''})" if wide else ""
         return f"rebuild it for a portable CPU baseline{why}: {INSTALL_HINT}"
     return f"the portable build fails too: rebuild it ({INSTALL_HINT}) and report the doctor's output"
@@ -125,24 +116,25 @@ def llama_cpp() -> Health:
                                          "or set $HARNESS_GGUF)", "", claims)
     from harness.gguf_verify import _failure, _job, _llama_child
 
+    build = llama_cpp_build()
     job = _job(reference, [PROBE_TEXT], [[2, *PROBE_IDS]], set(), PROBE_NEW_TOKENS, mmap=True)
     try:
         proc = _llama_child(job, timeout=300)
     except subprocess.TimeoutExpired:
-        return Health("llama.cpp", False, f"hung for 300 s on Google's {reference.name}", _llama_fix("hung"), claims)
+        return Health("llama.cpp", False, f"hung for 300 s on Google's {reference.name}", _llama_fix(build), claims)
     if proc.returncode != 0:
         from harness.gguf_verify import build_problem
 
         detail = (f"{_failure(proc)} on Google's own {reference.name} (no file of this project involved); "
-                  f"build: {llama_cpp_build()}{build_problem()}")
-        return Health("llama.cpp", False, detail, _llama_fix(detail), claims)
+                  f"build: {build}{build_problem()}")
+        return Health("llama.cpp", False, detail, _llama_fix(build), claims)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     tokens, greedy = out["tokens"][0], out["greedy"][0]
     if tokens != PROBE_IDS or len(greedy) != PROBE_NEW_TOKENS or not all(0 <= t < GEMMA3_VOCAB_SIZE for t in greedy):
         detail = (f"answers wrongly on Google's {reference.name}: tokens {tokens} (expected {PROBE_IDS}), "
-                  f"decoded {greedy}; build: {llama_cpp_build()}")
-        return Health("llama.cpp", False, detail, _llama_fix(detail), claims)
-    return Health("llama.cpp", True, f"decodes Google's {reference.name}; build: {llama_cpp_build()}", "", claims)
+                  f"decoded {greedy}; build: {build}")
+        return Health("llama.cpp", False, detail, _llama_fix(build), claims)
+    return Health("llama.cpp", True, f"decodes Google's {reference.name}; build: {build}", "", claims)
 
 
 def require_llama_cpp() -> None:
@@ -167,6 +159,7 @@ def llama_cpp_converter() -> Health:
     return Health("llama.cpp converter", True, f"vendored at {tree}", "", ("GGUF-Q8-EXPORT",))
 
 
+UNSLOTH_ZOO_FIX = "pip install --no-deps unsloth_zoo==2026.10.9 (bash scripts/install.sh does)"
 UNSLOTH_ZOO_ENV = {"UNSLOTH_ZOO_DISABLE_GPU_INIT": "1", "UNSLOTH_IS_PRESENT": "1", "UNSLOTH_ALLOW_CPU": "1",
                    "UNSLOTH_DISABLE_STATISTICS": "1"}
 
@@ -175,16 +168,15 @@ UNSLOTH_ZOO_ENV = {"UNSLOTH_ZOO_DISABLE_GPU_INIT": "1", "UNSLOTH_IS_PRESENT": "1
 def unsloth_zoo() -> Health:
     """Unsloth's masking function imports on the CPU (unsloth_zoo's dataset utilities), in a child process."""
     claims = ("MASK-USER-TURNS", "MASK-LABELS-NOT-IDS", "MASK-AGREEMENT")
-    fix = "pip install --no-deps unsloth_zoo==2026.10.9 (bash scripts/install.sh does)"
     if importlib.util.find_spec("unsloth_zoo") is None:
-        return Health("unsloth_zoo", False, "unsloth_zoo is not installed", fix, claims)
+        return Health("unsloth_zoo", False, "unsloth_zoo is not installed", UNSLOTH_ZOO_FIX, claims)
     code = "from unsloth_zoo.dataset_utils import train_on_responses_only; print('ok')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, **UNSLOTH_ZOO_ENV})
     if proc.returncode != 0 or "ok" not in proc.stdout:
         from harness.gguf_verify import _failure
 
-        return Health("unsloth_zoo", False, f"importing its masking function {_failure(proc)}", fix, claims)
+        return Health("unsloth_zoo", False, f"importing its masking function {_failure(proc)}", UNSLOTH_ZOO_FIX, claims)
     return Health("unsloth_zoo", True, f"{importlib.metadata.version('unsloth_zoo')}: train_on_responses_only imports",
                   "", claims)
 
@@ -193,6 +185,7 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+# Headless, and none of the background connections this machine's closed network would refuse.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -80,8 +80,6 @@ def llamacpp_agreement(a: Path, b: Path, prompt_ids: list[list[int]], corpus: li
 
 def compare(a: Path, b: Path, prompt_ids: list[list[int]] | None = None, corpus: list[str] | None = None) -> dict:
     """Everything above; `llamacpp` only where llama-cpp-python is installed and prompts were given."""
-    import sys
-
     from harness import measure_cache as mc
     from harness.gguf_verify import read
 
@@ -90,7 +88,7 @@ def compare(a: Path, b: Path, prompt_ids: list[list[int]] | None = None, corpus:
         return {"tensors": tensors_agree(ra, rb), "metadata": metadata_diff(ra, rb)}
 
     inputs = {"a": mc.file_digest(a), "b": mc.file_digest(b), "versions": mc.versions("gguf", "numpy"),
-              "code": mc.code_digest(sys.modules[__name__])}
+              "code": mc.code_digest(both, tensors_agree, metadata_diff, _fields)}
     report = {"a": str(a), "b": str(b), **mc.cached("gguf-compare", inputs, both)}
     if prompt_ids is not None:
         try:

@@ -112,12 +112,13 @@ def error_vs_checkpoint(reader, checkpoint: Path) -> dict:
             "norm_max_err_after_shift": norm_err, "per_tensor_kind": per_kind}
 
 
-def _measurement_inputs(path: Path, *extra_packages: str) -> dict:
-    """What a measurement of a GGUF file depends on: its bytes, this module's and the exporter's constants, gguf-py."""
+def _measurement_inputs(path: Path, measure, *extra_packages: str) -> dict:
+    """What a measurement of a GGUF file depends on: its bytes, the measuring function, the reader, the exporter's
+    constants (block layout, tensor names) and gguf-py."""
     import harness.gguf_export
     from harness import measure_cache as mc
 
-    return {"file": mc.file_digest(path), "code": mc.code_digest(sys.modules[__name__], harness.gguf_export),
+    return {"file": mc.file_digest(path), "code": mc.code_digest(measure, read, harness.gguf_export),
             "versions": mc.versions("gguf", "numpy", *extra_packages)}
 
 
@@ -125,14 +126,14 @@ def file_layout(path: Path) -> dict:
     """layout(read(path)), measured once per distinct file content (gguf-py parses a 262k vocabulary in ~8 s)."""
     from harness.measure_cache import cached
 
-    return cached("gguf-layout", _measurement_inputs(path), lambda: layout(read(path)))
+    return cached("gguf-layout", _measurement_inputs(path, layout), lambda: layout(read(path)))
 
 
 def file_error(path: Path, checkpoint: Path) -> dict:
     """error_vs_checkpoint(read(path), checkpoint), measured once per distinct (file, checkpoint) content."""
     from harness.measure_cache import cached, folder_digest
 
-    inputs = {**_measurement_inputs(path, "safetensors", "torch"),
+    inputs = {**_measurement_inputs(path, error_vs_checkpoint, "safetensors", "torch"),
               "checkpoint": folder_digest(checkpoint, ("config.json", "model.safetensors"))}
     return cached("gguf-q8-error", inputs, lambda: error_vs_checkpoint(read(path), checkpoint))
 
@@ -162,7 +163,7 @@ def hf_greedy(checkpoint: Path, prompt_ids: list[list[int]], stop: set[int], pad
     inputs = {"checkpoint": mc.folder_digest(checkpoint, ("config.json", "generation_config.json", "model.safetensors")),
               "prompt_ids": prompt_ids, "stop": sorted(stop), "pad": pad_id, "max_new_tokens": max_new_tokens,
               "versions": mc.versions("torch", "transformers"), "cpu": mc.cpu_signature(),
-              "code": mc.code_digest(sys.modules[__name__])}
+              "code": mc.code_digest(generate)}
     return mc.cached("hf-greedy", inputs, generate)
 
 
@@ -183,6 +184,9 @@ def llamacpp_loads(path: Path, timeout: int = 300) -> tuple[bool, str]:
             os.environ["HARNESS_LLAMA_MMAP"] = "1" if mmap else "0"
             return True, "loaded" + ("" if mmap else " (without mmap: mapped, it failed)")
         failures.append(f"{'mapped' if mmap else 'read'}: {_failure(proc)}")
+    from harness.doctor import require_llama_cpp
+
+    require_llama_cpp()  # a reader that fails on Google's own GGUF too: EnvironmentProblem, not this file's fault
     return False, f"llama.cpp could not load {path.name}: " + "; ".join(failures) + build_problem()
 
 

@@ -75,11 +75,12 @@ def build_wheel(sdist: Path | None = None, extra_cmake_args: str | None = None, 
         start = time.perf_counter()
         with tempfile.TemporaryFile("w+") as output:
             proc = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, text=True, env=env)
+            beat = 30
             while proc.poll() is None:  # a heartbeat: the build is silent for minutes
                 time.sleep(1)
-                elapsed = time.perf_counter() - start
-                if int(elapsed) % 30 == 0:
-                    log(f"  still building ({elapsed:.0f} s)")
+                if time.perf_counter() - start >= beat:
+                    log(f"  still building ({beat} s)")
+                    beat += 30
             output.seek(0)
             text = output.read()
         if proc.returncode != 0:

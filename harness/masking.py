@@ -71,9 +71,10 @@ def unsloth_masker(tokenizer):
         from unsloth_zoo.dataset_utils import train_on_responses_only
     except Exception as exc:  # missing or broken: an environment problem, not a regression of the masking claims
         health = doctor.unsloth_zoo()
-        raise UnslothUnavailable(health.skip_reason() if health.ok is False else doctor.Health(
-            "unsloth_zoo", False, f"importing its masking function failed ({type(exc).__name__}: {exc})",
-            "pip install --no-deps unsloth_zoo==2026.10.9").skip_reason()) from exc
+        if health.ok is not False:  # the child imported it; this process could not
+            health = doctor.Health("unsloth_zoo", False, f"importing its masking function failed "
+                                   f"({type(exc).__name__}: {exc})", doctor.UNSLOTH_ZOO_FIX)
+        raise UnslothUnavailable(health.skip_reason()) from exc
 
     fn = train_on_responses_only(None, instruction_part=INSTRUCTION_PART, response_part=RESPONSE_PART,
                                  tokenizer=tokenizer, return_function=True)

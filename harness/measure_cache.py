@@ -52,11 +52,15 @@ def folder_digest(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
     return {name: file_digest(Path(folder) / name) for name in names if (Path(folder) / name).is_file()}
 
 
-def code_digest(*modules) -> str:
-    """sha256 over the source files of the given modules (the code that computes a measurement)."""
+def code_digest(*code) -> str:
+    """sha256 over the source of the code that computes a measurement: functions (their own source, so an
+    unrelated edit elsewhere in their module keeps the cache) or whole modules."""
     digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(inspect.getsourcefile(module)).read_bytes())
+    for item in code:
+        if inspect.ismodule(item):
+            digest.update(Path(inspect.getsourcefile(item)).read_bytes())
+        else:
+            digest.update(inspect.getsource(item).encode())
     return digest.hexdigest()[:16]
 
 
@@ -71,15 +75,21 @@ def versions(*packages: str) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=1)
+def cpu_flags() -> tuple[str, ...]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        line = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return ()
+    return tuple(sorted(line.split(":", 1)[1].split()))
+
+
+@functools.lru_cache(maxsize=1)
 def cpu_signature() -> str:
     """The CPU features float kernels dispatch on (torch and numpy pick AVX2/AVX-512/AMX paths at run time)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-        wide = sorted(f for f in flags.split() if f.startswith(("avx", "amx", "fma", "f16c")))
-    except (OSError, StopIteration):
-        wide = []
     import platform
 
+    wide = [f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c"))]
     return f"{platform.machine()}:{','.join(wide)}"
 
 

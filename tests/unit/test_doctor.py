@@ -127,3 +127,18 @@ def test_environment_problem_raised_inside_a_test_becomes_a_skip():
 def test_certify_exit_code_tells_the_outcomes_apart(pytest_code, regression, problems, complete, expected):
     data = {"complete": complete, "claims": [{"id": "A", "regression": regression}], "environment_problems": problems}
     assert certify_exit_code(pytest_code, data) == expected
+
+
+def test_loading_a_file_with_a_crashing_reader_is_an_environment_problem(fake_llama_cpp, monkeypatch, tmp_path):
+    """llamacpp_loads (the GPU tier's check of both exporters' files) consults the same health check."""
+    from harness.gguf_verify import llamacpp_loads
+
+    monkeypatch.setenv("FAKE_LLAMA_CRASH", "all")
+    export = tmp_path / "export.gguf"
+    export.write_bytes(b"GGUF")
+    with pytest.raises(doctor.EnvironmentProblem, match="crashed \\(signal 11\\)"):
+        llamacpp_loads(export)
+    monkeypatch.setenv("FAKE_LLAMA_CRASH", "exports")
+    doctor.llama_cpp.cache_clear()
+    ok, why = llamacpp_loads(export)
+    assert (ok, "export.gguf" in why) == (False, True)

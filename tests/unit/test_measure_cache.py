@@ -58,3 +58,14 @@ def test_off_switch_always_measures(cache, monkeypatch):
     mc.cached("k", {"file": "x"}, compute)
     mc.cached("k", {"file": "x"}, compute)
     assert len(calls) == 2 and not cache.exists()
+
+
+def test_code_digest_follows_the_measuring_function_not_its_neighbours():
+    def measure_a():
+        return 1
+
+    def measure_b():
+        return 2
+
+    assert mc.code_digest(measure_a) == mc.code_digest(measure_a) != mc.code_digest(measure_b)
+    assert mc.code_digest(mc) != mc.code_digest(measure_a)  # a module counts whole

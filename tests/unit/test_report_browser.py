@@ -2,16 +2,15 @@
 
 import json
 import re
-import shutil
 import subprocess
 
 import pytest
 
+from harness.doctor import CHROMIUM_FLAGS, chromium_path
 from harness.report import write_html
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--enable-logging=stderr", "--v=0"]
+CHROMIUM = chromium_path()
+FLAGS = [*CHROMIUM_FLAGS, "--enable-logging=stderr", "--v=0"]
 
 
 @pytest.fixture
