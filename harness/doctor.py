@@ -66,6 +66,26 @@ def environment_problem_as_skip(item, call, report) -> None:
         report.longrepr = (str(item.path), item.location[1], f"Skipped: {call.excinfo.value}")
 
 
+# Readers that are Python packages pinned by the version legs (constraints/*.txt, tox.ini): inside a leg their
+# failure is the breakage the leg exists to catch (a newer trl/transformers that unsloth_zoo no longer imports
+# with), so it fails the claims it serves instead of skipping them.
+LEG_GUARDED_READERS = ("unsloth_zoo",)
+
+
+def leg_breakage(report) -> None:
+    """For pytest_runtest_makereport: inside a version leg ($HARNESS_LEG), a skip for an environment problem of a
+    leg-pinned package becomes a failure that says so."""
+    leg = os.environ.get("HARNESS_LEG")
+    if not leg or not report.skipped:
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if any(reason.startswith(f"{PREFIX}: {reader}:") for reader in LEG_GUARDED_READERS):
+        report.outcome = "failed"
+        report.longrepr = (f"version leg {leg!r}: {reason.removeprefix(PREFIX + ': ')} — inside a leg the pinned "
+                           "packages are the environment under test, so this is a regression, not an environment problem")
+
+
 # ---- llama.cpp (llama-cpp-python) --------------------------------------------------------------
 
 

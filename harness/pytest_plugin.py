@@ -54,6 +54,8 @@ def _apply_planted_fault(config) -> None:
     import sys
 
     path = Path(config.rootpath) / "tests" / "faults" / "catalog.py"
+    if str(path.parent) not in sys.path:  # the catalog's area files import their `Fault` from beside it
+        sys.path.insert(0, str(path.parent))
     module_spec = importlib.util.spec_from_file_location("handbook_fault_catalog", path)
     catalog = importlib.util.module_from_spec(module_spec)
     sys.modules[module_spec.name] = catalog  # dataclasses look their module up in sys.modules
@@ -142,6 +144,13 @@ def certify(request):
 
     failures: list[str] = []
 
+    def _fail(message: str):
+        # The test fails because of the regressions certify recorded: those claims are red already. Any other
+        # failure of a claim test (an assertion after certify, an error) turns every claim it is bound to red.
+        if recorder is not None:
+            recorder.test(request.node.nodeid, declared).failed_by_certify = True
+        pytest.fail(message, pytrace=False)
+
     def _certify(claim_id: str, measurements: dict, context: str = "default", soft: bool = False):
         """soft=True records a regression and goes on; `certify.check()` then fails with all of them."""
         if claim_id not in declared:
@@ -152,12 +161,12 @@ def certify(request):
         if outcome.regression:
             failures.append(outcome.explain())
             if not soft:
-                pytest.fail(outcome.explain(), pytrace=False)
+                _fail(outcome.explain())
         return outcome
 
     def _check():
         if failures:
-            pytest.fail("\n".join(failures), pytrace=False)
+            _fail("\n".join(failures))
 
     _certify.check = _check
     return _certify
@@ -173,7 +182,7 @@ def run_extras(request):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
-    from harness.doctor import environment_problem_as_skip
+    from harness.doctor import environment_problem_as_skip, leg_breakage
 
     environment_problem_as_skip(item, call, report)
     recorder = _recorder(item.config)
@@ -183,13 +192,16 @@ def pytest_runtest_makereport(item, call):
     if recorder is None or not ids:
         return
     record = recorder.test(item.nodeid, ids)
+    leg_breakage(report)
     if report.skipped and record.outcome != "failed":
         record.outcome = "skipped"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         record.reason = reason.removeprefix("Skipped: ")
     elif report.failed:
         record.outcome = "failed"
-        record.reason = (report.longreprtext or "").strip().splitlines()[-1][:500] if report.longreprtext else "failed"
+        crash = getattr(report.longrepr, "reprcrash", None)  # "AssertionError: <message>", where pytest has it
+        text = crash.message if crash is not None else (report.longreprtext or "").strip().splitlines()[-1:]
+        record.reason = (" ".join(text.split()) if isinstance(text, str) else " ".join(text))[:500] or "failed"
     elif report.when == "call" and record.outcome == "unknown":
         record.outcome = "passed"
     if report.when == "teardown":
@@ -220,4 +232,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for problem in recorder.environment_problems():
         terminalreporter.write_line(f"ENVIRONMENT PROBLEM (not a regression; {', '.join(problem['claims'])} could "
                                     f"not be checked here): {problem['reason']}")
+    faults = recorder.extras.get("faults")
+    if faults:
+        missed = [f["id"] for f in faults["faults"] if not f["caught"]]
+        terminalreporter.write_line(f"fault catalog: {faults['caught']}/{faults['planted']} planted regressions caught, "
+                                    f"{len(faults.get('claims_covered', []))} claims covered"
+                                    + (f"; MISSED: {', '.join(missed)}" if missed else ""))
     terminalreporter.write_line(f"report: {recorder.run_dir / 'index.html'}")

@@ -53,9 +53,37 @@ def environment(command: str | None = None) -> dict:
         pass
     return {
         "python": platform.python_version(), "platform": platform.platform(), "gpu": gpu, "packages": packages,
-        "git_commit": _run(["git", "rev-parse", "--short", "HEAD"]), "command": command or " ".join(sys.argv),
-        "cpu_count": os.cpu_count(),
+        **provenance(), "command": command or " ".join(sys.argv), "cpu_count": os.cpu_count(),
     }
+
+
+SOURCE_DIRS = ("harness", "spec", "tests")
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def source_digest(root: Path = SOURCE_ROOT) -> str:
+    """sha256 (first 16 hex) over the suite's own source files (path and bytes), git or not: the code that ran."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for top in SOURCE_DIRS:
+        for path in sorted((root / top).rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def provenance(root: Path = SOURCE_ROOT) -> dict:
+    """Which code made this run: the commit of the checkout the suite was imported from (not of the current
+    directory: a run once recorded the commit of another checkout), whether its tree differed from that commit
+    (reports/ aside), and a digest of the source files themselves, which holds where there is no .git (a copied
+    tree on a GPU runner)."""
+    git = ["git", "-C", str(root)]
+    commit = _run([*git, "rev-parse", "--short=12", "HEAD"]) if (root / ".git").exists() else None
+    status = _run([*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports"]) if commit else None
+    return {"git_commit": commit, "git_dirty": None if commit is None else bool(status),
+            "source_digest": source_digest(root)}
 
 
 def _run(argv: list[str]) -> str | None:
@@ -72,6 +100,7 @@ class TestRecord:
     outcome: str = "unknown"  # passed, failed, skipped
     reason: str = ""
     outcomes: list = field(default_factory=list)  # spec.core.Outcome
+    failed_by_certify: bool = False  # the test failed on the regressions certify recorded, nothing else
 
 
 class RunRecorder:
@@ -112,10 +141,13 @@ class RunRecorder:
         for claim in spec.CLAIMS.values():
             records = [t for t in self.tests.values() if claim.id in t.claim_ids]
             outcomes = [o for t in records for o in t.outcomes if o.claim_id == claim.id]
-            errors = [t for t in records if t.outcome == "failed" and not any(o.claim_id == claim.id for o in t.outcomes)]
+            # A failed test turns its claims red unless it failed on certify's own regressions: an assertion
+            # after certify, or an error before it, is a failure of every claim the test is bound to.
+            errors = [t for t in records if t.outcome == "failed"
+                      and (not t.failed_by_certify or not any(o.claim_id == claim.id for o in t.outcomes))]
             entry = {"id": claim.id, "section": claim.section, "tier": claim.tier, "quote": claim.quote,
                      "summary": claim.summary, "expected": claim.expected,
-                     "bounds": [b.describe() for b in claim.bounds],
+                     "bounds": [b.describe() for b in claim.bounds], "expectation_sources": list(claim.sources),
                      "tests": [t.nodeid for t in records], "evidence": {}, "contexts": [], "reason": ""}
             if outcomes or errors:
                 regressions = [o for o in outcomes if o.regression]

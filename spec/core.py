@@ -112,6 +112,9 @@ class Claim:
     context_bounds: dict[str, tuple[Bound, ...]] = field(default_factory=dict)
     # A different recorded verdict in one context (e.g. an empirical goal measured unmet on the GPU).
     context_expected: dict[str, str] = field(default_factory=dict)
+    # Where the recorded expectation and bounds come from: stored measurements (paths under reports/examples/,
+    # a glob allowed) or "derived: <how>" for values that follow from a definition. Shown in results.json.
+    sources: tuple[str, ...] = ()
 
     def __post_init__(self):
         assert self.tier in TIERS, self.tier
