@@ -17,7 +17,6 @@ from harness.recipe import ARMS, HANDBOOK, Recipe
 from harness.run_record import PhaseClock, StepRecorder, peak_memory, write
 
 
-
 def fidelity(trainer, model, expected: dict, passed_args: dict) -> dict:
     """RECIPE-FIDELITY: values read back from the trainer and the model, against what the run was meant to use."""
     args = trainer.args
@@ -60,107 +59,127 @@ def _checkpointing_mode(model, args):
     return False
 
 
+class ReferenceFinetune:
+    """One run of the recipe, in the stages a reader looks for: `setup` (load, tokenize, base evaluation, the trainer
+    and what it will train on), `train`, `evaluate`, `save` (the exports). Each stage adds to `record`, which is
+    written to run.json after every stage: a crash later loses nothing measured so far."""
+
+    def __init__(self, model: str, backend: str, recipe: Recipe, out_dir: Path | None, report_to: str, arm: str,
+                 evaluate_base: bool):
+        self.impl = backends.get(backend)
+        self.on_gpu = torch.cuda.is_available()
+        if self.impl.needs_gpu and not self.on_gpu:
+            raise RuntimeError(f"the {backend} backend needs a CUDA GPU; on a CPU use --backend hf")
+        if arm not in ARMS:
+            raise ValueError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
+        self.recipe, self.model_name, self.report_to, self.evaluate_base = recipe, model, report_to, evaluate_base
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        self.out_dir = Path(out_dir or Path("reports") / f"finetune-{backend}-{model.replace('/', '_')}-{stamp}")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.clock = PhaseClock()
+        self.expected, deviations = self.impl.expected(recipe, self.on_gpu)
+        self.record = {"schema": 1, "model": model, "backend": backend, "arm": arm, "recipe": recipe.to_dict(),
+                       "declared_deviations": deviations, "complete": False, "phases": self.clock.phases,
+                       "out_dir": str(self.out_dir)}
+        self.checkpoint_record()
+
+    def checkpoint_record(self) -> None:
+        write(self.record, self.out_dir / "run.json")
+
+    def setup(self) -> None:
+        from harness import dataset as ds
+        from harness.backends.sft import tokenize_conversations
+        from harness.evaluate import evaluate_split
+        from harness.masking import reference_masker, user_turn_facts
+        from harness.models import resolve
+
+        recipe, impl, record = self.recipe, self.impl, self.record
+        with self.clock.phase("load"):
+            self.source = resolve(self.model_name)
+            self.peft_model, self.tokenizer = impl.load(self.source.path, recipe, self.expected)
+        with self.clock.phase("tokenize"):
+            self.data = ds.generate(recipe.dataset_seed)
+            masker = reference_masker(self.tokenizer)
+            # Labels from the reference masker (or every token, unmasked); each backend keeps what its trainer takes
+            # (Unsloth: input_ids only). Validation labels stay masked in every arm: val loss is over the answers alone.
+            train_masker = masker if recipe.train_on_responses_only else list
+            train_rows = tokenize_conversations(self.tokenizer, [e.messages for e in self.data["train"]], train_masker,
+                                                recipe.max_seq_length)
+            val_rows = tokenize_conversations(self.tokenizer, [e.messages for e in self.data["validation"][: recipe.eval_limit]],
+                                              masker, recipe.max_seq_length)
+            train_rows = impl.train_rows(train_rows)
+        if self.evaluate_base:
+            with self.clock.phase("evaluate_base"):
+                record["base_eval"] = evaluate_split(self.peft_model, self.tokenizer, self.data["test"], recipe.eval_limit,
+                                                     recipe.max_new_tokens, desc="evaluate base model")
+        self.recorder = StepRecorder(reference_labels=masker)
+        with self.clock.phase("build_trainer"):
+            built = impl.build_trainer(self.peft_model, self.tokenizer, recipe, self.out_dir, self.source.path, train_rows,
+                                       val_rows, self.report_to, [self.recorder], self.on_gpu)
+            self.trainer = built.trainer
+            self.recorder.attach(self.trainer)
+            # MASK-USER-TURNS from the labels the trainer will train on (Unsloth's masker or the reference one).
+            sample = self.trainer.train_dataset.select(range(min(200, len(self.trainer.train_dataset))))
+            # Without a labels column (unmasked arm, Unsloth) TRL's collator trains on the input ids themselves.
+            labels = sample["labels"] if "labels" in sample.column_names else sample["input_ids"]
+            record["mask_check"] = user_turn_facts(self.tokenizer, [e.messages for e in self.data["train"][: len(sample)]],
+                                                   list(zip(sample["input_ids"], labels)),
+                                                   impl.masker_name if recipe.train_on_responses_only
+                                                   else "none (unmasked arm)",
+                                                   recipe.max_seq_length)
+            record["masking_seconds"] = built.masking_seconds
+            record["fidelity"] = fidelity(self.trainer, self.peft_model, self.expected, built.passed)
+        self.checkpoint_record()
+
+    def train(self) -> None:
+        if self.on_gpu:
+            torch.cuda.reset_peak_memory_stats()
+        with self.clock.phase("train"):
+            train_output = self.trainer.train()
+        self.record.update(steps=self.recorder.steps, throughput=self.recorder.throughput(),
+                           masking_in_batches=self.recorder.masking, memory=peak_memory(),
+                           train_runtime=train_output.metrics.get("train_runtime"))
+        self.checkpoint_record()
+
+    def evaluate(self) -> None:
+        from harness.evaluate import evaluate_split
+        from harness.overfit import advice
+
+        record = self.record
+        with self.clock.phase("evaluate"):
+            record["val_loss"] = self.trainer.evaluate().get("eval_loss")
+            record["eval"] = evaluate_split(self.trainer.model, self.tokenizer, self.data["test"], self.recipe.eval_limit,
+                                            self.recipe.max_new_tokens, desc="evaluate fine-tuned")
+        losses = [s["loss"] for s in self.recorder.steps if "loss" in s]
+        record["overfit"] = advice(losses, record["val_loss"])
+        record["loss_first10"] = statistics.mean(losses[:10]) if losses else None
+        record["loss_last10"] = statistics.mean(losses[-10:]) if losses else None
+        self.checkpoint_record()
+
+    def save(self) -> None:
+        with self.clock.phase("export"):
+            try:
+                self.record["artifacts"] = self.impl.export(self.trainer.model, self.tokenizer, self.out_dir, self.source.path)
+            except Exception as exc:  # recorded; the run's other figures stand
+                self.record["artifacts"] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+                self.checkpoint_record()
+                raise
+
+
 def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = HANDBOOK, out_dir: Path | None = None,
              max_steps: int | None = None, batch_size: int | None = None, eval_limit: int | None = None,
              report_to: str = "none", export: bool = True, evaluate_base: bool = True, arm: str = "handbook",
              seed: int | None = None) -> dict:
     """Run the recipe (or one experiment arm of it, harness.recipe.ARMS) and return (and write) its run record."""
-    from harness import dataset as ds
-    from harness.evaluate import evaluate_split
-    from harness.masking import reference_masker
-    from harness.models import resolve
-
-    impl = backends.get(backend)
-    on_gpu = torch.cuda.is_available()
-    if impl.needs_gpu and not on_gpu:
-        raise RuntimeError(f"the {backend} backend needs a CUDA GPU; on a CPU use --backend hf")
-    if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
     changes = {k: v for k, v in {"max_steps": max_steps, "per_device_train_batch_size": batch_size,
                                  "eval_limit": eval_limit, "model": model, "seed": seed}.items() if v is not None}
-    recipe = recipe.with_(**changes, **ARMS[arm])
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(out_dir or Path("reports") / f"finetune-{backend}-{model.replace('/', '_')}-{stamp}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clock = PhaseClock()
-    expected, deviations = impl.expected(recipe, on_gpu)
-    record = {"schema": 1, "model": model, "backend": backend, "arm": arm, "recipe": recipe.to_dict(), "declared_deviations": deviations,
-              "complete": False, "phases": clock.phases, "out_dir": str(out_dir)}
-    write(record, out_dir / "run.json")
-
-    def checkpoint_record():
-        write(record, out_dir / "run.json")  # after every phase: a crash later loses nothing measured so far
-
-    with clock.phase("load"):
-        source = resolve(model)
-        peft_model, tokenizer = impl.load(source.path, recipe, expected)
-    with clock.phase("tokenize"):
-        data = ds.generate(recipe.dataset_seed)
-        masker = reference_masker(tokenizer)
-        from harness.backends.sft import tokenize_conversations
-
-        # Labels from the reference masker (or every token, unmasked); each backend keeps what its trainer takes
-        # (Unsloth: input_ids only). Validation labels stay masked in every arm: val loss is over the answers alone.
-        train_masker = masker if recipe.train_on_responses_only else list
-        train_rows = tokenize_conversations(tokenizer, [e.messages for e in data["train"]], train_masker,
-                                            recipe.max_seq_length)
-        val_rows = tokenize_conversations(tokenizer, [e.messages for e in data["validation"][: recipe.eval_limit]], masker,
-                                          recipe.max_seq_length)
-        train_rows = impl.train_rows(train_rows)
-    if evaluate_base:
-        with clock.phase("evaluate_base"):
-            record["base_eval"] = evaluate_split(peft_model, tokenizer, data["test"], recipe.eval_limit, recipe.max_new_tokens,
-                                                 desc="evaluate base model")
-    recorder = StepRecorder(reference_labels=masker)
-    with clock.phase("build_trainer"):
-        built = impl.build_trainer(peft_model, tokenizer, recipe, out_dir, source.path, train_rows, val_rows, report_to,
-                                   [recorder], on_gpu)
-        trainer = built.trainer
-        recorder.attach(trainer)
-        from harness.masking import user_turn_facts
-
-        # MASK-USER-TURNS from the labels the trainer will train on (Unsloth's masker or the reference one).
-        sample = trainer.train_dataset.select(range(min(200, len(trainer.train_dataset))))
-        # Without a labels column (unmasked arm, Unsloth) TRL's collator trains on the input ids themselves.
-        labels = sample["labels"] if "labels" in sample.column_names else sample["input_ids"]
-        record["mask_check"] = user_turn_facts(tokenizer, [e.messages for e in data["train"][: len(sample)]],
-                                               list(zip(sample["input_ids"], labels)),
-                                               impl.masker_name if recipe.train_on_responses_only
-                                               else "none (unmasked arm)",
-                                               recipe.max_seq_length)
-        record["masking_seconds"] = built.masking_seconds
-        record["fidelity"] = fidelity(trainer, peft_model, expected, built.passed)
-    checkpoint_record()
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
-    with clock.phase("train"):
-        train_output = trainer.train()
-    record["steps"] = recorder.steps
-    record["throughput"] = recorder.throughput()
-    record["masking_in_batches"] = recorder.masking
-    record["memory"] = peak_memory()
-    record["train_runtime"] = train_output.metrics.get("train_runtime")
-    checkpoint_record()
-    with clock.phase("evaluate"):
-        metrics = trainer.evaluate()
-        record["val_loss"] = metrics.get("eval_loss")
-        record["eval"] = evaluate_split(trainer.model, tokenizer, data["test"], recipe.eval_limit, recipe.max_new_tokens,
-                                        desc="evaluate fine-tuned")
-    losses = [s["loss"] for s in recorder.steps if "loss" in s]
-    from harness.overfit import advice
-
-    record["overfit"] = advice(losses, record["val_loss"])
-    record["loss_first10"] = statistics.mean(losses[:10]) if losses else None
-    record["loss_last10"] = statistics.mean(losses[-10:]) if losses else None
-    checkpoint_record()
+    run = ReferenceFinetune(model, backend, recipe.with_(**changes, **ARMS.get(arm, {})), out_dir, report_to, arm,
+                            evaluate_base)
+    run.setup()
+    run.train()
+    run.evaluate()
     if export:
-        with clock.phase("export"):
-            try:
-                record["artifacts"] = impl.export(trainer.model, tokenizer, out_dir, source.path)
-            except Exception as exc:  # recorded; the run's other figures stand
-                record["artifacts"] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
-                checkpoint_record()
-                raise
-    record["complete"] = True
-    write(record, out_dir / "run.json")
-    return record
+        run.save()
+    run.record["complete"] = True
+    run.checkpoint_record()
+    return run.record
