@@ -157,6 +157,18 @@ def cmd_llama_cpp(args) -> int:
     return 0
 
 
+def cmd_record_output_baseline(args) -> int:
+    from harness.output_baseline import record
+
+    try:
+        path = record(args.run_json, args.reason)
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"record-output-baseline: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}: commit it with the reason in the commit message")
+    return 0
+
+
 def cmd_diff(args) -> int:
     from harness.diff import diff_main
 
@@ -277,7 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-llama", action="store_true", help="skip the llama.cpp checks")
     s.set_defaults(func=cmd_verify_gguf)
 
-    s = sub.add_parser("diff", help="compare two runs (results.json or report folders); exit 1 on a new regression")
+    s = sub.add_parser("record-output-baseline", help="keep a GPU run's per-prompt held-out outcomes as CHECK-OUTPUT's "
+                                                     "paired baseline (spec/baselines/); only with a written reason")
+    s.add_argument("run_json", help="run.json of the reference fine-tune")
+    s.add_argument("--reason", required=True, help="why the baseline is (re)recorded; goes into the file")
+    s.set_defaults(func=cmd_record_output_baseline)
+    s = sub.add_parser("diff", help="compare two runs (results.json or report folders); exit 1 on a new regression or a claim checked before and skipped now")
     s.add_argument("old")
     s.add_argument("new")
     s.add_argument("--html", help="also write the diff as an HTML file")

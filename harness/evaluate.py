@@ -78,4 +78,10 @@ def evaluate_split(model, tokenizer, examples, limit: int, max_new_tokens: int =
             failures[ex.functions[-1]].append({"request": ex.messages[-2]["content"], "expected": ex.messages[-1]["content"],
                                                "output": out})
     result["failures"] = failures
+    # Per prompt, for CHECK-OUTPUT's paired test against a recorded run (harness.output_baseline).
+    from harness.output_baseline import fingerprint
+
+    result["outcomes"] = [{"id": ex.id, "function": ex.functions[-1], "exact": parse_call(out) == json.loads(ex.messages[-1]["content"])}
+                          for ex, out in zip(chosen, outputs)]
+    result["dataset_fingerprint"] = fingerprint(chosen)
     return result

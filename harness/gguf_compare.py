@@ -109,7 +109,10 @@ def summary(report: dict) -> dict:
             "tensors_differing_vs_project_exporter": tensors["tensors_differing"] + len(tensors["only_a"]) + len(tensors["only_b"]),
             "tensor_type_differences": len(tensors["type_differences"]),
             "token_table_entries_differing": sum(v["entries_differing"] for v in meta["array_entries_differ"].values()),
-            "metadata_only_in_one": sorted(meta["only_a"] + meta["only_b"])}
+            "metadata_only_in_one": sorted(meta["only_a"] + meta["only_b"]),
+            # The same, without the descriptive general.* keys (names, tags, urls): what a reader could act on.
+            "metadata_keys_only_in_one": sorted(k for k in meta["only_a"] + meta["only_b"] if not k.startswith(DESCRIPTIVE)),
+            "metadata_values_differing": sorted(meta["values_differ"])}
     llama = report.get("llamacpp") or {}
     if "greedy_equal_rate" in llama:
         flat.update({"llamacpp_tokenization_differs": llama["tokenization_differs"], "llamacpp_corpus": llama["corpus"],

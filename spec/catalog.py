@@ -2,7 +2,8 @@
 
 CATALOG.md in the repository root is the public list of claim IDs (a contract: never renamed, only added);
 a unit test keeps it equal to what spec/ holds, and checks that every ID of the founding catalog
-(../shared/claims.md, while that file exists) is still here with the same tier.
+(../shared/claims.md, while that file exists) is still here with the same tier, or with a tier change listed in
+TIER_CHANGES with its reason.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ Claim IDs are a public contract: reports, results.json, JUnit properties and `ha
 Never rename one; add new IDs. `expected` is the recorded verdict (per measurement context where it
 differs); `bounds` are the recorded bounds on the evidence (context-specific ones after `[context]`).
 """
+
+
+# A claim's tier moves only with a reason, kept here and printed in CATALOG.md: {ID: (founding tier, tier, why)}.
+TIER_CHANGES = {
+    "LR-COSINE": ("cpu", "both", "also certified on the lr every step of the Unsloth reference run applied (its run record)"),
+    "CHECK-OUTPUT": ("both", "gpu", "a model without training (the CPU tier's random tiny) scores ~0 and can judge nothing"),
+}
 
 
 def _cell(text: str) -> str:
@@ -40,6 +48,9 @@ def render() -> str:
                                [f"[{k}] {b.describe()}" for k, bs in c.context_bounds.items() for b in bs])
             lines.append(f"| {c.id} | {c.tier} | {_cell(c.quote)} | {_cell(c.summary)} | {_cell(expected)} | "
                          f"{_cell(bounds) or '—'} |")
+    if TIER_CHANGES:
+        lines += ["\n## Tier changes since the founding catalog\n", "| ID | founding tier | tier | why |", "| --- | --- | --- | --- |"]
+        lines += [f"| {cid} | {old} | {new} | {_cell(why)} |" for cid, (old, new, why) in TIER_CHANGES.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -2,33 +2,73 @@
 
 from __future__ import annotations
 
+from harness.recipe import HANDBOOK
 from spec.core import Claim, eq, ge, le, verdict_if
 
 SECTION = "5. Checklist and pipeline"
+# The CPU tier's tiny run (random weights, 60 steps, still inside the 200-step warmup): the mean loss of the first
+# 10 steps over the last 10 was 12.448 / 11.740 = 1.060 (AMD EPYC, 2 cores, torch 2.13.0 CPU). Bound at half that
+# fall: a trainer that stops learning (optimizer steps lost, frozen adapters, lr 0) stays at 1.00.
+TINY_LOSS_DROP = 1.03
+EXPORTERS_KEYS_ONLY_IN_ONE = ["gemma3.rope.freq_base_swa", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_sep_token",
+                              "tokenizer.ggml.mask_token_id"]
+
+
+# Values a library sets that cannot change what is trained: not bounded, listed in the evidence all the same.
+TRAINING_NEUTRAL = {
+    "changed:report_to": "where metrics are logged",
+    "changed:dataset_num_proc": "preprocessing workers, which Unsloth derives from the machine's CPU count",
+}
+# The values the libraries set silently, as recorded (the hf backend on the CPU; Unsloth 2026.10.9 with TRL on
+# seven H100/H200 runs, reports/examples/*/run-unsloth-e2e*.json, all identical). A new or changed one is red.
+_SILENT_COMMON = {"max_grad_norm": 1.0, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-08, "packing": False,
+                  "completion_only_loss": None, "assistant_only_loss": False, "dataloader_drop_last": False,
+                  "torch_compile": False}
+SILENT_CPU = {**_SILENT_COMMON, "padding_free": False}
+# Unsloth turns padding_free on and leaves the trainer's max_length unset (it truncates to the model's
+# max_seq_length, 512, itself).
+SILENT_UNSLOTH = {**_SILENT_COMMON, "padding_free": True, "changed:max_length": {"passed": 512, "trainer": None}}
 
 
 def check_fidelity(m: dict) -> tuple[str, dict]:
     """m: mismatches ({key: (recipe, actual)}), silent ({key: value set by a library, not by the recipe}), backend."""
-    evidence = {"mismatches": m["mismatches"], "silent_defaults": m["silent"], "checked": m["checked"], "backend": m["backend"]}
+    training = {k: v for k, v in m["silent"].items() if k not in TRAINING_NEUTRAL}
+    evidence = {"mismatches": m["mismatches"], "silent_defaults": m["silent"], "silent_training_defaults": training,
+                "checked": m["checked"], "backend": m["backend"],
+                "not_bounded": {k: why for k, why in TRAINING_NEUTRAL.items() if k in m["silent"]}}
     return verdict_if(not m["mismatches"] and m["checked"] >= 8, "pass"), evidence
 
 
 def check_overfit(m: dict) -> tuple[str, dict]:
-    """m: detector_cases, detector_errors (synthetic curves misjudged), run_plateau, train_loss_final, val_loss, gap."""
+    """Either the detector on synthetic curves (m: detector_cases, detector_errors), or the reference run's record
+    (m: run_plateau, train_loss_final, val_loss, gap = val − train, handbook_says)."""
     evidence = dict(m)
     evidence["truth"] = ("a train loss flat near 0.001 shows memorization of the training set; overfitting is shown by "
                          "the validation loss rising above it (the train–validation gap), which the handbook's rule does not look at")
-    return verdict_if(m["detector_errors"] == 0 and m["detector_cases"] > 0, "corrected"), evidence
+    if "detector_cases" in m:
+        return verdict_if(m["detector_errors"] == 0 and m["detector_cases"] > 0, "corrected"), evidence
+    # The run: train loss reaches the rule's 0.001 while validation loss stays as low, i.e. low train loss
+    # without overfitting. If validation rose above train (a real overfit) or training did not get low, it moved.
+    measured = all(isinstance(m.get(k), (int, float)) for k in ("train_loss_final", "val_loss", "gap"))
+    ok = measured and m["train_loss_final"] <= 0.005 and m["gap"] <= 0.003
+    return verdict_if(ok, "corrected"), evidence
+
+
+PAIRED_ALPHA = 0.01  # one-sided exact McNemar: fewer prompts right than the recorded run, beyond chance
 
 
 def check_output(m: dict) -> tuple[str, dict]:
-    """m: prompts, json_valid_rate, action_rate, exact_match, per_function, goal_exact_match (None: machinery only)."""
+    """m: prompts, json_valid_rate, action_rate, exact_match, per_function, goal_exact_match, and `paired`: the
+    per-prompt comparison with the recorded baseline run (harness.output_baseline.mcnemar) or why there is none."""
     evidence = dict(m)
     well_formed = m["prompts"] > 0 and all(0.0 <= m[k] <= 1.0 for k in ("json_valid_rate", "action_rate", "exact_match"))
-    if m.get("goal_exact_match") is None:
-        return verdict_if(well_formed, "pass"), evidence
+    paired = m.get("paired") or {}
+    worse = paired.get("pairs", 0) > 0 and paired["worse"] > paired["better"] and paired["p_value"] < PAIRED_ALPHA
+    evidence["paired_regression"] = bool(worse)
+    if not well_formed or worse:
+        return "fail", evidence
     met = m["json_valid_rate"] == 1.0 and m["exact_match"] >= m["goal_exact_match"]
-    return ("pass" if met else "unsupported") if well_formed else "fail", evidence
+    return ("pass" if met else "unsupported"), evidence
 
 
 def check_q8_export(m: dict) -> tuple[str, dict]:
@@ -53,22 +93,36 @@ def check_llamacpp(m: dict) -> tuple[str, dict]:
 
 
 def check_e2e(m: dict) -> tuple[str, dict]:
-    """m: phases (completed, in order), missing_figures, run_record."""
+    """m: phases (completed, in order), missing_figures, run_record, steps, loss_first10/loss_last10 (mean train
+    loss of the first and last 10 steps), export_recorded (the run's GGUF was written)."""
     required = ["load", "tokenize", "train", "evaluate", "export"]
-    evidence = {"phases": m["phases"], "missing_figures": m["missing_figures"], "run_record": m["run_record"],
-                "model": m["model"], "backend": m["backend"], "steps": m["steps"]}
-    return verdict_if(m["phases"][: len(required)] == required and not m["missing_figures"], "pass"), evidence
+    evidence = {k: m[k] for k in ("phases", "missing_figures", "run_record", "model", "backend", "steps",
+                                  "loss_first10", "loss_last10", "export_recorded")}
+    evidence["loss_drop_factor"] = m["loss_first10"] / m["loss_last10"] if m["loss_last10"] else None
+    evidence["step_time"] = ("not bounded here: the reference run shares its GPU with the experiment runs; "
+                             "tests/gpu/test_performance.py times steps alone (pytest-benchmark)")
+    ok = (m["phases"][: len(required)] == required and not m["missing_figures"] and m["export_recorded"]
+          and evidence["loss_drop_factor"] is not None and evidence["loss_drop_factor"] > 1.0)
+    return verdict_if(ok, "pass"), evidence
 
 
 CLAIMS = [
     Claim("RECIPE-FIDELITY", SECTION, "both", "args = SFTConfig(learning_rate = 1e-3, lr_scheduler_type = \"cosine\", warmup_steps = 200)",
-          "the trainer runs with the recipe's values; every value a library set silently is listed", "pass",
-          check_fidelity, (eq("mismatches", {}),)),
+          "the trainer runs with the recipe's values; every value a library set silently is listed and bounded", "pass",
+          check_fidelity, (eq("mismatches", {}),),
+          {"tiny": (eq("silent_training_defaults", SILENT_CPU),), "gpu": (eq("silent_training_defaults", SILENT_UNSLOTH),)},
+          sources=("reports/examples/*/run-unsloth-e2e*.json", "reports/examples/cpu-2026-11-27-epyc/results.json")),
     Claim("CHECK-OVERFIT", SECTION, "both", "If train/loss is flat at 0.001, you are overfitting. Lower LR to 5e-4.",
-          "plateau detector validated on synthetic curves, applied to the run next to the train/validation gap", "corrected",
-          check_overfit, (eq("detector_errors", 0), ge("detector_cases", 20))),
-    Claim("CHECK-OUTPUT", SECTION, "both", 'If it outputs {"action": "..."} but the content is wrong, you need more data',
-          "held-out Arabic prompts: valid JSON with an action key; exact match per function and overall", "pass",
+          "the plateau detector on synthetic curves; the reference run: train loss at ~0.001 with validation as low (no overfit)", "corrected",
+          check_overfit, (),
+          # gpu: seven recorded Unsloth runs (reports/examples/*/run-unsloth-e2e*.json, H100/H200): final train loss
+          # 2.7e-4..1.04e-3, validation 8.2e-4..1.57e-3, gap 4.1e-4..9.5e-4; none flat by the detector. Bounds at ~3×
+          # the worst recorded: validation rising above train by 0.003 is an overfit the handbook's rule would miss.
+          {"synthetic": (eq("detector_errors", 0), ge("detector_cases", 20)),
+           "gpu": (le("train_loss_final", 0.005), le("val_loss", 0.005), le("gap", 0.003))},
+          sources=("reports/examples/*/run-unsloth-e2e*.json", "derived: synthetic curves (tests/claims/test_checklist.py)")),
+    Claim("CHECK-OUTPUT", SECTION, "gpu", 'If it outputs {"action": "..."} but the content is wrong, you need more data',
+          "held-out Arabic prompts: valid JSON with an action key; exact match per function and overall; paired test vs the recorded run", "unsupported",
           check_output, (),
           # Measured on an H100 (reports/examples/h100-2026-11-2[56]): the handbook's recipe (lr 1e-3, 600 steps,
           # train loss → 3e-4) reached 59% and 41% held-out exact match (two dataset versions) with 92.5% / 99% valid
@@ -78,7 +132,12 @@ CLAIMS = [
           # valid, the model appended invented keys) and 0.922 (…-certify), exact match 0.47-0.56: GPU
           # non-determinism alone moves valid JSON by 12 points, so the old 0.9 floor sat inside that spread. Guarded against moving down: ≥ 0.8 valid JSON (a broken template or mask gives ~0: base model 0%),
           # ≥ 0.35 exact match.
-          {"gpu": (ge("json_valid_rate", 0.8), ge("exact_match", 0.35))}, {"gpu": "unsupported"}),
+          # A model without training (the CPU tier's tiny) cannot judge this: it is a GPU claim. The paired test
+          # (harness.output_baseline: one-sided exact McNemar against the recorded run's per-prompt outcomes) needs a
+          # baseline recorded for the dataset in use; none is recorded for dataset v1 (GPU noise above moves 12 points
+          # between reruns): it is recorded with dataset v2.
+          {"gpu": (ge("json_valid_rate", 0.8), ge("exact_match", 0.35), eq("paired_regression", False))},
+          sources=("reports/examples/h100-2026-11-25/results-gpu-tier.json", "reports/examples/h100-2026-11-26/results-gpu-tier.json", "reports/examples/h200-2026-11-26-tier/results.json", "reports/examples/h200-2026-11-26-certify/results.json")),
     Claim("GGUF-Q8-EXPORT", SECTION, "both", 'model.save_pretrained_gguf(..., quantization_method = "Q8_0")',
           "a GGUF whose 2-D weights are Q8_0 (34-byte blocks of 32, fp16 scale), norms F32, metadata complete", "pass",
           check_q8_export, (eq("metadata_missing", []), eq("block_bytes", 34)),
@@ -88,22 +147,43 @@ CLAIMS = [
           # tokenizer_config.json, 30 whitespace pieces differed and 3/240 strings tokenized differently.
           # Same on the H200 runner (2026-11-26): Unsloth's save_pretrained_gguf file of the fine-tuned model, offline with
           # the vendored llama.cpp, vs this project's exporter on Unsloth's merged checkpoint: 236/236 tensors identical.
+          # Metadata: the two files differ in four functional keys, the same four on tiny (this machine) and on the
+          # H200's fine-tuned model (reports/examples/h200-2026-11-26-certify): the converter writes
+          # gemma3.rope.freq_base_swa, tokenizer.ggml.add_sep_token and mask_token_id, this project's exporter
+          # tokenizer.ggml.add_eos_token; llama.cpp reads both files alike (tokens and greedy outputs above). A new
+          # key in one file only, or any non-descriptive value that differs, is red until read and recorded.
           {"llama.cpp-converter": (eq("tensors_differing_vs_project_exporter", 0), eq("tensor_type_differences", 0),
                                    eq("token_table_entries_differing", 0), eq("llamacpp_tokenization_differs", 0),
-                                   eq("llamacpp_greedy_equal_rate", 1.0)),
+                                   eq("llamacpp_greedy_equal_rate", 1.0),
+                                   eq("metadata_keys_only_in_one", EXPORTERS_KEYS_ONLY_IN_ONE), eq("metadata_values_differing", [])),
            "unsloth": (eq("tensors_differing_vs_project_exporter", 0), eq("tensor_type_differences", 0),
-                       eq("token_table_entries_differing", 0), ge("tensors_compared", 236))}),
+                       eq("token_table_entries_differing", 0), ge("tensors_compared", 236),
+                       eq("metadata_keys_only_in_one", EXPORTERS_KEYS_ONLY_IN_ONE), eq("metadata_values_differing", []))},
+          sources=("reports/examples/h200-2026-11-26-certify/results.json", "reports/examples/cpu-2026-11-27-epyc/results.json")),
     Claim("GGUF-Q8-ERROR", SECTION, "both", 'quantization_method = "Q8_0"',
           "dequantized tensors vs merged weights: every element within 0.0045·amax of its 32-block", "pass",
-          check_q8_error, (le("max_err_over_amax", 0.0045),)),
+          check_q8_error, (le("max_err_over_amax", 0.0045),),
+          sources=("derived: Q8_0 rounds x/d to the nearest integer with d = amax/127 stored in fp16: |err| <= d/2 + fp16 rounding of d", "reports/examples/cpu-2026-11-27-epyc/results.json")),
     Claim("GGUF-LLAMACPP", SECTION, "both", "Export: Use model.save_pretrained_gguf(...)",
           "the file loads in llama.cpp; tokenization equals HF's; greedy outputs equal the HF merged model's (rate recorded)", "pass",
           check_llamacpp, (eq("token_mismatches", 0), eq("loaded", True)),
-          # Measured 2026-11-25 (CPU, llama-cpp-python 0.3.36): 17/20 first tokens equal between the bf16
-          # checkpoint in transformers and its Q8_0 export in llama.cpp; the 3 others are near-ties of the
-          # base model echoing its prompt. One more prompt of tolerance.
-          {"gemma3-270m": (ge("top1_agreement", 0.8),)}),
+          # First-token (top1) and whole-continuation (greedy, 64 tokens) agreement between the checkpoint in
+          # transformers and its Q8_0 export in llama.cpp, 20 prompts, llama-cpp-python 0.3.36. Recorded:
+          # tiny (random weights, near-ties everywhere): top1 0.85, greedy 0.15 / 0.20 (this AMD EPYC; the legs run,
+          # reports/examples/legs-2026-11-26); the embedded 270M base model: top1 1.0 / 0.95, greedy 0.80 / 0.75
+          # (same two machines); the fine-tuned model on GPU (Unsloth's export): top1 1.0 / 1.0, greedy 1.0 / 0.9
+          # (reports/examples/h200-2026-11-26-certify, h200-2026-11-26-tier). Bounds: two or three prompts below the
+          # worst recorded; on tiny only a collapse of greedy agreement is visible, the power is in top1 and tokens.
+          {"tiny": (ge("top1_agreement", 0.75), ge("greedy_agreement", 0.1)),
+           "gemma3-270m": (ge("top1_agreement", 0.8), ge("greedy_agreement", 0.6)),
+           "gpu": (ge("top1_agreement", 0.9), ge("greedy_agreement", 0.8))},
+          sources=("reports/examples/cpu-2026-11-27-epyc/results.json", "reports/examples/legs-2026-11-26/control-results.json", "reports/examples/h200-2026-11-26-certify/results.json", "reports/examples/h200-2026-11-26-tier/results-gguf-llamacpp.json")),
     Claim("E2E-REFERENCE", SECTION, "both", "This guide maps the mathematical theory directly to the code snippets you are using in your training script.",
-          "the full reference fine-tune runs end to end and its run record holds every figure", "pass",
-          check_e2e, (eq("missing_figures", []),)),
+          "the full reference fine-tune runs end to end: every figure recorded, the loss falls by the recorded factor, the export written", "pass",
+          check_e2e, (eq("missing_figures", []), eq("export_recorded", True)),
+          # gpu: seven recorded Unsloth runs (600 steps) cut the mean loss of the first 10 steps by 2465..9534× by
+          # the last 10 (reports/examples/*/run-unsloth-e2e*.json): bound at 1000×. tiny: see TINY_LOSS_DROP.
+          {"gpu": (ge("loss_drop_factor", 1000.0), ge("steps", HANDBOOK.max_steps)),
+           "tiny": (ge("loss_drop_factor", TINY_LOSS_DROP),)},
+          sources=("reports/examples/*/run-unsloth-e2e*.json", "reports/examples/cpu-2026-11-27-epyc/results.json")),
 ]

@@ -42,6 +42,7 @@ def test_plateau_detector_flags_flat_low_curves_only(certify):
     flat_at_a_thousandth()
     settles_higher()
     still_falling()
+    # The run's side of the claim (train loss next to validation loss) is certified from the reference run's
+    # record in the GPU tier (tests/gpu/test_unsloth_tier.py).
     certify("CHECK-OVERFIT", {"detector_cases": seen["cases"], "detector_errors": seen["errors"],
-                              "first_error": seen["first_error"], "run_plateau": None, "train_loss_final": None,
-                              "val_loss": None, "gap": None}, "synthetic")
+                              "first_error": seen["first_error"]}, "synthetic")

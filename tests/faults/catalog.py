@@ -2,22 +2,17 @@
 
 A fault is applied inside a subprocess run of the suite (harness.pytest_plugin reads HARNESS_FAULT);
 the project's source is never edited. Each names the claim that must turn red and the tests to run.
+The faults of this file came first; `faults_*.py` beside it add more, one file per area (each defines
+`FAULTS`, a list of `Fault`), collected into `FAULTS` at the end of this file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import importlib.util
+import sys
+from pathlib import Path
 
-
-@dataclass(frozen=True)
-class Fault:
-    id: str
-    section: str
-    description: str
-    expected_claim: str
-    tests: tuple[str, ...]
-    apply: Callable[[], None]
+from fault import Fault
 
 
 def _lora_scaling_is_alpha():
@@ -254,4 +249,19 @@ FAULTS = [
     Fault("trainer-accumulation-2", "5", "a trainer default turns gradient accumulation to 2", "RECIPE-FIDELITY", (E2E,),
           _accumulation_default_changed),
 ]
+
+
+def _area_faults() -> list[Fault]:
+    out = []
+    for path in sorted(Path(__file__).parent.glob("faults_*.py")):
+        module_spec = importlib.util.spec_from_file_location(f"handbook_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module
+        module_spec.loader.exec_module(module)
+        out += module.FAULTS
+    return out
+
+
+FAULTS += _area_faults()
 BY_ID = {f.id: f for f in FAULTS}
+assert len(BY_ID) == len(FAULTS), "fault ids must be unique"

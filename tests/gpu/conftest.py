@@ -80,3 +80,24 @@ def gpu_runs(request, tmp_path_factory):
 def gpu_to_itself(gpu_runs):
     """Wait until the background runs are done, so that timings measure one process alone on the GPU."""
     gpu_runs.queue.wait_all()
+
+
+@pytest.fixture(scope="module")
+def perf_model(request):
+    """(name, folder) of the model for memory and speed figures: $HARNESS_PERF_MODEL, else the session's model.
+
+    Memory and speed do not depend on weight values: `gemma3-270m-random` (same architecture) serves
+    where the real weights have not been brought to the runner. The evidence names which was used.
+    """
+    from harness.models import resolve
+
+    name = os.environ.get("HARNESS_PERF_MODEL")
+    return (name, resolve(name).path) if name else ("gemma3-270m", request.getfixturevalue("gemma_dir"))
+
+
+@pytest.fixture(scope="module")
+def unsloth_model(gemma_dir):
+    from harness.train_unsloth import load_unsloth
+
+    return load_unsloth(gemma_dir)
+

@@ -58,23 +58,18 @@ def test_trainer_runs_with_the_recipe_values(run, certify):
     certify("RECIPE-FIDELITY", {**f, "backend": "hf/cpu", "declared_deviations": run["declared_deviations"]}, "tiny")
 
 
-@pytest.mark.claim("CHECK-OUTPUT")
-def test_held_out_evaluation_is_measured(run, certify):
-    """The evaluation scores every held-out prompt per function (a random tiny model scores ~0)."""
+def test_held_out_evaluation_is_measured(run):
+    """The evaluation machinery scores every held-out prompt per function and per prompt. Not CHECK-OUTPUT: a
+    random tiny model scores ~0, which can judge nothing (the claim is certified on the GPU's trained model)."""
     e = run["eval"]
-    assert sum(row["n"] for row in e["per_function"].values()) == EVAL
-    certify("CHECK-OUTPUT", {**{k: e[k] for k in ("prompts", "json_valid_rate", "action_rate", "exact_match",
-                                                  "per_function")}, "base": run["base_eval"]["exact_match"],
-                             "goal_exact_match": None}, "tiny")
+    assert sum(row["n"] for row in e["per_function"].values()) == EVAL == len(e["outcomes"])
+    assert len({o["id"] for o in e["outcomes"]}) == EVAL and len(e["dataset_fingerprint"]) == 16
 
 
 @pytest.mark.claim("E2E-REFERENCE")
 def test_end_to_end_record_holds_every_figure(run, certify):
-    """load → tokenize → train → evaluate → export all ran, and the record has every figure the catalog asks for."""
-    figures = {"steps": run["steps"], "throughput": run["throughput"].get("tokens_per_second"), "memory": run["memory"],
-               "val_loss": run["val_loss"], "eval": run["eval"], "base_eval": run["base_eval"], "fidelity": run["fidelity"],
-               "gguf": run.get("artifacts", {}).get("gguf")}
-    order = [p for p in run["phases"] if p in ("load", "tokenize", "train", "evaluate", "export")]
-    certify("E2E-REFERENCE", {"phases": order, "missing_figures": sorted(k for k, v in figures.items() if v in (None, [], {})),
-                              "run_record": run["out_dir"], "model": "tiny", "backend": "hf", "steps": len(run["steps"])},
-            "tiny")
+    """load → tokenize → train → evaluate → export all ran, every figure is recorded, the loss fell, the GGUF exists."""
+    from harness import record_facts
+
+    assert record_facts.gguf_exists(run), "the run record names a GGUF that is not on disk"
+    certify("E2E-REFERENCE", record_facts.e2e(run, "tiny", "hf"), "tiny")

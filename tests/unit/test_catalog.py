@@ -3,7 +3,7 @@
 import pytest
 
 from spec import CLAIMS
-from spec.catalog import CATALOG, FOUNDING, founding_ids, render
+from spec.catalog import CATALOG, FOUNDING, TIER_CHANGES, founding_ids, render
 
 
 def test_checked_in_catalog_matches_the_specs():
@@ -15,4 +15,20 @@ def test_every_founding_id_is_still_here_with_its_tier():
         pytest.skip(f"the founding catalog {FOUNDING} is not beside this checkout")
     founding = founding_ids()
     assert len(founding) >= 33
+    for cid, (old, new, why) in TIER_CHANGES.items():
+        assert founding[cid] == old and CLAIMS[cid].tier == new and why
+        founding[cid] = new
     assert {cid: CLAIMS[cid].tier if cid in CLAIMS else None for cid in founding} == founding
+
+
+def test_every_expectation_source_is_stored_or_derived():
+    """A claim's `sources` name stored measurements that exist in the repo (a glob matches at least one file), or say
+    how the value is derived."""
+    from pathlib import Path
+
+    import spec
+
+    root = Path(__file__).resolve().parents[2]
+    missing = [(c.id, s) for c in spec.CLAIMS.values() for s in c.sources
+               if not s.startswith("derived: ") and not list(root.glob(s))]
+    assert missing == []

@@ -1,0 +1,42 @@
+"""Claim measurements read from a fine-tune's run record (run.json): one reading for the CPU tier's tiny run,
+the GPU tier's reference run, and the unit tests that replay stored GPU records (reports/examples)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spec.schedule import recorded_lr_facts
+
+E2E_PHASES = ("load", "tokenize", "train", "evaluate", "export")
+
+
+def e2e(record: dict, model: str, backend: str) -> dict:
+    """E2E-REFERENCE: phases in order, figures present, the loss's fall, the export written."""
+    figures = {"steps": record.get("steps"), "throughput": (record.get("throughput") or {}).get("tokens_per_second"),
+               "memory": record.get("memory"), "val_loss": record.get("val_loss"), "eval": record.get("eval"),
+               "base_eval": record.get("base_eval"), "fidelity": record.get("fidelity"),
+               "gguf": (record.get("artifacts") or {}).get("gguf")}
+    return {"phases": [p for p in record.get("phases", ()) if p in E2E_PHASES],
+            "missing_figures": sorted(k for k, v in figures.items() if v in (None, [], {})),
+            "run_record": record.get("out_dir"), "model": model, "backend": backend,
+            "steps": len(record.get("steps") or ()), "loss_first10": record.get("loss_first10"),
+            "loss_last10": record.get("loss_last10"), "export_recorded": bool(figures["gguf"])}
+
+
+def overfit(record: dict) -> dict:
+    """CHECK-OVERFIT on the run: the detector's reading of the train loss next to the validation loss."""
+    o = record.get("overfit") or {}
+    return {"run_plateau": o.get("plateau"), "train_loss_final": o.get("train_loss_final"), "val_loss": o.get("val_loss"),
+            "gap": o.get("gap"), "handbook_says": o.get("handbook_says"), "median_last_50": o.get("median")}
+
+
+def lr(record: dict) -> dict:
+    """LR-COSINE on the run: the lr every step applied vs warmup-then-cosine with the run's own recipe."""
+    recipe = record["recipe"]
+    steps = record.get("steps") or []
+    return recorded_lr_facts(steps, recipe["learning_rate"], recipe["warmup_steps"], len(steps))
+
+
+def gguf_exists(record: dict) -> bool:
+    path = (record.get("artifacts") or {}).get("gguf")
+    return bool(path) and Path(path).is_file() and Path(path).stat().st_size > 0

@@ -1,0 +1,16 @@
+"""One planted regression: a runtime patch of a library's behaviour and the claim it must turn red."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Fault:
+    id: str
+    section: str
+    description: str
+    expected_claim: str
+    tests: tuple[str, ...]
+    apply: Callable[[], None]
