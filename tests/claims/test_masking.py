@@ -1,13 +1,19 @@
-"""Handbook §3 on the CPU: the real tokenizer, dataset conversations, Unsloth's own masking function,
-TRL's assistant-only mask and this project's reference masker."""
+"""Handbook §3 on the CPU: the real tokenizer, dataset conversations, the handbook's trainer (TRL's SFTTrainer and
+Unsloth's train_on_responses_only from unsloth_zoo, on the tiny model), TRL's own assistant-only preparation and
+this project's reference masker."""
 
 import pytest
-import torch
 from hypothesis import given, strategies as st
 
-from harness.masking import (IGNORE, UnslothUnavailable, marker_ids, marker_report, reference_masker,
-                             trl_assistant_labels, unsloth_masker, user_turn_facts)
+from harness.masking import (UnslothUnavailable, agreement_facts, chat_template_labels, fed_batch_facts,
+                             handbook_trainer, marker_ids, marker_report, reference_masker, trainer_loss_facts,
+                             trl_assistant_only_trainer, trl_truncated, unsloth_masker, user_turn_facts)
+from harness.recipe import HANDBOOK
 from harness.tokenizer import INSTRUCTION_PART, RESPONSE_PART
+
+# The handbook trainer's max_length: 25 of the 60 conversations (306-402 tokens; the first trained token at 297-321)
+# are longer and get truncated by the trainer, none loses its first model turn (measured).
+TRAINER_MAX_LENGTH = 340
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +30,32 @@ def conversations(dataset):
     multi = [e.messages for e in dataset["train"] if len(e.functions) > 1][:20]
     single = [e.messages for e in dataset["train"] if len(e.functions) == 1][:40]
     return multi + single
+
+
+@pytest.fixture(scope="module")
+def trainer(tiny_dir, tokenizer, conversations, unsloth_fn, tmp_path_factory):
+    """The handbook's trainer on the tiny model: SFTTrainer + Unsloth's train_on_responses_only (unsloth_zoo)."""
+    from datasets import disable_progress_bars
+
+    disable_progress_bars()
+    return handbook_trainer(tiny_dir, tokenizer, conversations, HANDBOOK.with_(max_seq_length=TRAINER_MAX_LENGTH),
+                            tmp_path_factory.mktemp("handbook-trainer"))
+
+
+@pytest.fixture(scope="module")
+def hf_trainer(tiny_dir, tokenizer, conversations, tmp_path_factory):
+    """The hf backend's CPU trainer on the tiny model (reference-masked rows; no unsloth_zoo needed): the loss that
+    trains on a CPU."""
+    from datasets import disable_progress_bars
+
+    from harness.backends.sft import sft_kwargs, tokenize_conversations
+    from harness.train_hf import build_sft_trainer
+
+    disable_progress_bars()
+    out = tmp_path_factory.mktemp("hf-trainer")
+    rows = tokenize_conversations(tokenizer, conversations, reference_masker(tokenizer), HANDBOOK.max_seq_length)
+    return build_sft_trainer(tiny_dir, HANDBOOK, out, train_rows=rows, tokenizer=tokenizer,
+                             sft_args=sft_kwargs(HANDBOOK, out, on_gpu=False))
 
 
 @pytest.mark.claim("MASK-TOKENIZATION")
@@ -55,27 +87,29 @@ def test_unsloth_masks_everything_but_model_turns(tokenizer, conversations, unsl
     certify("MASK-USER-TURNS", user_turn_facts(tokenizer, conversations, rows, "unsloth_zoo"), "cpu/unsloth_zoo")
 
 
-@pytest.mark.claim("MASK-LABELS-NOT-IDS")
-def test_masking_writes_labels_and_leaves_input_ids(tokenizer, conversations, unsloth_fn, certify):
-    """After masking, input_ids are byte-identical and only labels hold -100."""
-    from datasets import Dataset
+@pytest.mark.claim("MASK-USER-TURNS")
+def test_the_handbook_trainer_holds_model_turn_labels_only(tokenizer, conversations, trainer, certify):
+    """The rows the handbook's trainer holds after Unsloth's masking (truncated by the trainer), against the template."""
+    rows = trainer.train_dataset
+    certify("MASK-USER-TURNS", user_turn_facts(tokenizer, conversations, list(zip(rows["input_ids"], rows["labels"])),
+                                               "unsloth_zoo on the handbook trainer", trainer.args.max_length), "tiny")
 
-    rows = [{"input_ids": tokenizer.apply_chat_template(m, return_dict=True)["input_ids"]} for m in conversations]
-    before = Dataset.from_list(rows)
-    after = before.map(lambda batch: {"labels": [unsloth_fn(ids) for ids in batch["input_ids"]]}, batched=True)
-    changed = sum(a != b for a, b in zip(before["input_ids"], after["input_ids"]))
+
+@pytest.mark.claim("MASK-LABELS-NOT-IDS")
+def test_the_trainer_is_fed_the_template_ids_and_masked_labels(tokenizer, conversations, trainer, certify):
+    """Every batch the trainer's own dataloader yields: input_ids are the template's, -100 only in the labels."""
+    batches = list(trainer.get_train_dataloader())
     certify("MASK-LABELS-NOT-IDS", {
-        "input_ids_changed": changed,
-        "ids_equal_minus_100": sum(t == IGNORE for ids in after["input_ids"] for t in ids),
-        "labels_minus_100": sum(l == IGNORE for labels in after["labels"] for l in labels),
-        "columns": after.column_names,
+        **fed_batch_facts(tokenizer, conversations, batches, trainer.args.max_length),
+        "collator": type(trainer.data_collator).__name__, "max_length": trainer.args.max_length,
     }, "cpu/unsloth_zoo")
 
 
 TEXT = st.text(alphabet=st.sampled_from(list("abcdeXYZ 0123456789{}\":,.؟") + list("مرحباكيفحالكالقاهرة") +
-                                         ["😀", "🚀", "٣", "٧", "\n"]), min_size=1, max_size=30)
-# Content never starts with whitespace: a leading newline merges with the marker (MASK-TOKENIZATION reports it).
-CONTENT = TEXT.map(lambda s: "x" + s if s[0].isspace() else s)
+                                         ["😀", "🚀", "٣", "٧", "\n", "\t"]), min_size=1, max_size=30)
+# The hard cases too: content starting with whitespace (a leading newline merges with the marker's newline into
+# one token, 108), whitespace only, and empty content.
+CONTENT = st.one_of(TEXT, TEXT.map(lambda s: "\n" + s), TEXT.map(lambda s: " " + s), st.sampled_from(["", " ", "\n"]))
 
 
 @st.composite
@@ -90,68 +124,53 @@ def conversation(draw):
     return messages, truncate
 
 
-@pytest.mark.claim("MASK-AGREEMENT")
-def test_three_maskers_agree_on_generated_conversations(tokenizer, conversations, unsloth_fn, certify):
-    """Unsloth's masker, TRL's assistant mask and the reference masker give identical labels."""
-    reference = reference_masker(tokenizer)
-    seen = {"cases": 0, "disagreements": 0, "first_disagreement": None}
+def hard_cases(tokenizer, messages: list[dict]) -> list[tuple[list[dict], int | None]]:
+    """Deterministic hard cases built on one dataset conversation: leading newline/space/tab in a model, user or
+    developer turn, empty and newline-only content, and truncation inside, at and just after the first model turn's
+    response marker."""
+    def edit(role, change):
+        return [{**m, "content": change(m["content"])} if m["role"] == role else m for m in messages]
 
-    def compare(messages, truncate):
-        ids, trl = trl_assistant_labels(tokenizer, messages, truncate)
-        results = {"trl": trl, "unsloth": unsloth_fn(ids), "reference": reference(ids)}
-        seen["cases"] += 1
-        if not (results["trl"] == results["unsloth"] == results["reference"]):
-            seen["disagreements"] += 1
-            seen["first_disagreement"] = seen["first_disagreement"] or {"messages": messages, "truncate": truncate}
+    cases = [(edit("assistant", lambda c: "\n" + c), None), (edit("assistant", lambda c: "\n\n" + c), None),
+             (edit("assistant", lambda c: "\n"), None), (edit("user", lambda c: "\n" + c), None),
+             (edit("system", lambda c: "\n" + c), None), (edit("assistant", lambda c: " " + c), None),
+             (edit("assistant", lambda c: "\t" + c), None), (edit("assistant", lambda c: ""), None),
+             (edit("user", lambda c: ""), None), (edit("assistant", lambda c: c + "\n"), None)]
+    labels = chat_template_labels(tokenizer, messages)[1]
+    first_trained = next(i for i, label in enumerate(labels) if label != -100)
+    return cases + [(messages, first_trained + k) for k in (-2, -1, 0, 1, 2)]
+
+
+@pytest.mark.claim("MASK-AGREEMENT")
+def test_trl_unsloth_and_reference_maskers_agree_on_generated_conversations(tokenizer, tiny_dir, conversations,
+                                                                             unsloth_fn, tmp_path_factory, certify):
+    """TRL's own assistant-only labels (SFTTrainer's dataset preparation), Unsloth's masker and the reference masker
+    on the same ids: generated conversations, the hard cases, and the dataset's; disagreements classified."""
+    from datasets import disable_progress_bars
+
+    disable_progress_bars()
+    generated_cases = []
 
     @given(conversation())
     def generated(case):
-        compare(*case)
+        generated_cases.append(case)
 
     generated()
-    for messages in conversations:
-        compare(messages, None)
-    certify("MASK-AGREEMENT", {**seen, "implementations": ["unsloth_zoo", "trl assistant_only_loss", "reference"]}, "cpu")
+    hard = hard_cases(tokenizer, conversations[0])
+    cases = generated_cases + hard + [(m, None) for m in conversations]
+    trl = trl_assistant_only_trainer(tiny_dir, tokenizer, [m for m, _ in cases], tmp_path_factory.mktemp("trl"))
+    trl_rows = {}
+    for truncate in {t for _, t in cases}:
+        trl_rows.update(trl_truncated(trl, [i for i, (_, t) in enumerate(cases) if t == truncate], truncate))
+    facts = agreement_facts(tokenizer, cases, trl_rows, {"unsloth_zoo": unsloth_fn, "reference": reference_masker(tokenizer)})
+    certify("MASK-AGREEMENT", {**facts, "generated_cases": len(generated_cases), "hard_cases": len(hard),
+                               "dataset_cases": len(conversations)}, "cpu")
 
 
 @pytest.mark.claim("MASK-LOSS")
-def test_masked_positions_never_reach_the_loss(tiny_dir, certify):
-    """HF's causal-LM loss is the mean CE over unmasked positions; masked tokens/logits change nothing."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
-    g = torch.Generator().manual_seed(0)
-    vocab, length = model.config.vocab_size, 48
-    labels = torch.randint(0, vocab, (1, length), generator=g)
-    labels[0, :20] = IGNORE
-    labels[0, 30:34] = IGNORE
-    base_logits = torch.randn(1, length, vocab, generator=g)
-
-    def loss_and_grad(logits, labels):
-        logits = logits.clone().requires_grad_(True)
-        loss = model.loss_function(logits=logits, labels=labels, vocab_size=vocab)
-        loss.backward()
-        return loss.detach(), logits.grad
-
-    loss, grad = loss_and_grad(base_logits, labels)
-    shifted = labels[0, 1:]
-    keep = shifted != IGNORE
-    manual = torch.nn.functional.cross_entropy(base_logits[0, :-1][keep], shifted[keep])
-    masked_pos = (~keep).nonzero().view(-1)  # logits at these positions predict a masked label
-    perturbed = base_logits.clone()
-    perturbed[0, masked_pos] += 5 * torch.randn(len(masked_pos), vocab, generator=g)
-    relabelled = labels.clone()
-    relabelled[0, 1:][~keep] = IGNORE  # the masked targets stay ignored whatever token they were
-    loss2, grad2 = loss_and_grad(perturbed, relabelled)
-    live = keep.nonzero().view(-1)[:3]
-    bumped = base_logits.clone()
-    bumped[0, live] += 5 * torch.randn(len(live), vocab, generator=g)
-    loss3, _ = loss_and_grad(bumped, labels)
-    certify("MASK-LOSS", {
-        "loss_vs_manual": float((loss - manual).abs() / manual.abs()),  # relative: float32 sums in another order
-        "masked_perturbation_loss_delta": float((loss2 - loss).abs()),
-        "masked_perturbation_grad_delta": float((grad2[0, :-1][keep] - grad[0, :-1][keep]).abs().max()),
-        "masked_position_grad_max": float(grad2[0, masked_pos].abs().max()),
-        "unmasked_perturbation_loss_delta": float((loss3 - loss).abs()),
-        "positions": length - 1, "unmasked": int(keep.sum()),
-    }, "tiny")
+def test_the_trainers_loss_ignores_masked_positions(hf_trainer, certify):
+    """The trainer's training step: loss = mean CE over unmasked positions; masked logits change neither loss nor
+    gradients; un-masking labels changes it."""
+    batch = next(iter(hf_trainer.get_train_dataloader()))
+    certify("MASK-LOSS", {**trainer_loss_facts(hf_trainer, batch), "trainer": type(hf_trainer).__name__,
+                          "collator": type(hf_trainer.data_collator).__name__}, "tiny")
