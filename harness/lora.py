@@ -74,34 +74,74 @@ def init_facts(model, input_ids: torch.Tensor) -> dict:
     return {"b_max_abs": b_max, "logits_max_abs_diff": float((adapted - base).abs().max()), "modules": len(modules)}
 
 
-def delta_facts(model, input_ids: torch.Tensor, seed: int = 0) -> dict:
-    """Give every B random values, then compare merged − base with (α/r)·B·A and the adapted forward
-    with base + (α/r)·x·Aᵀ·Bᵀ on every adapted module (float32 on CPU)."""
+def _dense_weight(base) -> torch.Tensor:
+    """The base layer's weight as float32; a bitsandbytes Params4bit is dequantized (its stored bytes are packed codes)."""
+    weight = base.weight
+    if type(weight).__name__ == "Params4bit":
+        import bitsandbytes.functional as F
+
+        return F.dequantize_4bit(weight.data, weight.quant_state).float()
+    return weight.detach().float()
+
+
+def delta_facts(model, recipe: Recipe = HANDBOOK, seed: int = 0, *, b_std: float = 0.02, x_std: float = 1.0,
+                merge_tol: float = 1e-5, forward_tol: float = 1e-5) -> dict:
+    """Give every B random values (N(0, b_std²)), then compare, module by module, merged − base with s·B·A and the
+    adapted forward with base + s·x·Aᵀ·Bᵀ, where s = lora_alpha / r is the RECIPE's factor (never PEFT's own
+    `module.scaling`, which a scaling regression would move together with the merge). B is restored afterwards.
+
+    Dense base layers (float32 on the CPU) are merged and unmerged in place. A 4-bit base layer (Linear4bit) is not:
+    PEFT's merge re-quantizes the merged weight to NF4, adding up to 0.1519·absmax per element, which is not LoRA's
+    arithmetic; its merge is measured on a copy instead, as PEFT builds it: dequantized W + `get_delta_weight`.
+    The forward runs in the base layer's compute dtype (bf16 for Linear4bit) with x ~ N(0, x_std²).
+    """
+    scale = recipe.lora_alpha / recipe.r
     gen = torch.Generator().manual_seed(seed)
     modules = lora_modules(model)
-    with torch.no_grad():
-        for module in modules.values():
-            b = module.lora_B["default"].weight
-            b.copy_(torch.randn(b.shape, generator=gen) * 0.02)
-    merge_err = forward_err = unscaled_err = 0.0
-    x_by_module: dict[str, torch.Tensor] = {}
-    for name, module in modules.items():
-        base = _base_layer(module)
-        a, b = module.lora_A["default"].weight.detach().float(), module.lora_B["default"].weight.detach().float()
-        scaling = module.scaling["default"]
-        expected = (scaling * b @ a).detach()
+    saved_b = {name: module.lora_B["default"].weight.detach().clone() for name, module in modules.items()}
+    merge_err = forward_err = unscaled_err = output_max = delta_max = 0.0
+    peft_scalings, quantized = set(), 0
+    try:
         with torch.no_grad():
-            w0 = base.weight.detach().float().clone()
-            module.merge(adapter_names=["default"])
-            merged = base.weight.detach().float().clone()
-            module.unmerge()
-            x = torch.randn((3, base.in_features), generator=gen)
-            x_by_module[name] = x
-            adapted_out = module(x.to(base.weight.dtype)).float()
-            base_out = torch.nn.functional.linear(x, w0, None if base.bias is None else base.bias.float())
-        merge_err = max(merge_err, float((merged - w0 - expected).abs().max()))
-        unscaled_err = max(unscaled_err, float((merged - w0 - b @ a).abs().max()))
-        forward_err = max(forward_err, float((adapted_out - (base_out + scaling * x @ a.T @ b.T)).abs().max()))
-    dtype = str(next(iter(modules.values())).lora_A["default"].weight.dtype).removeprefix("torch.")
-    return {"merge_err": merge_err, "forward_err": forward_err, "unscaled_err": unscaled_err, "tol": 1e-5,
-            "dtype": dtype, "modules": len(modules)}
+            for module in modules.values():
+                b = module.lora_B["default"].weight
+                b.copy_(torch.randn(b.shape, generator=gen) * b_std)
+        for module in modules.values():
+            base = _base_layer(module)
+            a, b = module.lora_A["default"].weight.detach().float(), module.lora_B["default"].weight.detach().float()
+            peft_scalings.add(float(module.scaling["default"]))
+            expected = scale * (b @ a)
+            four_bit = type(base.weight).__name__ == "Params4bit"
+            quantized += four_bit
+            with torch.no_grad():
+                w0 = _dense_weight(base)
+                if four_bit:
+                    merged = w0 + module.get_delta_weight("default").float()
+                    dtype = getattr(base, "compute_dtype", None) or torch.bfloat16
+                else:
+                    module.merge(adapter_names=["default"])
+                    merged = base.weight.detach().float().clone()
+                    module.unmerge()
+                    dtype = base.weight.dtype
+                x = torch.randn((1, 4, base.in_features), generator=gen) * x_std
+                x = x.to(device=a.device, dtype=dtype)
+                adapted_out = module(x).float()
+                base_out = base(x).float() if four_bit else torch.nn.functional.linear(
+                    x.float(), w0, None if base.bias is None else base.bias.float())
+            xf = x.float()
+            output_max = max(output_max, float(adapted_out.abs().max()))
+            delta_max = max(delta_max, float(expected.abs().max()))
+            merge_err = max(merge_err, float((merged - w0 - expected).abs().max()))
+            unscaled_err = max(unscaled_err, float((merged - w0 - b @ a).abs().max()))
+            forward_err = max(forward_err, float((adapted_out - (base_out + scale * xf @ a.T @ b.T)).abs().max()))
+    finally:
+        with torch.no_grad():
+            for name, module in modules.items():
+                module.lora_B["default"].weight.copy_(saved_b[name])
+    first = next(iter(modules.values()))
+    return {"merge_err": merge_err, "forward_err": forward_err, "unscaled_err": unscaled_err,
+            "merge_tol": merge_tol, "forward_tol": forward_tol, "recipe_scaling": scale,
+            "peft_scaling": sorted(peft_scalings), "b_std": b_std, "x_std": x_std,
+            "output_max_abs": output_max, "delta_max_abs": delta_max,
+            "dtype": str(first.lora_A["default"].weight.dtype).removeprefix("torch."),
+            "quantized_base_layers": quantized, "modules": len(modules)}

@@ -47,16 +47,21 @@ def load_facts(model, targets=HANDBOOK.target_modules) -> dict:
 
 
 def double_quant_facts(model) -> dict:
-    """NF4-DOUBLE-QUANT measurements from every Linear4bit's quant state, and the model's quantized bytes."""
-    states = [m.weight.quant_state for m in linear4bit_modules(model).values()]
+    """NF4-DOUBLE-QUANT measurements from every Linear4bit's quant state: the bytes the model stores for its
+    quantized weights (packed codes, absmax, nested absmax), per parameter, and the padding of partial blocks."""
+    modules = list(linear4bit_modules(model).values())
+    states = [m.weight.quant_state for m in modules]
     params = sum(s.shape.numel() for s in states)
-    stored = 0
-    for m in linear4bit_modules(model).values():
+    stored = constants = 0
+    for m in modules:
         s = m.weight.quant_state
         stored += m.weight.numel() * m.weight.element_size()  # packed codes
         stored += s.absmax.numel() * s.absmax.element_size()
+        # per-tensor constants, reported apart: the 16-entry code map, and with nesting the offset and 8-bit map
+        constants += s.code.numel() * s.code.element_size()
         if s.nested:
             stored += s.state2.absmax.numel() * s.state2.absmax.element_size()
+            constants += 4 + s.state2.code.numel() * s.state2.code.element_size()
     blocks = sum(-(-s.shape.numel() // s.blocksize) for s in states)
     nested_blocks = sum(-(-(-(-s.shape.numel() // s.blocksize)) // s.state2.blocksize) for s in states if s.nested)
     formula = params / 2 + blocks * 1 + nested_blocks * 4  # 4-bit codes, 8-bit absmax, fp32 per 256 absmax
@@ -66,5 +71,9 @@ def double_quant_facts(model) -> dict:
         "nested_blocksize": sorted({s.state2.blocksize for s in states if s.nested} or {0})[0],
         "absmax_dtype": sorted({str(s.absmax.dtype).removeprefix("torch.") for s in states})[0],
         "quantized_params": params, "quantized_bytes": stored, "formula_bytes": formula,
-        "measured_bits_per_param": round(8 * stored / params, 4),
+        "measured_bits_per_param": round(8 * stored / params, 6),
+        "padding_params": sum(-(-s.shape.numel() // s.blocksize) * s.blocksize - s.shape.numel() for s in states),
+        "nested_padding_absmax": sum(-(-(-(-s.shape.numel() // s.blocksize)) // s.state2.blocksize) * s.state2.blocksize
+                                     - (-(-s.shape.numel() // s.blocksize)) for s in states if s.nested),
+        "per_tensor_constant_bytes": constants,
     }
