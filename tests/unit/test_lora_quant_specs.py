@@ -203,3 +203,17 @@ def test_gc_mechanism_as_measured_on_the_h200_and_a_planted_chain_rule_kernel():
     planted = {**measured, "unsloth_triton_kernels_in_checkpoint_backward": 270,
                "unsloth_kernel_counts_in_checkpoint_backward": {"_nf4_dequant_kernel": 252, "_exact_backward_kernel": 18}}
     assert evaluate(spec.CLAIMS["GC-MECHANISM"], planted, "gpu").regression
+
+
+def test_gc_fallback_as_measured_and_a_planted_threshold_change():
+    """Measured on the H200 (2026-11-27): standard checkpointing at max_seq_length 256, Unsloth's at 4096 → `pass`.
+    Real change that turns it red: Unsloth installs its offloaded checkpoint below 512 too (or stops installing it)."""
+    from spec.core import evaluate
+    import spec
+
+    measured = {"function_below_512": "torch.utils.checkpoint.checkpoint",
+                "function_at_or_above_512": "unsloth_zoo.gradient_checkpointing.unsloth_checkpoint"}
+    assert not evaluate(spec.CLAIMS["GC-FALLBACK"], measured, "gpu").regression
+    for planted in ({**measured, "function_below_512": measured["function_at_or_above_512"]},
+                    {**measured, "function_at_or_above_512": measured["function_below_512"]}):
+        assert evaluate(spec.CLAIMS["GC-FALLBACK"], planted, "gpu").regression
