@@ -16,6 +16,8 @@ from harness import backends
 from harness.recipe import ARMS, HANDBOOK, Recipe
 from harness.run_record import PhaseClock, StepRecorder, peak_memory, write
 
+MERGE_CHECK_PROMPTS = 8  # held-out prompts on which the merged checkpoint is compared with the trained model
+
 
 def fidelity(trainer, model, expected: dict, passed_args: dict) -> dict:
     """RECIPE-FIDELITY: values read back from the trainer and the model, against what the run was meant to use."""
@@ -164,6 +166,18 @@ class ReferenceFinetune:
                 self.record["artifacts"] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
                 self.checkpoint_record()
                 raise
+        merged = self.record["artifacts"].get("merged")
+        if merged:
+            from harness.merge_check import merged_vs_trained
+
+            prompts = [ex.messages[:-1] for ex in self.data["test"][:MERGE_CHECK_PROMPTS]]
+            ids = [self.tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"]
+                   for p in prompts]
+            try:
+                self.record["merge_check"] = merged_vs_trained(self.trainer.model, Path(merged), ids)
+            except Exception as exc:  # recorded as such: MERGE-IS-TRAINED then fails for want of its measurement
+                self.record["merge_check"] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+        self.checkpoint_record()
 
 
 def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = HANDBOOK, out_dir: Path | None = None,

@@ -69,7 +69,7 @@ def pytest_addoption(parser):
                     help="model for claims that run on the real model (default: the embedded gemma3-270m)")
     group.addoption("--no-report", action="store_true", help="do not write reports/<run>/ (unit tests of the report itself)")
     group.addoption("--faults", action="store_true",
-                    help="also run the fault catalog (tests/faults: 30 planted regressions, each in its own pytest "
+                    help="also run the fault catalog (tests/faults: 31 planted regressions, each in its own pytest "
                          "process; ~8 min on 2 cores); without it those tests are deselected")
 
 

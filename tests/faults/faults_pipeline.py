@@ -40,6 +40,14 @@ def _token_types_all_normal():
     gguf.GGUFWriter.add_token_types = add_token_types
 
 
+def _merge_drops_adapter():
+    """PEFT's LoRA merge writes nothing into the base weight (as Unsloth's merges did: unsloth #869, #2009): the merged
+    checkpoint, and every export made from it, is the base model."""
+    from peft.tuners.lora import layer
+
+    layer.Linear.merge = lambda self, safe_merge=False, adapter_names=None: None
+
+
 LR = "tests/claims/test_schedule.py"
 GGUF = "tests/claims/test_gguf.py"
 E2E = "tests/slow/test_finetune_tiny.py"
@@ -49,6 +57,8 @@ FAULTS = [
           _cosine_clock_from_zero),
     Fault("optimizer-steps-lost", "5", "the optimizer step is skipped (gradients never 'synced')", "E2E-REFERENCE", (E2E,),
           _optimizer_steps_lost),
+    Fault("merge-drops-adapter", "5", "the LoRA merge leaves the base weights unchanged", "MERGE-IS-TRAINED", (E2E,),
+          _merge_drops_adapter),
     Fault("gguf-token-types-normal", "5", "every GGUF token typed NORMAL (control tokens lost)", "GGUF-LLAMACPP", (GGUF,),
           _token_types_all_normal),
 ]

@@ -73,3 +73,9 @@ def test_end_to_end_record_holds_every_figure(run, certify):
 
     assert record_facts.gguf_exists(run), "the run record names a GGUF that is not on disk"
     certify("E2E-REFERENCE", record_facts.e2e(run, "tiny", "hf"), "tiny")
+
+
+@pytest.mark.claim("MERGE-IS-TRAINED")
+def test_merged_checkpoint_is_the_trained_model(run, certify):
+    """The merged folder behind the GGUF has the trained model's logits (bf16 rounding), not the base's."""
+    certify("MERGE-IS-TRAINED", run["merge_check"], "tiny")

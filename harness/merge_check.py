@@ -1,0 +1,45 @@
+"""MERGE-IS-TRAINED: the merged 16-bit checkpoint an export is made from is the model that was trained.
+
+Real merges have dropped or mis-scaled the adapter (unsloth #869, #1929, #2009, #2142, #5410): every check that reads
+only the merged folder or the GGUF made from it passes such a merge. Here the merged folder's logits are compared
+with the in-memory adapter model's (the model the trainer trained) and with that model's base (adapters disabled),
+on held-out prompts: a faithful merge sits at rounding distance from the trained model, far from the base.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+@torch.no_grad()
+def merged_vs_trained(model, merged_dir: Path, prompt_ids: list[list[int]]) -> dict:
+    """Max |logit| differences (float32) merged↔trained and base↔trained over every position of the prompts, and
+    the merged model's top-1 agreement with the trained one."""
+    from transformers import AutoModelForCausalLM
+
+    device = next(model.parameters()).device
+    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.bfloat16 if device.type == "cuda"
+                                                  else torch.float32).to(device).eval()
+    was_training = model.training
+    model.eval()
+    worst = {"merged_vs_trained": 0.0, "base_vs_trained": 0.0}
+    agree = positions = 0
+    try:
+        for ids in prompt_ids:
+            x = torch.tensor([list(ids)], device=device)
+            trained = model(input_ids=x).logits.float()
+            with model.disable_adapter():
+                base = model(input_ids=x).logits.float()
+            out = merged(input_ids=x).logits.float()
+            worst["merged_vs_trained"] = max(worst["merged_vs_trained"], float((out - trained).abs().max()))
+            worst["base_vs_trained"] = max(worst["base_vs_trained"], float((base - trained).abs().max()))
+            agree += int((out.argmax(-1) == trained.argmax(-1)).sum())
+            positions += trained.shape[1]
+    finally:
+        model.train(was_training)
+        del merged
+    return {"prompts": len(prompt_ids), "positions": positions,
+            "merged_vs_trained_max_abs": worst["merged_vs_trained"], "base_vs_trained_max_abs": worst["base_vs_trained"],
+            "merged_top1_agreement": agree / max(1, positions)}
