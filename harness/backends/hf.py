@@ -28,12 +28,19 @@ class HfBackend(Backend):
         return expected, deviations
 
     def load(self, source_dir: Path, recipe, expected: dict):
+        from transformers import set_seed
+
         from harness.lora import apply_lora
         from harness.tokenizer import load_tokenizer
         from harness.train_hf import load_model
 
         tokenizer = load_tokenizer(str(source_dir))
-        return apply_lora(load_model(source_dir, recipe, expected["load_in_4bit"]), recipe), tokenizer
+        model = load_model(source_dir, recipe, expected["load_in_4bit"])
+        # lora_A's random init draws from the global RNG: seeded here with the recipe's seed, as Unsloth's
+        # get_peft_model(random_state=seed) does. Unseeded, the tiny run's losses depended on what the process had
+        # drawn before (test file alone vs inside the suite: 12.4488 vs 12.4478 for the first 10 steps).
+        set_seed(recipe.seed)
+        return apply_lora(model, recipe), tokenizer
 
     def build_trainer(self, model, tokenizer, recipe, out_dir: Path, source_dir: Path, train_rows, val_rows,
                       report_to: str, callbacks: list, on_gpu: bool) -> BuiltTrainer:

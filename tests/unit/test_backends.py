@@ -62,3 +62,24 @@ def test_no_backend_branches_outside_the_backends_package():
     found = subprocess.run(["grep", "-rn", "backend ==", "harness", "tests", "--include=*.py"], cwd=ROOT,
                            capture_output=True, text=True).stdout.splitlines()
     assert [line for line in found if not line.startswith("harness/backends/") and "test_backends.py" not in line] == []
+
+
+def test_hf_backend_lora_init_does_not_depend_on_what_the_process_drew_before(tiny_dir):
+    """lora_A's init is seeded with the recipe's seed (as Unsloth's random_state): the tiny run's numbers were once
+    different with its test file alone and inside the suite."""
+    import torch
+
+    from harness import backends
+    from harness.recipe import HANDBOOK
+
+    impl = backends.get("hf")
+    expected, _ = impl.expected(HANDBOOK, on_gpu=False)
+
+    def first_lora_a():
+        model, _ = impl.load(tiny_dir, HANDBOOK, expected)
+        return next(p for n, p in model.named_parameters() if "lora_A" in n).detach().clone()
+
+    torch.rand(1000)
+    a = first_lora_a()
+    torch.rand(12345)
+    assert torch.equal(a, first_lora_a())
