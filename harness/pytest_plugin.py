@@ -44,23 +44,27 @@ def _recorder(config):
     return config.stash[STATE].recorder
 
 
-def _apply_planted_fault(config) -> None:
-    """HARNESS_FAULT=<id>: apply one planted regression from <rootdir>/tests/faults/catalog.py (fault-injection
-    runs of this repository only), before any test module imports the libraries it patches."""
-    fault_id = os.environ.get("HARNESS_FAULT")
-    if not fault_id:
-        return
+def load_fault_catalog(root: Path):
+    """<root>/tests/faults/catalog.py as a module (FAULTS, BY_ID): the fault-injection catalog of this repository."""
     import importlib.util
     import sys
 
-    path = Path(config.rootpath) / "tests" / "faults" / "catalog.py"
+    path = Path(root) / "tests" / "faults" / "catalog.py"
     if str(path.parent) not in sys.path:  # the catalog's area files import their `Fault` from beside it
         sys.path.insert(0, str(path.parent))
     module_spec = importlib.util.spec_from_file_location("handbook_fault_catalog", path)
     catalog = importlib.util.module_from_spec(module_spec)
     sys.modules[module_spec.name] = catalog  # dataclasses look their module up in sys.modules
     module_spec.loader.exec_module(catalog)
-    catalog.BY_ID[fault_id].apply()
+    return catalog
+
+
+def _apply_planted_fault(config) -> None:
+    """HARNESS_FAULT=<id>: apply one planted regression from <rootdir>/tests/faults/catalog.py (fault-injection
+    runs of this repository only), before any test module imports the libraries it patches."""
+    fault_id = os.environ.get("HARNESS_FAULT")
+    if fault_id:
+        load_fault_catalog(config.rootpath).BY_ID[fault_id].apply()
 
 
 def pytest_addoption(parser):

@@ -1,8 +1,6 @@
 """Every claim that can run on the CPU has a planted regression in the fault catalog (tests/faults), or a stated
 reason why no library change reaches it and a unit test that plants the change instead."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import spec
@@ -17,12 +15,9 @@ PLANTED_IN_UNIT_TESTS = {
 
 
 def _catalog():
-    sys.path.insert(0, str(FAULTS_DIR))
-    module_spec = importlib.util.spec_from_file_location("handbook_fault_catalog_coverage", FAULTS_DIR / "catalog.py")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_spec.name] = module
-    module_spec.loader.exec_module(module)
-    return module
+    from harness.pytest_plugin import load_fault_catalog
+
+    return load_fault_catalog(FAULTS_DIR.parents[1])
 
 
 def test_every_cpu_claim_has_a_planted_fault():
