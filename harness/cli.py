@@ -94,6 +94,17 @@ def cmd_catalog(args) -> int:
     return main(["--write"] if args.write else [])
 
 
+def cmd_dataset(args) -> int:
+    from harness.dataset import card, card_markdown, generate
+
+    facts = card(generate(args.seed))
+    print(json.dumps(facts, ensure_ascii=False, indent=1) if args.json else card_markdown(facts))
+    checks = facts["checks"]
+    leaks = [s for s in ("validation", "test") if checks[s]["combinations_in_train"] or checks[s]["values_in_train"]
+             or checks[s]["components_missing_from_train"] or checks[s]["words_unseen_in_train"]]
+    return 1 if leaks else 0
+
+
 def cmd_doctor(args) -> int:
     from harness.doctor import main
 
@@ -274,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("catalog", help="print the claim catalog generated from spec/ (--write updates CATALOG.md)")
     s.add_argument("--write", action="store_true")
     s.set_defaults(func=cmd_catalog)
+
+    s = sub.add_parser("dataset", help="the dataset card: sizes, lexicon, value pools and the split's overlap checks "
+                                       "(exit 1 if a held-out combination, value or word leaks into training)")
+    s.add_argument("--card", action="store_true", help="print the card (the default)")
+    s.add_argument("--json", action="store_true", help="as JSON")
+    s.add_argument("--seed", type=int, default=HANDBOOK.dataset_seed)
+    s.set_defaults(func=cmd_dataset)
 
     s = sub.add_parser("doctor", help="check each independent reader (llama.cpp, its converter, unsloth_zoo, Chromium)")
     s.set_defaults(func=cmd_doctor)

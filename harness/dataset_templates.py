@@ -1,163 +1,294 @@
-"""The Arabic phrasings and value pools of the function-calling dataset (data, not logic).
+"""The lexicon of the function-calling dataset (data, not logic): frames, verbs, objects, carriers, slot orders, values.
 
-Each function has templates in Modern Standard Arabic (msa), Egyptian (egy) and Gulf (gulf) Arabic.
-A template is (dialect, text, fixed arguments); `{slot}` marks a value drawn from a pool. The last
-template of every function is held out for the test split. Value pools of open kinds (names,
-cities, free text, numbers, times, dates) are split into train and test values; enum values are
-shared on purpose (the model must know every value the developer turn declares).
+A request is composed (harness.dataset): a dialect's *frame* (imperative, want + verb, question, noun only …)
+filled with one of the function's *verbs* in that dialect and one of its *objects* (synonyms, some English),
+then the arguments in one of the function's slot *orders*, then a *carrier* shared by all functions
+(politeness, time adverbs). A combination of frame × object × carrier × order is what the test holds out.
+
+Four varieties: Modern Standard Arabic (msa), Egyptian (egy), Gulf (gulf), Levantine (lev).
+
+What dataset v1 taught (issue #16, GPU runs of 2026-11-25..27): one held-out phrasing per function made a
+function 0% or 100%; a training template that only ever meant "off" (سكّر ليتات) met a test template meaning
+"on"; a part-of-day word (الصبح) next to 22:40; a held-out Gulf frame (أبي أروح) whose every word was unseen.
+Here every meaning is carried by a word that fixes it (on/off verbs, part-of-day words chosen from the hour),
+every frame exists in every function, and values come from pools large enough to learn copying, not recall.
 """
 
-ROOMS = {"غرفة المعيشة": "living_room", "غرفة النوم": "bedroom", "المطبخ": "kitchen",
-         "الحمام": "bathroom", "المكتب": "office", "الحديقة": "garden"}
-MODES = {"تبريد": "cool", "تدفئة": "heat", "تلقائي": "auto"}
-DAYS = {"اليوم": "today", "بكرة": "tomorrow", "غداً": "tomorrow"}
-GENRES = {"جاز": "jazz", "موسيقى كلاسيكية": "classical", "بوب": "pop", "روك": "rock", "طرب": "tarab"}
-CURRENCIES = {"دولار": "USD", "جنيه مصري": "EGP", "ريال سعودي": "SAR", "درهم إماراتي": "AED", "يورو": "EUR"}
+DIALECTS = ("msa", "egy", "gulf", "lev")
 
-# Open value pools: (train values, test values). Test values never appear in train or validation.
-# Pools are composed from parts so that training sees hundreds of distinct names and texts: with a
-# few dozen the model memorizes them instead of learning to copy (measured on the H100, 2026-11-25:
-# 59% held-out exact match, 0% on send_message/set_reminder/get_weather with 14-20 values per pool).
-
-
-def _compose(firsts, seconds, joiner=" "):
-    return [f"{a}{joiner}{b}" for a in firsts for b in seconds]
-
-
-_FIRST = (["أحمد", "محمد", "فاطمة", "سارة", "خالد", "ليلى", "يوسف", "مريم", "عمر", "نور", "حسن", "هند", "طارق", "سلمى",
-           "كريم", "رنا", "ماجد", "دينا", "سامي", "جميلة", "علي", "منى", "وليد", "هالة", "بسام", "ريم", "نادر", "لينا"],
-          ["عبدالله", "زينب", "مصطفى", "ياسمين", "إبراهيم", "آمنة", "جواد", "سهى"])
-_FAMILY = (["العلي", "الحسن", "منصور", "الشامي", "القحطاني", "عثمان", "سليمان", "المصري", "يوسف", "الزعبي"],
-           ["الدوسري", "حداد", "النجار", "البنا"])
-PERSONS = (_FIRST[0] + _compose(_FIRST[0], _FAMILY[0]), _FIRST[1] + _compose(_FIRST[1], _FAMILY[1]))
-CITIES = (
-    ["القاهرة", "الرياض", "دبي", "عمّان", "بيروت", "جدة", "الإسكندرية", "الدوحة", "الكويت", "مسقط", "تونس", "الرباط",
-     "بغداد", "دمشق", "المنامة", "أبوظبي", "حلب", "البصرة", "أسوان", "الأقصر", "الطائف", "الدمام", "صلالة", "إربد",
-     "طنطا", "المنصورة", "فاس", "مراكش", "وهران", "بنغازي", "الشارقة", "العين", "حمص", "الموصل", "نابلس", "غزة"],
-    ["الخرطوم", "الجزائر", "طرابلس", "صنعاء", "مكة", "المدينة المنورة", "عدن", "نواكشوط", "أربيل", "الزرقاء"],
-)
-_MSG_HEAD = (["سأتأخر", "أنا في الطريق", "وصلت", "انتظرني", "اتصل بي", "لا تنسَ الاجتماع", "الغداء جاهز", "نلتقي",
-              "الطريق مزدحم", "أرسل لي العنوان", "سأكون هناك", "تصبح على خير"],
-             ["كل عام وأنت بخير", "نسيت المفاتيح", "الاجتماع تأجل", "أحضر الخبز"])
-_MSG_TAIL = (["قليلاً", "بعد ساعة", "عند الباب", "في المكتب", "عند المقهى", "اليوم", "الليلة", "بعد الظهر"],
-             ["غداً صباحاً", "قرب المحطة", "يوم الجمعة"])
-MESSAGES = (_compose(_MSG_HEAD[0], _MSG_TAIL[0]), _compose(_MSG_HEAD[1], _MSG_TAIL[1]))
-_EVENT_KIND = (["اجتماع", "موعد", "حفلة", "درس", "زيارة", "مقابلة", "مراجعة", "عشاء"], ["ندوة", "رحلة", "ورشة"])
-_EVENT_OF = (["العمل", "الطبيب", "العائلة", "السباحة", "الجدة", "المشروع", "الفريق", "الأصدقاء", "المدرسة"],
-             ["أولياء الأمور", "التخرج", "جواز السفر"])
-EVENTS = (_compose(_EVENT_KIND[0], _EVENT_OF[0]), _compose(_EVENT_KIND[1], _EVENT_OF[1]))
-_TODO_VERB = (["شراء", "دفع", "أخذ", "سقي", "تجهيز", "إرجاع", "غسل", "تحضير", "شحن", "تنظيف"], ["حجز", "تغيير", "إطعام"])
-_TODO_OBJ = (["الخبز", "الفاتورة", "الدواء", "النباتات", "الحقيبة", "الكتاب", "السيارة", "العرض", "الهاتف", "المطبخ"],
-             ["التذاكر", "زيت السيارة", "القطة"])
-REMINDERS = (_compose(_TODO_VERB[0], _TODO_OBJ[0]), _compose(_TODO_VERB[1], _TODO_OBJ[1]))
-
-# (dialect, text, fixed arguments)
-TEMPLATES = {
-    "set_lights": [
-        ("msa", "من فضلك أشعل الأضواء في {room}", {"state": "on"}),
-        ("msa", "أطفئ أنوار {room}", {"state": "off"}),
-        ("egy", "ولّع النور في {room} لو سمحت", {"state": "on"}),
-        ("egy", "اطفي النور اللي في {room}", {"state": "off"}),
-        ("gulf", "سكّر ليتات {room}", {"state": "off"}),
-        ("gulf", "شغّل الليت في {room} الله يعافيك", {"state": "on"}),
-    ],
-    "set_thermostat": [
-        ("msa", "اضبط المكيف على {temperature} درجة بوضع {mode}", {}),
-        ("msa", "أريد أن تكون درجة الحرارة {temperature} مع {mode}", {}),
-        ("egy", "خلّي التكييف {temperature} درجة {mode}", {}),
-        ("gulf", "حط المكيف على {temperature} {mode}", {}),
-        ("egy", "عايز الحرارة {temperature} والوضع {mode}", {}),
-    ],
-    "set_alarm": [
-        ("msa", "اضبط المنبه على الساعة {time}", {}),
-        ("msa", "أيقظني في تمام {time}", {}),
-        ("egy", "صحّيني الساعة {time}", {}),
-        ("gulf", "بغيت منبه الساعة {time}", {}),
-        ("gulf", "قوّمني الساعة {time} الصبح", {}),
-    ],
-    "set_timer": [
-        ("msa", "اضبط مؤقتاً لمدة {minutes} دقيقة", {}),
-        ("egy", "اعمل تايمر {minutes} دقيقة", {}),
-        ("gulf", "شغّل مؤقت {minutes} دقايق", {}),
-        ("msa", "ذكّرني بعد {minutes} دقيقة بمؤقت", {}),
-        ("egy", "حط مؤقت على {minutes} دقيقة كده", {}),
-    ],
-    "get_weather": [
-        ("msa", "كيف سيكون الطقس في {city} {day}؟", {}),
-        ("egy", "الجو عامل إيه في {city} {day}؟", {}),
-        ("gulf", "شلون الجو في {city} {day}؟", {}),
-        ("msa", "ما هي حالة الطقس {day} في مدينة {city}؟", {}),
-        ("gulf", "أبي أعرف الطقس {day} في {city}", {}),
-    ],
-    "send_message": [
-        ("msa", "أرسل رسالة إلى {contact} تقول: {message}", {}),
-        ("egy", "ابعت لـ{contact} رسالة: {message}", {}),
-        ("gulf", "طرّش مسج لـ{contact} قول له {message}", {}),
-        ("msa", "اكتب إلى {contact}: {message}", {}),
-        ("egy", "قول لـ{contact} في رسالة إن {message}", {}),
-    ],
-    "make_call": [
-        ("msa", "اتصل بـ{contact}", {}),
-        ("egy", "كلّم {contact} في التليفون", {}),
-        ("gulf", "دق على {contact}", {}),
-        ("msa", "أجرِ مكالمة هاتفية مع {contact}", {}),
-        ("egy", "اتصل بـ{contact} دلوقتي", {}),
-    ],
-    "navigate": [
-        ("msa", "خذني إلى {destination}", {}),
-        ("egy", "وديني {destination}", {}),
-        ("gulf", "ودني {destination} بأسرع طريق", {}),
-        ("msa", "ابدأ الملاحة نحو {destination}", {}),
-        ("gulf", "أبي أروح {destination}", {}),
-    ],
-    "create_event": [
-        ("msa", "أضف {title} إلى التقويم يوم {date} الساعة {time}", {}),
-        ("egy", "حط {title} في الأجندة يوم {date} الساعة {time}", {}),
-        ("gulf", "سجّل {title} بتاريخ {date} الساعة {time}", {}),
-        ("msa", "أنشئ موعداً بعنوان {title} في {date} عند {time}", {}),
-        ("egy", "عندي {title} يوم {date} الساعة {time} سجّله", {}),
-    ],
-    "play_music": [
-        ("msa", "شغّل موسيقى {genre}", {}),
-        ("egy", "عايز أسمع {genre}", {}),
-        ("gulf", "حط لي أغاني {genre}", {}),
-        ("msa", "أريد الاستماع إلى {genre}", {}),
-        ("gulf", "أبي أسمع شي {genre}", {}),
-    ],
-    "set_reminder": [
-        ("msa", "ذكّرني بـ{text} الساعة {time}", {}),
-        ("egy", "فكّرني أعمل {text} الساعة {time}", {}),
-        ("gulf", "ذكرني {text} الساعة {time}", {}),
-        ("msa", "أضف تذكيراً: {text} عند {time}", {}),
-        ("egy", "متنسانيش {text} الساعة {time}", {}),
-    ],
-    "convert_currency": [
-        ("msa", "حوّل {amount} {from_currency} إلى {to_currency}", {}),
-        ("egy", "كام {to_currency} في {amount} {from_currency}؟", {}),
-        ("gulf", "كم يسوى {amount} {from_currency} بالـ{to_currency}؟", {}),
-        ("msa", "ما قيمة {amount} {from_currency} بعملة {to_currency}؟", {}),
-        ("gulf", "حوّل لي {amount} {from_currency} {to_currency}", {}),
-    ],
-    "set_volume": [
-        ("msa", "اضبط مستوى الصوت على {level}", {}),
-        ("egy", "خلّي الصوت {level}", {}),
-        ("gulf", "حط الصوت على {level}", {}),
-        ("msa", "غيّر درجة الصوت إلى {level}", {}),
-        ("egy", "عايز الصوت يبقى {level}", {}),
-    ],
-    "none": [
-        ("msa", "كيف حالك اليوم؟", {}),
-        ("msa", "من كتب رواية الثلاثية؟", {}),
-        ("egy", "احكيلي نكتة", {}),
-        ("gulf", "وش رأيك في الفلم؟", {}),
-        ("egy", "إنت اسمك إيه؟", {}),
-        ("msa", "شكراً جزيلاً لك", {}),
-        ("gulf", "مشكور يا الغالي", {}),
-        ("msa", "ما هو أطول نهر في العالم؟", {}),
-        ("egy", "ممكن تساعدني في الواجب؟", {}),
-        ("gulf", "صباح الخير", {}),
-    ],
+# --- frames -------------------------------------------------------------------------------------------
+# {imp}: the imperative, {you}: "you (do)", {i}: "I (do)", {obj}: the object, {rest}: the arguments.
+# A frame whose name starts with "noun" uses no verb (not used where the verb carries an argument).
+FRAMES = {
+    "msa": {
+        "imperative": "{imp} {obj} {rest}",
+        "want_verb": "أريد أن {i} {obj} {rest}",
+        "can_you": "هل يمكنك أن {you} {obj} {rest}؟",
+        "please_you": "أرجو أن {you} {obj} {rest}",
+        "want_you": "أريدك أن {you} {obj} {rest}",
+        "would_like": "أود أن {i} {obj} {rest}",
+        "able_q": "هل تستطيع أن {you} {obj} {rest}؟",
+        "noun": "{obj} {rest}",
+        "noun_need": "أحتاج {obj} {rest}",
+    },
+    "egy": {
+        "imperative": "{imp} {obj} {rest}",
+        "want_verb": "عايز {i} {obj} {rest}",
+        "can_you": "ممكن {you} {obj} {rest}؟",
+        "please_you": "يا ريت {you} {obj} {rest}",
+        "want_you": "عايزك {you} {obj} {rest}",
+        "would_like": "نفسي {i} {obj} {rest}",
+        "able_q": "تقدر {you} {obj} {rest}؟",
+        "noun": "{obj} {rest}",
+        "noun_need": "محتاج {obj} {rest}",
+    },
+    "gulf": {
+        "imperative": "{imp} {obj} {rest}",
+        "want_verb": "أبي {i} {obj} {rest}",
+        "can_you": "تقدر {you} {obj} {rest}؟",
+        "please_you": "ممكن {you} {obj} {rest}؟",
+        "want_you": "أبيك {you} {obj} {rest}",
+        "would_like": "ودي {i} {obj} {rest}",
+        "able_q": "تكفى {you} {obj} {rest}",
+        "noun": "{obj} {rest}",
+        "noun_need": "أبغى {obj} {rest}",
+    },
+    "lev": {
+        "imperative": "{imp} {obj} {rest}",
+        "want_verb": "بدي {i} {obj} {rest}",
+        "can_you": "فيك {you} {obj} {rest}؟",
+        "please_you": "إذا بتريد {you} {obj} {rest}",
+        "want_you": "بدي ياك {you} {obj} {rest}",
+        "would_like": "حابب {i} {obj} {rest}",
+        "able_q": "ممكن {you} {obj} {rest}؟",
+        "noun": "{obj} {rest}",
+        "noun_need": "بدي {obj} {rest}",
+    },
 }
 
-# How many templates at the end of each list are held out for the test split.
-HELD_OUT_TEMPLATES = {name: (2 if name == "none" else 1) for name in TEMPLATES}
+# --- carriers, shared by every function ----------------------------------------------------------------
+# (id, pattern, dialects or None for all). "{}" is the request. A carrier after a free-text argument would make
+# the text's end ambiguous, so the generator never puts a trailing carrier behind one.
+CARRIERS = [
+    ("bare", "{}", None),
+    ("please_pre", "من فضلك {}", None),
+    ("please_post", "{} من فضلك", None),
+    ("excuse_pre", "لو سمحت {}", None),
+    ("excuse_post", "{} لو سمحت", None),
+    ("god_keep", "الله يخليك {}", ("egy", "gulf", "lev")),
+    ("god_health", "{} الله يعافيك", ("gulf", "lev")),
+    ("now_msa", "{} الآن", ("msa",)),
+    ("at_once", "{} حالاً", ("msa", "egy")),
+    ("now_egy", "{} دلوقتي", ("egy",)),
+    ("now_gulf", "{} الحين", ("gulf",)),
+    ("now_lev", "{} هلأ", ("lev",)),
+    ("quickly", "{} بسرعة", None),
+    ("thanks", "{} شكراً", None),
+    ("permission", "بعد إذنك {}", None),
+    ("please_en", "{} please", None),
+    ("buddy_gulf", "{} يا غالي", ("gulf",)),
+    ("buddy_egy", "{} يا باشا", ("egy",)),
+    ("buddy_lev", "{} يا حبيبي", ("lev",)),
+    ("kindly_msa", "تفضل {}", ("msa",)),
+]
+# Never in training: the stress tier's unseen carriers.
+STRESS_CARRIERS = [
+    ("stress_favor", "اعمل معروف {}", ("egy", "lev")),
+    ("stress_hurry", "{} على السريع", None),
+    ("stress_msa", "{} رجاءً", ("msa", "gulf")),
+]
+
+# --- verbs: per function, per dialect, (imperative, you, I) ---------------------------------------------
+_SET = {"msa": [("اضبط", "تضبط", "أضبط"), ("جهّز", "تجهّز", "أجهّز")],
+        "egy": [("ظبط", "تظبط", "أظبط"), ("حط", "تحط", "أحط")],
+        "gulf": [("اضبط", "تضبط", "أضبط"), ("حط", "تحط", "أحط")],
+        "lev": [("ظبّط", "تظبّط", "ظبّط"), ("حط", "تحط", "حط")]}
+_MAKE = {"msa": [("أنشئ", "تنشئ", "أنشئ"), ("أضف", "تضيف", "أضيف")],
+         "egy": [("اعمل", "تعمل", "أعمل"), ("حط", "تحط", "أحط")],
+         "gulf": [("سوّ", "تسوّي", "أسوّي"), ("حط", "تحط", "أحط")],
+         "lev": [("اعمل", "تعمل", "اعمل"), ("حط", "تحط", "حط")]}
+_SHOW = {"msa": [("اعرض", "تعرض", "أعرف"), ("أعطني", "تعطيني", "أرى")],
+         "egy": [("قولّي", "تقولّي", "أعرف"), ("وريني", "توريني", "أشوف")],
+         "gulf": [("عطني", "تعطيني", "أعرف"), ("وريني", "توريني", "أشوف")],
+         "lev": [("قلّي", "تقلّي", "أعرف"), ("فرجيني", "تفرجيني", "شوف")]}
+_PLAY = {"msa": [("شغّل", "تشغّل", "أشغّل"), ("ضع", "تضع", "أسمع")],
+         "egy": [("شغّل", "تشغّل", "أشغّل"), ("حط", "تحط", "أسمع")],
+         "gulf": [("شغّل", "تشغّل", "أشغّل"), ("حط", "تحط", "أسمع")],
+         "lev": [("شغّل", "تشغّل", "شغّل"), ("حط", "تحط", "إسمع")]}
+VERBS = {
+    # set_lights: the verb carries the state; the generator draws the state first, then a verb of that state.
+    "set_lights:on": {"msa": [("أشعل", "تشعل", "أشعل"), ("شغّل", "تشغّل", "أشغّل")],
+                      "egy": [("ولّع", "تولّع", "أولّع"), ("شغّل", "تشغّل", "أشغّل")],
+                      "gulf": [("شغّل", "تشغّل", "أشغّل"), ("ولّع", "تولّع", "أولّع")],
+                      "lev": [("ضوّي", "تضوّي", "ضوّي"), ("شغّل", "تشغّل", "شغّل")]},
+    "set_lights:off": {"msa": [("أطفئ", "تطفئ", "أطفئ"), ("أغلق", "تغلق", "أغلق")],
+                       "egy": [("اطفي", "تطفي", "أطفي"), ("اقفل", "تقفل", "أقفل")],
+                       "gulf": [("سكّر", "تسكّر", "أسكّر"), ("طفّ", "تطفّي", "أطفّي")],
+                       "lev": [("طفّي", "تطفّي", "طفّي"), ("سكّر", "تسكّر", "سكّر")]},
+    "set_thermostat": {"msa": [("اضبط", "تضبط", "أضبط"), ("عدّل", "تعدّل", "أعدّل")],
+                       "egy": [("ظبط", "تظبط", "أظبط"), ("خلّي", "تخلّي", "أخلّي")],
+                       "gulf": [("اضبط", "تضبط", "أضبط"), ("حط", "تحط", "أحط")],
+                       "lev": [("ظبّط", "تظبّط", "ظبّط"), ("حط", "تحط", "حط")]},
+    "set_alarm": _SET,
+    "set_timer": {"msa": [("اضبط", "تضبط", "أضبط"), ("شغّل", "تشغّل", "أشغّل")],
+                  "egy": [("اعمل", "تعمل", "أعمل"), ("شغّل", "تشغّل", "أشغّل")],
+                  "gulf": [("سوّ", "تسوّي", "أسوّي"), ("شغّل", "تشغّل", "أشغّل")],
+                  "lev": [("حط", "تحط", "حط"), ("شغّل", "تشغّل", "شغّل")]},
+    "get_weather": _SHOW,
+    "send_message": {"msa": [("أرسل", "ترسل", "أرسل"), ("اكتب", "تكتب", "أكتب")],
+                     "egy": [("ابعت", "تبعت", "أبعت"), ("اكتب", "تكتب", "أكتب")],
+                     "gulf": [("طرّش", "تطرّش", "أطرّش"), ("أرسل", "ترسل", "أرسل")],
+                     "lev": [("بعات", "تبعت", "إبعت"), ("اكتب", "تكتب", "اكتب")]},
+    "make_call": {"msa": [("أجرِ", "تجري", "أجري"), ("ابدأ", "تبدأ", "أبدأ")],
+                  "egy": [("اعمل", "تعمل", "أعمل"), ("ابدأ", "تبدأ", "أبدأ")],
+                  "gulf": [("سوّ", "تسوّي", "أسوّي"), ("ابدأ", "تبدأ", "أبدأ")],
+                  "lev": [("اعمل", "تعمل", "اعمل"), ("ابدأ", "تبدأ", "ابدأ")]},
+    "navigate": {"msa": [("اعرض", "تعرض", "أعرف"), ("افتح", "تفتح", "أفتح")],
+                 "egy": [("وريني", "توريني", "أعرف"), ("افتح", "تفتح", "أفتح")],
+                 "gulf": [("عطني", "تعطيني", "أعرف"), ("شغّل", "تشغّل", "أشغّل")],
+                 "lev": [("فرجيني", "تفرجيني", "أعرف"), ("افتح", "تفتح", "افتح")]},
+    "create_event": {"msa": [("سجّل", "تسجّل", "أسجّل"), ("أضف", "تضيف", "أضيف")],
+                     "egy": [("حط", "تحط", "أحط"), ("سجّل", "تسجّل", "أسجّل")],
+                     "gulf": [("سجّل", "تسجّل", "أسجّل"), ("ضيف", "تضيف", "أضيف")],
+                     "lev": [("حط", "تحط", "حط"), ("سجّل", "تسجّل", "سجّل")]},
+    "play_music": _PLAY,
+    "set_reminder": _MAKE,
+    "convert_currency": {"msa": [("حوّل", "تحوّل", "أحوّل"), ("احسب", "تحسب", "أحسب")],
+                         "egy": [("حوّل", "تحوّل", "أحوّل"), ("احسب", "تحسب", "أحسب")],
+                         "gulf": [("حوّل", "تحوّل", "أحوّل"), ("احسب", "تحسب", "أحسب")],
+                         "lev": [("حوّل", "تحوّل", "حوّل"), ("صرّف", "تصرّف", "صرّف")]},
+    "set_volume": {"msa": [("اضبط", "تضبط", "أضبط"), ("اجعل", "تجعل", "أجعل")],
+                   "egy": [("ظبط", "تظبط", "أظبط"), ("خلّي", "تخلّي", "أخلّي")],
+                   "gulf": [("حط", "تحط", "أحط"), ("خلّ", "تخلّي", "أخلّي")],
+                   "lev": [("ظبّط", "تظبّط", "ظبّط"), ("خلّي", "تخلّي", "خلّي")]},
+}
+# Functions whose verb carries an argument: no verb-less frames (a noun alone would not say on or off).
+VERB_REQUIRED = {"set_lights"}
+
+# --- objects (synonyms, some code-switched English) and the stress tier's unseen ones -------------------------
+OBJECTS = {
+    "set_lights": ["النور", "الضوء", "الأنوار", "الإضاءة", "اللمبة", "الليت", "lights"],
+    "set_thermostat": ["المكيف", "التكييف", "الحرارة", "درجة الحرارة", "الثرموستات", "AC"],
+    "set_alarm": ["المنبه", "منبه", "جرس التنبيه", "منبه الصحيان", "alarm"],
+    "set_timer": ["مؤقت", "المؤقت", "تايمر", "عدّاد", "ساعة توقيت", "timer"],
+    "get_weather": ["الطقس", "الجو", "حالة الطقس", "النشرة الجوية", "توقعات الطقس", "weather"],
+    "send_message": ["رسالة", "مسج", "رسالة نصية", "واتساب", "SMS", "message"],
+    "make_call": ["مكالمة", "اتصال", "مكالمة هاتفية", "مكالمة صوتية", "call"],
+    "navigate": ["الطريق", "الاتجاهات", "خريطة الطريق", "الملاحة", "GPS"],
+    "create_event": ["موعد", "حدث", "مناسبة", "موعد بالتقويم", "event"],
+    "play_music": ["موسيقى", "أغاني", "مزيكا", "قائمة أغاني", "music"],
+    "set_reminder": ["تذكير", "تذكيرة", "ملاحظة تذكير", "ريمايندر", "reminder"],
+    "convert_currency": ["مبلغ", "المبلغ", "الفلوس", "العملة", "money"],
+    "set_volume": ["الصوت", "مستوى الصوت", "درجة الصوت", "الفوليوم", "volume"],
+}
+STRESS_OBJECTS = {
+    "set_lights": ["الكهرباء"], "set_thermostat": ["السبليت"], "set_alarm": ["ساعة الصحيان"], "set_timer": ["العداد التنازلي"],
+    "get_weather": ["درجات الحرارة"], "send_message": ["نص"], "make_call": ["رنّة"], "navigate": ["الخريطة"],
+    "create_event": ["اجتماع بالكالندر"], "play_music": ["شي نسمعه"], "set_reminder": ["منبّه تذكير"],
+    "convert_currency": ["الكاش"], "set_volume": ["الساوند"],
+}
+
+# --- slot orders: the arguments after the object ------------------------------------------------------------
+# {slot} is the value's surface; {pod} (set_alarm, set_reminder, create_event) is a part-of-day word chosen from
+# the hour, or nothing.
+ORDERS = {
+    "set_lights": ["في {room}", "اللي في {room}", "بـ{room}"],
+    "set_thermostat": ["على {temperature} درجة بوضع {mode}", "على وضع {mode} ودرجة {temperature}", "{temperature} درجة {mode}"],
+    "set_alarm": ["الساعة {time}{pod}", "على {time}{pod}", "على الساعة {time}{pod}"],
+    "set_timer": ["لمدة {minutes} دقيقة", "{minutes} دقيقة", "على {minutes} دقيقة"],
+    "get_weather": ["في {city} {day}", "{day} في {city}", "في مدينة {city} {day}"],
+    "send_message": ["إلى {contact} نصها: {message}", "لـ{contact}: {message}", "فيها «{message}» إلى {contact}"],
+    "make_call": ["مع {contact}", "لـ{contact}", "على رقم {contact}"],
+    "navigate": ["إلى {destination}", "نحو {destination}", "باتجاه {destination}"],
+    "create_event": ["بعنوان «{title}» يوم {date} الساعة {time}{pod}", "يوم {date} الساعة {time}{pod} بعنوان «{title}»",
+                     "الساعة {time}{pod} يوم {date}: {title}"],
+    "play_music": ["{genre}", "من نوع {genre}", "نوعها {genre}"],
+    "set_reminder": ["الساعة {time}{pod}: {text}", "عن «{text}» الساعة {time}{pod}", "على {time}{pod} عشان «{text}»"],
+    "convert_currency": ["{amount} {from_currency} إلى {to_currency}", "من {from_currency} إلى {to_currency}: {amount}",
+                         "إلى {to_currency} من {from_currency} بقيمة {amount}"],
+    "set_volume": ["على {level}", "إلى {level}", "على مستوى {level}"],
+}
+
+# Part-of-day words, by the hour they fit (a word is only ever used with an hour it describes).
+PARTS_OF_DAY = [(range(5, 12), ["الصبح", "صباحاً"]), (range(12, 15), ["الظهر", "ظهراً"]),
+                (range(15, 18), ["العصر", "عصراً"]), (range(18, 24), ["بالليل", "مساءً"])]
+
+# --- enum surfaces (shared by all splits: the model must know every value the developer turn declares) ----
+ROOMS = {"غرفة المعيشة": "living_room", "الصالة": "living_room", "غرفة النوم": "bedroom", "أوضة النوم": "bedroom",
+         "المطبخ": "kitchen", "الحمام": "bathroom", "المكتب": "office", "الحديقة": "garden", "الجنينة": "garden"}
+MODES = {"تبريد": "cool", "بارد": "cool", "تدفئة": "heat", "حار": "heat", "تلقائي": "auto", "أوتو": "auto"}
+DAYS = {"اليوم": "today", "بكرة": "tomorrow", "غداً": "tomorrow", "باكر": "tomorrow", "بكرا": "tomorrow"}
+GENRES = {"جاز": "jazz", "jazz": "jazz", "كلاسيك": "classical", "موسيقى كلاسيكية": "classical", "بوب": "pop",
+          "pop": "pop", "روك": "rock", "rock": "rock", "طرب": "tarab", "طربية": "tarab"}
+CURRENCIES = {"دولار": "USD", "دولار أمريكي": "USD", "جنيه مصري": "EGP", "جنيه": "EGP", "ريال سعودي": "SAR",
+              "ريال": "SAR", "درهم إماراتي": "AED", "درهم": "AED", "يورو": "EUR", "euro": "EUR"}
+
+# --- open value pools: (train, test); test values never occur in training -------------------------------------
+FIRST_NAMES = (
+    ["أحمد", "محمد", "فاطمة", "سارة", "خالد", "ليلى", "يوسف", "مريم", "عمر", "نور", "حسن", "هند", "طارق", "سلمى", "كريم",
+     "رنا", "ماجد", "دينا", "سامي", "جميلة", "علي", "منى", "وليد", "هالة", "بسام", "ريم", "نادر", "لينا", "فيصل", "نوال",
+     "ياسر", "عائشة", "حمزة", "رغد", "أنس", "شهد", "زياد", "بشرى", "راشد", "غادة", "مازن", "أسماء", "هشام", "لمى", "جمال",
+     "روان", "سلطان", "تالا", "عادل", "ميار", "فهد", "سوسن", "إياد", "حلا", "منصور", "رهف", "شادي", "لبنى", "معاذ", "وعد"],
+    ["عبدالله", "زينب", "مصطفى", "ياسمين", "إبراهيم", "آمنة", "جواد", "سهى", "نبيل", "رزان", "صالح", "دعاء", "أيمن",
+     "هبة", "قاسم", "جنى"],
+)
+FAMILY_NAMES = (
+    ["العلي", "الحسن", "منصور", "الشامي", "القحطاني", "عثمان", "سليمان", "المصري", "يوسف", "الزعبي", "العتيبي", "الخطيب",
+     "حمدان", "السيد", "الحربي", "نصار", "الأحمد", "درويش", "الغامدي", "عيسى"],
+    ["الدوسري", "حداد", "النجار", "البنا", "الشمري", "عبدالرحمن"],
+)
+CITIES = (
+    ["القاهرة", "الرياض", "دبي", "عمّان", "بيروت", "جدة", "الإسكندرية", "الدوحة", "الكويت", "مسقط", "تونس", "الرباط",
+     "بغداد", "دمشق", "المنامة", "أبوظبي", "حلب", "البصرة", "أسوان", "الأقصر", "الطائف", "الدمام", "صلالة", "إربد", "طنطا",
+     "المنصورة", "فاس", "مراكش", "وهران", "بنغازي", "الشارقة", "العين", "حمص", "الموصل", "نابلس", "غزة", "شرم الشيخ",
+     "رأس الخيمة", "الدار البيضاء", "خميس مشيط", "حفر الباطن", "بورسعيد", "الغردقة", "تبوك", "أبها", "جازان", "نزوى",
+     "صور", "طرطوس", "اللاذقية", "الزقازيق", "المحلة الكبرى", "لندن", "باريس", "إسطنبول", "برلين", "روما", "مدريد",
+     "نيويورك", "كوالالمبور", "جاكرتا", "طوكيو", "بيشاور", "كراتشي"],
+    ["الخرطوم", "الجزائر", "طرابلس", "صنعاء", "مكة", "المدينة المنورة", "عدن", "نواكشوط", "أربيل", "الزرقاء", "الفيوم",
+     "ينبع", "سوهاج", "القطيف", "جرش", "بنها", "فيينا", "أثينا", "بيت لحم", "عجمان"],
+)
+MESSAGE_HEADS = (
+    ["سأتأخر", "أنا في الطريق", "وصلت", "انتظرني", "اتصل بي", "لا تنسَ الاجتماع", "الغداء جاهز", "نلتقي", "الطريق مزدحم",
+     "أرسل لي العنوان", "سأكون هناك", "تصبح على خير", "مبروك النجاح", "خلصت الشغل", "جهّز الأوراق", "افتح الباب",
+     "السيارة جاهزة", "الحفلة بدأت", "رجعت البيت", "اشترِ الحليب", "الطبيب ينتظرنا", "المطر شديد", "خذ المظلة",
+     "الأولاد نايمين", "نسيت المحفظة", "الاجتماع انتهى", "الأكل برد", "ابدأ بدوني"],
+    ["كل عام وأنت بخير", "نسيت المفاتيح", "الاجتماع تأجل", "أحضر الخبز", "القطار تأخر", "الباص فاتني", "ادعُ لي"],
+)
+MESSAGE_TAILS = (["قليلاً", "بعد ساعة", "عند الباب", "في المكتب", "عند المقهى", "اليوم", "الليلة", "بعد الظهر",
+                  "من فضلك", "يا صديقي"],
+                 ["غداً صباحاً", "قرب المحطة", "يوم الجمعة"])
+EVENT_KINDS = (["اجتماع", "موعد", "حفلة", "درس", "زيارة", "مقابلة", "مراجعة", "عشاء", "تمرين", "غداء", "جلسة", "محاضرة"],
+               ["ندوة", "رحلة", "ورشة", "امتحان"])
+EVENT_OF = (["العمل", "الطبيب", "العائلة", "السباحة", "الجدة", "المشروع", "الفريق", "الأصدقاء", "المدرسة", "الجيم",
+             "البنك", "الجامعة", "المحامي", "الأطفال"],
+            ["أولياء الأمور", "التخرج", "جواز السفر", "الإدارة"])
+TODO_VERBS = (["شراء", "دفع", "أخذ", "سقي", "تجهيز", "إرجاع", "غسل", "تحضير", "شحن", "تنظيف", "ترتيب", "طباعة", "مراجعة",
+               "تجديد"],
+              ["حجز", "تغيير", "إطعام", "إصلاح"])
+TODO_OBJECTS = (["الخبز", "الفاتورة", "الدواء", "النباتات", "الحقيبة", "الكتاب", "السيارة", "العرض", "الهاتف", "المطبخ",
+                 "الملابس", "الغرفة", "التقرير", "الرخصة"],
+                ["التذاكر", "زيت السيارة", "القطة", "الباب"])
+
+# --- requests no function fits, including near misses (a function's words without its request) ---------------
+NONE_UTTERANCES = {
+    "msa": ["كيف حالك اليوم؟", "من كتب رواية الثلاثية؟", "شكراً جزيلاً لك", "ما هو أطول نهر في العالم؟", "ما عاصمة اليابان؟",
+            "أخبرني عن تاريخ الأندلس", "ما معنى كلمة سراب؟", "كم عدد أيام السنة الكبيسة؟", "هل تحب القراءة؟",
+            "ما أفضل طريقة لتعلم البرمجة؟", "صباح الخير", "من أنت؟", "لماذا تنطفئ الأضواء وحدها؟",
+            "كيف أغيّر نغمة المنبه؟", "كان الطقس جميلاً أمس", "من اتصل بي البارحة؟", "هل وصلت رسالتي إليك؟",
+            "ما هي الموسيقى الكلاسيكية؟", "كم كان سعر الدولار العام الماضي؟", "الصوت كان عالياً في الحفلة"],
+    "egy": ["احكيلي نكتة", "إنت اسمك إيه؟", "ممكن تساعدني في الواجب؟", "إيه أحسن فيلم شفته؟", "أنا زهقان النهارده",
+            "مين كسب الماتش امبارح؟", "إزيك عامل إيه؟", "الأكل ده طعمه حلو", "ربنا يخليك", "مش فاهم الدرس خالص",
+            "النور كان قاطع امبارح", "المنبه رن ومصحيتش", "الجو كان حر أوي الصيف اللي فات", "مين بعتلي الرسالة دي؟",
+            "إيه رأيك في الأغنية دي؟", "التكييف بتاعنا قديم", "الموبايل فصل شحن", "أنا رايح الشغل بكرة",
+            "المكالمة اتقطعت", "الجنيه بقى ضعيف"],
+    "gulf": ["وش رأيك في الفلم؟", "مشكور يا الغالي", "صباح الخير", "شلونك اليوم؟", "وش تسوي؟", "منو أحسن لاعب؟",
+             "الله يعطيك العافية", "أبي أنام بدري", "وش صار في المباراة؟", "عساك بخير", "الليت خربان من أمس",
+             "المنبه ما ضبط معي أمس", "الجو كان حلو في الرحلة", "منو طرّش لي المسج؟", "المكيف صوته عالي",
+             "الريال نزل ولا لا؟", "رحت الدوحة السنة اللي فاتت", "وش أحلى أغنية عندك؟", "الفوليوم كان عالي",
+             "أبي أتعلم الطبخ"],
+    "lev": ["كيفك شو الأخبار؟", "شو عم تعمل؟", "مين ربح المباراة مبارح؟", "بدي إحكي معك شوي", "يسلمو إيديك",
+            "شو رأيك بالمسلسل؟", "الدنيا برد اليوم", "تعبت كتير بالشغل", "مين إنت؟", "شو معنى هالكلمة؟",
+            "الضو انطفى لحالو مبارح", "المنبه ما رن اليوم", "الطقس كان حلو بالرحلة", "مين بعتلي هالمسج؟",
+            "هالأغنية كتير حلوة", "الصوت كان عالي بالعرس", "سافرت ع بيروت الصيفية الماضية", "الدولار غلي كتير",
+            "التلفون فاضي شحن", "بحب القهوة الصبح"],
+}
