@@ -112,8 +112,10 @@ class ReferenceFinetune:
             train_rows = impl.train_rows(train_rows)
         if self.evaluate_base:
             with self.clock.phase("evaluate_base"):
-                record["base_eval"] = evaluate_split(self.peft_model, self.tokenizer, self.data["test"], recipe.eval_limit,
-                                                     recipe.max_new_tokens, desc="evaluate base model")
+                record["base_eval"] = evaluate_split(self.peft_model, self.tokenizer, self.data["test"],
+                                                     min(recipe.base_eval_limit, recipe.eval_limit),
+                                                     recipe.max_new_tokens, desc="evaluate base model",
+                                                     outputs_path=self.out_dir / "outputs-base.jsonl")
         self.recorder = StepRecorder(reference_labels=masker)
         with self.clock.phase("build_trainer"):
             built = impl.build_trainer(self.peft_model, self.tokenizer, recipe, self.out_dir, self.source.path, train_rows,
@@ -151,7 +153,16 @@ class ReferenceFinetune:
         with self.clock.phase("evaluate"):
             record["val_loss"] = self.trainer.evaluate().get("eval_loss")
             record["eval"] = evaluate_split(self.trainer.model, self.tokenizer, self.data["test"], self.recipe.eval_limit,
-                                            self.recipe.max_new_tokens, desc="evaluate fine-tuned")
+                                            self.recipe.max_new_tokens, desc="evaluate fine-tuned",
+                                            outputs_path=self.out_dir / "outputs-test.jsonl")
+            # Dataset v2's other held-out sets, reported apart from the headline: the seen/unseen diagnostic cells and
+            # the stress tier (objects and carriers never seen in training). Scaled with eval_limit for short runs.
+            share = min(1.0, self.recipe.eval_limit / max(1, len(self.data["test"])))
+            for split in ("diagnostic", "stress"):
+                if self.data.get(split):
+                    record[f"eval_{split}"] = evaluate_split(
+                        self.trainer.model, self.tokenizer, self.data[split], max(1, round(share * len(self.data[split]))),
+                        self.recipe.max_new_tokens, desc=f"evaluate {split}", outputs_path=self.out_dir / f"outputs-{split}.jsonl")
         losses = [s["loss"] for s in self.recorder.steps if "loss" in s]
         record["overfit"] = advice(losses, record["val_loss"])
         record["loss_first10"] = statistics.mean(losses[:10]) if losses else None

@@ -103,11 +103,19 @@ def plots(data: dict) -> list[str]:
         if per:
             out.append(svg.bar_chart(f"Q8_0 max error / block amax per tensor kind ({context}; bound 0.0045)",
                                      {k: {"max error / amax": v} for k, v in per.items()}, "ratio", ymax=0.0045))
+    ft_eval = (extras.get("finetune") or {}).get("eval") or {}
+    if ft_eval.get("per_slot"):
+        out.append(slot_bars(ft_eval["per_slot"], f"Held-out arguments per slot ({(extras.get('finetune') or {}).get('model')})"))
     for context, evidence in (claims.get("CHECK-OUTPUT", {}).get("evidence") or {}).items():
         per = evidence.get("per_function")
         if per:
             out.append(svg.bar_chart(f"Held-out exact match per function ({context})",
                                      {fn: {"exact match": row["exact_match"]} for fn, row in per.items()}, "exact match", ymax=1.0))
+    from harness.experiment_stats import forest_plot_svg, forest_rows
+
+    rows = forest_rows(data)
+    if rows:  # the experiment claims: effect, 95% CI and ±δ per experiment
+        out.append(forest_plot_svg(rows))
     return [p for p in out if p]
 
 
@@ -163,9 +171,92 @@ def render(data: dict) -> str:
 section <select id="f-section"><option value="">all</option>{section_options}</select> showing <span id="shown"></span></div>
 <table id="claims"><thead><tr><th>ID</th><th>section</th><th>handbook</th><th>expected</th><th>observed</th><th>evidence</th><th>skip reason / error</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
+{evaluation_html((data.get("extras") or {}).get("finetune") or {})}
 <h2>Plots</h2><div class="plots">{figures or "<p>No plotted data in this run.</p>"}</div>{extra_sections}
 <h2>Environment</h2><table>{env_rows}</table><h3>Packages</h3><table>{pkg_rows}</table>
 </body></html>"""
+
+
+SLOT_STATUS = (("correct", "#2ca02c"), ("wrong", "#d62728"), ("missing", "#bbbbbb"))
+
+
+def slot_bars(per_slot: dict, title: str) -> str:
+    """Per-slot outcomes as horizontal stacked bars (correct / wrong / missing shares of the expected arguments,
+    function.slot on the left): with ~25 slots, labels read horizontally where rotated ones would be clipped."""
+    rows = [(k, r) for k, r in per_slot.items() if r.get("n")]
+    if not rows:
+        return ""
+    label_w, bar_w, row_h, top = 190, 330, 14, 26
+    height = top + row_h * len(rows) + 8
+    body = "".join(f'<rect x="{label_w + 10 + i * 80}" y="6" width="10" height="10" fill="{c}"/>'
+                   f'<text x="{label_w + 24 + i * 80}" y="15" font-size="11">{name}</text>'
+                   for i, (name, c) in enumerate(SLOT_STATUS))
+    for j, (key, r) in enumerate(rows):
+        y, x = top + j * row_h, label_w
+        body += (f'<text x="{label_w - 4}" y="{y + row_h - 4}" font-size="10" text-anchor="end">{escape(key)} '
+                 f'({r["n"]})</text>')
+        for status, color in SLOT_STATUS:
+            w = bar_w * r.get(status, 0) / r["n"]
+            body += (f'<rect x="{x:.1f}" y="{y + 1}" width="{w:.1f}" height="{row_h - 2}" fill="{color}">'
+                     f'<title>{escape(key)} {status}: {r.get(status, 0)}/{r["n"]}</title></rect>')
+            x += w
+        body += f'<text x="{label_w + bar_w + 4}" y="{y + row_h - 4}" font-size="10">{_pct(r.get("accuracy"))}</text>'
+    width = label_w + bar_w + 50
+    return (f'<svg class="plot" role="img" aria-label="{escape(title)}" viewBox="0 0 {width} {height}" width="{width}" '
+            f'height="{height}" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>{body}</svg>')
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(ci) -> str:
+    return f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else ""
+
+
+def evaluation_html(ft: dict) -> str:
+    """The held-out evaluation of the run behind the report (extras.finetune.eval): the headline with its 95% CI,
+    exact match per function × dialect (with each function's CI) and the seen/unseen 2×2 where the data has it.
+    Evaluation v2's keys (harness.scoring); an older record shows what it has."""
+    e = ft.get("eval") or {}
+    if not e.get("prompts"):
+        return ""
+    ci = e.get("ci") or {}
+    base = (ft.get("base_eval") or {}).get("exact_match")
+    head = (f'<p class="headline"><b>exact match {_pct(e["exact_match"])}</b>{_ci(e.get("exact_match_ci95"))}'
+            + (f' (95% CI, {escape(str(ci.get("resamples")))} bootstrap resamples over {escape(str(ci.get("clusters")))} '
+               f'held-out combinations)' if e.get("exact_match_ci95") else "")
+            + (f'; AST match {_pct(e["ast_match"])}{_ci(e.get("ast_match_ci95"))}' if "ast_match" in e else "")
+            + f'; valid JSON {_pct(e.get("json_valid_rate"))}; action accuracy {_pct(e.get("action_accuracy"))}'
+            + (f'; invented keys {_pct(e["invented_key_rate"])}, invented functions {_pct(e["invented_function_rate"])}'
+               if "invented_key_rate" in e else "")
+            + (f"; base model {_pct(base)}" if base is not None else "")
+            + f' — {e["prompts"]} items, model {escape(str(ft.get("model")))}/{escape(str(ft.get("backend")))}</p>')
+    table = ""
+    pfd, pf = e.get("per_function_dialect") or {}, e.get("per_function") or {}
+    if pfd:
+        dialects = sorted({d for row in pfd.values() for d in row})
+
+        def cells(row: dict) -> str:
+            return "".join(f'<td>{_pct(row[d]["exact_match"])} <small>({row[d]["n"]})</small></td>' if d in row
+                           else "<td></td>" for d in dialects)
+
+        rows = "".join(f'<tr><td>{escape(fn)}</td>{cells(row)}<td>{_pct(pf.get(fn, {}).get("exact_match"))}'
+                       f'<small>{_ci(pf.get(fn, {}).get("exact_match_ci95"))}</small></td></tr>' for fn, row in pfd.items())
+        per_dialect = e.get("per_dialect") or {}
+        total = "".join(f'<td><b>{_pct(per_dialect.get(d, {}).get("exact_match"))}</b></td>' for d in dialects)
+        table = (f'<table class="fxd"><tr><th>function × dialect</th>{"".join(f"<th>{escape(d)}</th>" for d in dialects)}'
+                 f'<th>all (95% CI)</th></tr>{rows}<tr><td><b>all</b></td>{total}<td><b>{_pct(e["exact_match"])}</b></td>'
+                 f'</tr></table>')
+    seen = e.get("seen_unseen")
+    if seen:
+        cols = ("values_seen", "values_unseen")
+        seen_rows = "".join(f'<tr><td>{escape(t.replace("_", " "))}</td>'
+                            + "".join(f'<td>{_pct(seen[t][c]["exact_match"])} <small>({seen[t][c]["n"]})</small></td>'
+                                      for c in cols) + "</tr>" for t in ("template_seen", "template_unseen"))
+        table += (f'<h3>Seen/unseen template × values (exact match)</h3><table class="seen"><tr><th></th>'
+                  f'<th>values seen</th><th>values unseen</th></tr>{seen_rows}</table>')
+    return f'<h2 id="evaluation">Held-out evaluation</h2>{head}{table}'
 
 
 def _faults_table(faults: dict) -> str:

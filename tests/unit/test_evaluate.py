@@ -1,21 +1,96 @@
-"""Held-out evaluation generates in left-padded batches: the answers are exactly those of one prompt at a time."""
+"""Held-out evaluation: length-sorted, left-padded batches with the KV cache give exactly the answers of one prompt
+at a time, in the caller's order; every output is stored as JSONL with its scores."""
+
+import hashlib
+import json
+from types import SimpleNamespace
 
 import pytest
 
+from harness.evaluate import evaluation, length_order
+
+SYSTEM = {"role": "system", "content": "You are a function-calling assistant. Answer with one JSON object."}
+REQUESTS = ["شغل الليت", "اضبط المنبه الساعة ٧:٣٠ الصبح من فضلك",
+            "ابعت رسالة لسهى حداد قول لها إني هتأخر شوية النهارده عشان الزحمة في الطريق كانت كبيرة جدا",
+            "كم الطقس بكرة في الرياض", "حول ٢٥٠ دولار إلى جنيه مصري لو سمحت", "ابي اروح دبي",
+            "ذكرني أشتري الحليب والخبز والبيض من السوبرماركت الساعة ٦ المسا بعد الشغل الله يعافيك", "علّي الصوت"]
+
 
 @pytest.mark.slow
-def test_batched_greedy_answers_equal_one_by_one(tiny_dir, tokenizer, dataset):
-    """8 held-out prompts of different lengths (left padding 0-65 tokens), batch 8 vs batch 1: same 16 tokens each."""
+def test_batched_greedy_answers_equal_one_by_one(tiny_dir, tokenizer):
+    """8 prompts of 32-56 tokens, unsorted, in length-sorted batches of 3 (left padding up to 13 tokens) vs one at a
+    time: the same 16 greedy tokens each, returned in the caller's order. fp32 on the CPU: the tiny model's random
+    weights give no near-ties among these prompts' argmaxes (a tie broken differently by the padded and unpadded
+    kernels could flip a token; the prompts are fixed, so the test is deterministic). It is sensitive: with an
+    all-ones attention mask (padding attended to) the batched answers differ. The model's use_cache=False (as
+    training leaves it) is restored after generation, which itself ran with the cache."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from harness.evaluate import generate_answers
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
-    prompts = [ex.messages[:-1] for ex in dataset["test"][:8]]
-    lengths = {len(tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"])
-               for p in prompts}
-    assert len(lengths) > 1, "the prompts must differ in length, or no padding is tested"
-    batched = generate_answers(model, tokenizer, prompts, max_new_tokens=16, batch_size=8)
+    model.config.use_cache = False
+    prompts = [[SYSTEM, {"role": "user", "content": r}] for r in REQUESTS]
+    lengths = [len(tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"])
+               for p in prompts]
+    assert max(lengths) - min(lengths) > 15 and lengths != sorted(lengths, reverse=True), "padding and reordering untested"
+    calls = []
+    generate = model.generate
+    model.generate = lambda **kw: calls.append(kw["use_cache"]) or generate(**kw)
+    batched = generate_answers(model, tokenizer, prompts, max_new_tokens=16, batch_size=3)
     single = generate_answers(model, tokenizer, prompts, max_new_tokens=16, batch_size=1)
-    assert batched == single
+    assert batched == single and len(set(batched)) > 1
+    assert calls == [True] * (3 + 8) and model.config.use_cache is False
+
+
+def test_length_order_is_longest_first_and_stable():
+    assert length_order([3, 9, 3, 5]) == [1, 3, 0, 2]
+    assert length_order([]) == []
+
+
+DECLARED = {"set_alarm": {"time"}}  # harness.dataset.FUNCTIONS's shape; these tests do not depend on the generator
+
+
+def _example(i: int, fn: str, answer: dict, v2: bool) -> SimpleNamespace:
+    ex = SimpleNamespace(id=f"test-{i:05d}", split="test", functions=[fn], templates=[f"{fn}#c{i % 2}"], dialects=["gulf"],
+                         messages=[SYSTEM, {"role": "user", "content": f"طلب {i}"},
+                                   {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)}])
+    if v2:
+        ex.template_seen, ex.values_seen = [i % 2 == 0], [True]
+    return ex
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_every_output_is_written_as_jsonl(tmp_path, v2):
+    """One line per item with the fields a later analysis needs; the eval dict names the file, its lines and sha256."""
+    want = {"action": "set_alarm", "time": "07:30"}
+    examples = [_example(i, "set_alarm", want, v2) for i in range(4)]
+    outputs = ['{"action": "set_alarm", "time": "07:30"}', '{"action": "set_alarm", "time": "٧:٣٠"}', "not json",
+               '{"action": "set_alarm", "time": "07:35"}']
+    path = tmp_path / "run" / "outputs-test.jsonl"
+    result = evaluation(examples, outputs, path, declared=DECLARED)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["output"] for r in rows] == outputs and "طلب 0" in lines[0]  # Arabic stored unescaped
+    assert [(r["exact"], r["ast"], r["valid"]) for r in rows] == [(True, True, True), (False, True, True),
+                                                                  (False, False, False), (False, False, True)]
+    assert set(rows[0]) >= {"id", "split", "function", "dialect", "template", "request", "expected", "output", "exact", "ast"}
+    assert rows[1]["template"] == "set_alarm#c1" and rows[0]["expected"] == json.dumps(want)
+    assert ("template_seen" in rows[0]) is v2
+    assert result["outputs_file"] == "outputs-test.jsonl" and result["outputs_lines"] == 4
+    assert result["outputs_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not list(path.parent.glob("*.tmp"))
+    # The v1 keys other code reads, next to the new ones.
+    assert result["exact_match"] == 0.25 and result["ast_match"] == 0.5 and result["json_valid_rate"] == 0.75
+    assert [o["exact"] for o in result["outcomes"]] == [True, False, False, False]
+    assert len(result["failures"]["set_alarm"]) == 3 and len(result["samples"]) == 4 and result["dataset_fingerprint"]
+    assert result["ci"]["clusters"] == 2 and result["per_function_dialect"]["set_alarm"]["gulf"]["n"] == 4
+    assert (result["seen_unseen"] is not None) is v2
+    json.dumps(result)
+
+
+def test_without_outputs_path_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = evaluation([_example(0, "set_alarm", {"action": "set_alarm", "time": "07:30"}, False)], ["{}"], declared=DECLARED)
+    assert "outputs_file" not in result and not list(tmp_path.iterdir())
