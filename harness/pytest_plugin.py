@@ -64,7 +64,24 @@ def _apply_planted_fault(config) -> None:
     runs of this repository only), before any test module imports the libraries it patches."""
     fault_id = os.environ.get("HARNESS_FAULT")
     if fault_id:
-        load_fault_catalog(config.rootpath).BY_ID[fault_id].apply()
+        fault = load_fault_catalog(config.rootpath).BY_ID[fault_id]
+        if not getattr(fault, "child", False):  # a child-process fault is applied by that child
+            fault.apply()
+
+
+def apply_planted_fault_in_child() -> None:
+    """For the suite's child processes that run a library pytest never imports (llama-cpp-python, in a process of its
+    own): apply HARNESS_FAULT there when the fault is marked `child`. Outside a fault-injection run (no HARNESS_FAULT,
+    or no fault catalog beside this checkout) it does nothing."""
+    fault_id = os.environ.get("HARNESS_FAULT")
+    if not fault_id:
+        return
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "tests" / "faults" / "catalog.py").is_file():
+        return
+    fault = load_fault_catalog(root).BY_ID.get(fault_id)
+    if fault is not None and getattr(fault, "child", False):
+        fault.apply()
 
 
 def pytest_addoption(parser):
@@ -73,7 +90,7 @@ def pytest_addoption(parser):
                     help="model for claims that run on the real model (default: the embedded gemma3-270m)")
     group.addoption("--no-report", action="store_true", help="do not write reports/<run>/ (unit tests of the report itself)")
     group.addoption("--faults", action="store_true",
-                    help="also run the fault catalog (tests/faults: 31 planted regressions, each in its own pytest "
+                    help="also run the fault catalog (tests/faults: 41 planted regressions, each in its own pytest "
                          "process; ~8 min on 2 cores); without it those tests are deselected")
 
 

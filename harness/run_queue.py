@@ -1,10 +1,14 @@
-"""Subprocess runs queued on one GPU, `slots` at a time, from a background thread.
+"""Subprocess runs queued on the GPUs, `slots` at a time on each, from a background thread.
 
 A 270M model's training step is bound by kernel launches, not by the GPU, so several fine-tunes in
 their own processes share one GPU well (12 at once took ~10 min on an H200, against ~53 min one after
 another). The GPU tier queues its long runs here at session start and goes on with short probes
 meanwhile; a test that needs a run's result waits for it by name. A run whose folder already holds a
 complete run.json is not run again, so an interrupted tier resumes where it stopped.
+
+On a runner with several GPUs, `devices` places each run on one of them through CUDA_VISIBLE_DEVICES (the GPU
+with the most free slots, so the load spreads evenly): each GPU holds its own `slots` runs at once (or a
+per-GPU count: `devices={"0": 2, "1": 7}` where GPU 0 also hosts the foreground probes).
 """
 
 from __future__ import annotations
@@ -27,6 +31,20 @@ def complete(folder: Path) -> bool:
         return False
 
 
+def visible_devices() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (a child given one of these sees only it);
+    [] where there is none."""
+    named = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if named is not None:
+        return [d.strip() for d in named.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # no torch, no driver: no GPU
+        return []
+
+
 def shared_gpu_env(slots: int) -> dict:
     """Environment for runs sharing one GPU: about one CPU thread each (oversubscribed threads slowed 4 CPU runs
     on 2 cores ~10×), a smaller generation batch, and expandable segments so their memory packs together."""
@@ -44,14 +62,24 @@ class Run:
 class RunQueue:
     """Start queued runs `slots` at a time in a background thread; `wait(name)` or `wait_all()` for outcomes.
 
+    `devices`: GPU names (CUDA_VISIBLE_DEVICES values) with `slots` runs each, or {name: slots}; each run is started
+    with CUDA_VISIBLE_DEVICES set to one of them (recorded in `placed`). None: every run sees what this process sees.
     An outcome reads "complete in N s", "complete (earlier)" or "failed (…): <log tail>". Runs import this
     checkout's harness wherever pytest was started from.
     """
 
-    def __init__(self, slots: int, env: dict | None = None, desc: str = "runs", poll_seconds: float = 2.0):
+    def __init__(self, slots: int, env: dict | None = None, desc: str = "runs", poll_seconds: float = 2.0,
+                 devices: list[str] | dict[str, int] | None = None):
         # Fine-tunes take minutes: a 2 s poll costs nothing there; the unit tests poll faster.
-        self.slots, self.desc, self.poll_seconds = max(1, slots), desc, poll_seconds
+        if devices is not None and not isinstance(devices, dict):
+            devices = {str(d): max(1, slots) for d in devices}
+        self.devices = {str(d): n for d, n in devices.items() if n > 0} if devices else None
+        if devices is not None and not self.devices:
+            raise ValueError(f"no GPU slots in {devices!r}")
+        self.slots = sum(self.devices.values()) if self.devices else max(1, slots)
+        self.desc, self.poll_seconds = desc, poll_seconds
         self.env = {**os.environ, **shared_gpu_env(self.slots), **(env or {})}
+        self.placed: dict[str, str] = {}  # run name -> the GPU it ran on
         root = str(Path(__file__).resolve().parents[1])
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH")) if p)
         self.runs: list[Run] = []
@@ -82,7 +110,8 @@ class RunQueue:
     def _drive(self) -> None:
         todo = list(self.runs)
         running: dict[str, tuple[Run, subprocess.Popen, object]] = {}
-        bar = tqdm(total=len(todo), desc=f"{self.desc} ({self.slots} at a time)", unit="run")
+        where = f" over {len(self.devices)} GPUs" if self.devices else ""
+        bar = tqdm(total=len(todo), desc=f"{self.desc} ({self.slots} at a time{where})", unit="run")
         try:
             while (todo or running) and not self._stopping:
                 while todo and len(running) < self.slots:
@@ -90,8 +119,14 @@ class RunQueue:
                     run.folder.mkdir(parents=True, exist_ok=True)
                     log = open(run.folder / "log.txt", "w")
                     self.started[run.name] = time.time()
+                    env = self.env
+                    if self.devices:
+                        busy = {d: sum(self.placed.get(n) == d for n in running) for d in self.devices}
+                        device = max(self.devices, key=lambda d: self.devices[d] - busy[d])  # the most free slots
+                        self.placed[run.name] = device
+                        env = {**self.env, "CUDA_VISIBLE_DEVICES": device}
                     try:
-                        proc = subprocess.Popen(run.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+                        proc = subprocess.Popen(run.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
                     except OSError as exc:
                         log.close()
                         self._finish(run.name, f"failed to start: {exc}")

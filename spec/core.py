@@ -3,9 +3,9 @@
 A claim's check turns measurements into evidence and a verdict. Its recorded expectation is the
 verdict it should reach and bounds on its evidence. An outcome is a regression when the observed
 verdict differs from the recorded one or evidence leaves a bound; a claim the handbook gets wrong
-stays green as `corrected`/`refuted` while the truth holds still. Where repeated measurements of an
-experiment at the same versions straddle a decision threshold (seed noise), the expectation lists the
-verdicts seen, joined by "|"; the opposite direction still turns red.
+stays green as `corrected`/`refuted` while the truth holds still. Every claim records exactly one
+verdict per context: an experiment whose verdict moves with seed noise is underpowered, and its
+remedy is more seeds or items (spec/experiment_design.py), never a band of accepted verdicts.
 """
 
 from __future__ import annotations
@@ -121,12 +121,9 @@ class Claim:
         for name in (*self.context_bounds, *self.context_expected):
             context_of(name)
         for expected in (self.expected, *self.context_expected.values()):
-            assert all(v in VERDICTS for v in accepted(expected)), expected
-
-
-def accepted(expected: str) -> tuple[str, ...]:
-    """The verdicts a recorded expectation accepts: one, or alternatives joined by "|"."""
-    return tuple(expected.split("|"))
+            # One verdict: "a|b" bands (accepting either of two verdicts) are gone, as is "fail" (never recorded).
+            assert expected in VERDICTS and expected != "fail", (
+                f"{self.id}: recorded verdict {expected!r} is not one of {', '.join(v for v in VERDICTS if v != 'fail')}")
 
 
 @dataclass
@@ -142,7 +139,7 @@ class Outcome:
 
     @property
     def verdict_as_recorded(self) -> bool:
-        return self.verdict in accepted(self.expected)
+        return self.verdict == self.expected
 
     @property
     def regression(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from spec import experiment_design as X
 from spec.core import Claim, eq, ge, le, near, verdict_if
 
 SECTION = "1. LoRA"
@@ -86,18 +87,13 @@ def check_params(m: dict) -> tuple[str, dict]:
 
 
 def check_mlp_ablation(m: dict) -> tuple[str, dict]:
-    """m: runs = {"all": [exact per seed], "attention": [exact per seed]}, loss likewise."""
-    import statistics
-
-    full, attn = m["exact"]["all"], m["exact"]["attention"]
-    gap = statistics.mean(full) - statistics.mean(attn)
-    spread = max(statistics.pstdev(full), statistics.pstdev(attn), 0.01)
-    evidence = {"exact_all7": full, "exact_attention_only": attn, "mean_gap": round(gap, 4), "noise": round(spread, 4),
-                "loss_all7": m["loss"]["all"], "loss_attention_only": m["loss"]["attention"], "seeds": m["seeds"],
-                "n_seeds": len(m["seeds"])}
-    if gap > 2 * spread:
-        return "pass", evidence
-    return ("refuted" if gap < -2 * spread else "unsupported"), evidence
+    """m: harness.experiments.measurements()["LORA-MLP-ABLATION"]: per-item held-out outcomes of the handbook arm (all
+    7 targets) and attention_only per seed, and per-run facts. The effect is all 7 − attention-only (the handbook
+    expects > 0), judged by spec.experiment_design."""
+    stat, evidence = X.paired(m, +1, label="all 7 targets (handbook) − attention-only, held-out exact match")
+    X.floors(m, evidence, (m["treatment"], m["control"]))
+    evidence.update({f"val_loss_{arm}": m["runs"][arm]["val_loss"] for arm in (m["treatment"], m["control"])})
+    return X.claim_verdict(stat), evidence
 
 
 CLAIMS = [
@@ -147,15 +143,16 @@ CLAIMS = [
           {"gemma3-270m": (eq("trainable", 7_593_984), eq("total", 275_692_160), near("trainable_percent", 2.755, 0.0005))},
           sources=("derived: Σ r·(in+out) over the 126 adapted modules of Gemma 3 270M",)),
     Claim("LORA-MLP-ABLATION", SECTION, "gpu", "By targeting gate, up, and down (the MLP block), we ensure the model learns … what logic to use in the function parameters",
-          "experiment: all 7 targets vs attention-only, same data/steps/seeds: held-out exact match and loss", "pass",
-          check_mlp_ablation, (ge("n_seeds", 3),),
-          # Measured three times on an H200 (real Gemma 3 270M, Unsloth 2026.10.9, 600 steps, seeds 3407-3409,
-          # reports/examples/h200-2026-11-26*), exact match all 7 targets vs attention-only: [0.606, 0.478, 0.550] vs
-          # [0.484, 0.641, 0.566], [0.606, 0.478, 0.466] vs [0.694, 0.681, 0.544], [0.563, 0.622, 0.472] vs [0.566, 0.681,
-          # 0.563]: gaps -0.019, -0.123, -0.051 against refute thresholds (2 seed spreads) 0.128, 0.136, 0.123. No
-          # measurable benefit of adapting the MLP; attention-only came out ahead each time, once at 90% of the
-          # threshold. Seed noise (GPU kernels are not deterministic under concurrency) straddles that threshold, so
-          # both verdicts are recorded; `pass` (the MLP clearly helping) would be red.
-          {}, {"gpu": "unsupported|refuted"},
-          sources=("reports/examples/h200-2026-11-26/results-experiments-e2e1.json", "reports/examples/h200-2026-11-26-tier/results.json", "reports/examples/h200-2026-11-26-certify/results.json")),
+          "experiment: all 7 targets vs attention-only, same data/steps/seeds: paired held-out exact-match effect with "
+          "a 95% hierarchical-bootstrap CI (seeds × held-out combinations), δ = 3 points", "refuted",
+          check_mlp_ablation, X.floor_bounds(),
+          # PROVISIONAL until measured with this design (10 seeds, dataset v2; spec/experiment_design.py): re-recorded
+          # from the first GPU run. Recorded from the three stored H200 measurement sets (real Gemma 3 270M, Unsloth
+          # 2026.10.9, 600 steps, seeds 3407-3409, dataset v1, 320 items), exact match all 7 targets vs attention-only:
+          # [0.606, 0.478, 0.550] vs [0.484, 0.641, 0.566], [0.606, 0.478, 0.466] vs [0.694, 0.681, 0.544], [0.563, 0.622,
+          # 0.472] vs [0.566, 0.681, 0.563]; a fourth set (2026-11-27) 0.563/0.478/0.475 vs 0.694/0.681/0.628. Pooled (9 vs
+          # 9): attention-only − all 7 = +6.4 ± 3.3 points, so all 7 − attention-only < 0 → `refuted` (adapting the MLP
+          # did not help held-out exact match). At 10 seeds and a seed SD of ~3 points an effect of 6.4 points is
+          # decided in ~95% of reruns; `pass` (the MLP clearly helping) or an underpowered result is red.
+          sources=(X.PROVISIONAL, "reports/examples/h200-2026-11-26/results-experiments-e2e1.json", "reports/examples/h200-2026-11-26-tier/results.json", "reports/examples/h200-2026-11-26-certify/results.json")),
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 
 from harness.recipe import HANDBOOK
+from spec import experiment_design as X
+from spec.blind_spots import check_rows_special_tokens, check_rows_truncation
 from spec.core import Bound, Claim, eq, ge, le, verdict_if
 
 SECTION = "3. Responses only"
@@ -77,16 +79,16 @@ def check_loss(m: dict) -> tuple[str, dict]:
 
 
 def check_stability(m: dict) -> tuple[str, dict]:
-    """m: exact = {"masked": [per seed], "unmasked": [...]}; loss_spread = std over seeds of the answer-only val loss."""
-    masked, unmasked = m["exact"]["masked"], m["exact"]["unmasked"]
-    gap = statistics.mean(masked) - statistics.mean(unmasked)
-    noise = max(statistics.pstdev(masked), statistics.pstdev(unmasked), 0.01)
-    evidence = {"exact_masked": masked, "exact_unmasked": unmasked, "mean_gap": round(gap, 4), "noise": round(noise, 4),
-                "loss_spread_masked": m["loss_spread"]["masked"], "loss_spread_unmasked": m["loss_spread"]["unmasked"],
-                "val_loss": m.get("val_loss"), "seeds": m["seeds"], "n_seeds": len(m["seeds"])}
-    if gap > 2 * noise:
-        return "pass", evidence
-    return ("refuted" if gap < -2 * noise else "unsupported"), evidence
+    """m: harness.experiments.measurements()["MASK-STABILITY"]: per-item held-out outcomes of the handbook arm (masked)
+    and unmasked per seed, and per-run facts. The effect is masked − unmasked (the handbook expects > 0), judged by
+    spec.experiment_design; the answer-only validation loss and its spread over seeds are evidence."""
+    stat, evidence = X.paired(m, +1, label="masked (handbook) − unmasked, held-out exact match")
+    X.floors(m, evidence, (m["treatment"], m["control"]))
+    for arm in (m["treatment"], m["control"]):
+        losses = [v for v in m["runs"][arm]["val_loss"] if v is not None]
+        evidence[f"val_loss_{arm}"] = m["runs"][arm]["val_loss"]
+        evidence[f"val_loss_spread_{arm}"] = round(statistics.pstdev(losses), 4) if len(losses) > 1 else None
+    return X.claim_verdict(stat), evidence
 
 
 CLAIMS = [
@@ -143,15 +145,46 @@ CLAIMS = [
            Bound("unmasked_perturbation_loss_delta", ">", 0.0)),
           sources=("derived: mean cross-entropy over unmasked positions", "reports/examples/cpu-2026-11-27-epyc/results.json")),
     Claim("MASK-STABILITY", SECTION, "gpu", "This is critical for stabilizing the 270M model",
-          "experiment: masked vs unmasked training on the reference task, held-out exact match and loss spread", "pass",
-          check_stability, (ge("n_seeds", 3),),
-          # Measured three times on an H200 (real 270M, 600 steps, seeds 3407-3409), held-out exact match masked vs
-          # unmasked: [0.606, 0.478, 0.550] vs [0.722, 0.656, 0.709], [0.606, 0.478, 0.466] vs [0.644, 0.706, 0.609],
-          # [0.563, 0.622, 0.472] vs [0.725, 0.506, 0.709]: gaps -0.151, -0.137, -0.095 against thresholds (2 seed
-          # spreads) 0.105, 0.127, 0.199 → `refuted`, `refuted`, `unsupported` (one unmasked run at 0.506 widened the
-          # spread). Answer-only validation loss spread over seeds: masked 0.0018/0.0018/0.0010 vs unmasked
-          # 0.0002/0.0001/0.0000. Training on every token was never worse and always steadier; both verdicts are
-          # recorded, and `pass` (masking clearly better) would be red.
-          {}, {"gpu": "refuted|unsupported"},
-          sources=("reports/examples/h200-2026-11-26/results-experiments-e2e1.json", "reports/examples/h200-2026-11-26-tier/results.json", "reports/examples/h200-2026-11-26-certify/results.json")),
+          "experiment: masked vs unmasked training, same data/steps/seeds: paired held-out exact-match effect with a 95% "
+          "hierarchical-bootstrap CI (seeds × held-out combinations), δ = 3 points; answer-only val-loss spread", "refuted",
+          check_stability, X.floor_bounds(),
+          # PROVISIONAL until measured with this design (10 seeds, dataset v2; spec/experiment_design.py): re-recorded
+          # from the first GPU run. Recorded from the three stored H200 measurement sets (real 270M, 600 steps, seeds
+          # 3407-3409, dataset v1, 320 items), held-out exact match masked vs unmasked: [0.606, 0.478, 0.550] vs [0.722,
+          # 0.656, 0.709], [0.606, 0.478, 0.466] vs [0.644, 0.706, 0.609], [0.563, 0.622, 0.472] vs [0.725, 0.506, 0.709].
+          # Pooled (9 vs 9): unmasked − masked = +12.7 ± 3.2 points, so masked − unmasked < 0 → `refuted` (training on
+          # every token was never worse here; answer-only val-loss spread over seeds masked 0.0018/0.0018/0.0010 vs
+          # unmasked 0.0002/0.0001/0.0000). At 10 seeds an effect of 12.7 points is decided in every simulated rerun
+          # (seed SD ~3 points; 98% at a v1-like SD of 5.5); `pass` (masking clearly better) or underpowered is red.
+          sources=(X.PROVISIONAL, "reports/examples/h200-2026-11-26/results-experiments-e2e1.json", "reports/examples/h200-2026-11-26-tier/results.json", "reports/examples/h200-2026-11-26-certify/results.json")),
+]
+
+# Blind spots real bugs fell through (issue #15); their checks live in spec/blind_spots.py.
+CLAIMS += [
+    Claim("ROWS-SPECIAL-TOKENS", SECTION, "cpu",
+          'trainer = train_on_responses_only(trainer, instruction_part = "<start_of_turn>user\\n", response_part = "<start_of_turn>model\\n")',
+          "the rows the trainer holds after every library's preparation: one <bos>, first; the turn markers exactly as the "
+          "chat template renders them; no <eos> and nothing after the final <end_of_turn>\\n", "pass",
+          # Measured on the hf backend's trainer (TRL's SFTTrainer preparation of the backend's rows, recipe max_seq_length
+          # 512): dataset v1, all 3,200 training rows; dataset v2 (12,000 rows), the 128 longest + 128 spread over the
+          # split (256 rows): every row equal to the template rendered as text, 0 with a second <bos> or any <eos>, every
+          # row ending <end_of_turn>\n. A second <bos> from the chat tokenization (fault chat-template-double-bos, trl
+          # #1400's shape): 256 of 256 rows <bos> x2, none as the template.
+          check_rows_special_tokens, (eq("rows_bos_not_once", 0), eq("rows_not_starting_bos", 0), eq("rows_with_eos", 0),
+                                      eq("rows_not_as_template", 0), eq("rows_past_template_end", 0),
+                                      eq("complete_rows_not_ending_end_of_turn_newline", 0), eq("rows_marker_count_differs", 0),
+                                      ge("rows", 100)),
+          sources=("derived: the chat template rendered as text and tokenized without added special tokens (harness/row_facts.py)",)),
+    Claim("ROWS-TRUNCATION", SECTION, "cpu", 'it only "feels the pain" (loss) if it messes up the Arabic function call',
+          "no answer is lost to truncation: at the recipe's max_seq_length no row of the training split is cut or dropped, "
+          "and every row the trainer's dataloader feeds has a trained label", "pass",
+          # Measured on the hf backend's trainer: dataset v1, 3,200 training rows of 306-449 tokens (63 tokens of
+          # headroom under 512); dataset v2, 12,000 rows of 304-463 tokens (49 of headroom), the trainer built over the
+          # 128 longest + 128 spread: 0 over 512, 0 dropped, 0 cut, 0 of 12,001 trained tokens lost, 32 batches fed,
+          # 0 rows without a trained label. TRL truncating to 340 (fault trl-max-length-shrunk): 176 rows cut, 7,340
+          # answer tokens lost.
+          check_rows_truncation, (eq("rows_over_max_seq_length", 0), eq("rows_dropped", 0), eq("rows_cut", 0),
+                                  eq("trained_tokens_lost", 0), eq("rows_fed_without_trained_label", 0),
+                                  ge("conversations", 1000)),
+          sources=("derived: every row's template length against harness/recipe.py max_seq_length (tests/claims/test_trainer_rows.py)",)),
 ]

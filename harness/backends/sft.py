@@ -41,7 +41,13 @@ def sft_kwargs(recipe: Recipe, out_dir: Path, *, on_gpu: bool, report_to: str = 
     """Every SFTConfig value the run sets explicitly (what RECIPE-FIDELITY compares the trainer against)."""
     if gradient_checkpointing is None:
         gradient_checkpointing = bool(recipe.use_gradient_checkpointing) and on_gpu
+    clipping = {}
+    if recipe.max_grad_norm != 1.0:  # 1.0: TrainingArguments' default, left in place by the handbook (not passed)
+        # None = no clipping: transformers clips where max_grad_norm > 0 (None would fail that comparison) and logs the
+        # unclipped norm either way; a NaN/inf loss is logged as it is, not replaced by the running mean.
+        clipping = {"max_grad_norm": recipe.max_grad_norm or 0.0, "logging_nan_inf_filter": False}
     return dict(
+        **clipping,
         output_dir=str(out_dir), learning_rate=recipe.learning_rate, lr_scheduler_type=recipe.lr_scheduler_type,
         warmup_steps=recipe.warmup_steps, max_steps=recipe.max_steps,
         per_device_train_batch_size=recipe.per_device_train_batch_size, per_device_eval_batch_size=recipe.per_device_train_batch_size,

@@ -14,3 +14,6 @@ class Fault:
     expected_claim: str
     tests: tuple[str, ...]
     apply: Callable[[], None]
+    # True: the patch targets a library that runs only in a child process of the suite (llama-cpp-python, kept out of
+    # the pytest process): that child applies it (harness.pytest_plugin.apply_planted_fault_in_child), pytest does not.
+    child: bool = False

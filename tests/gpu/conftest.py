@@ -1,7 +1,8 @@
-"""The GPU tier's long fine-tunes start at session start, in the background, sharing the one GPU.
+"""The GPU tier's long fine-tunes start at session start, in the background, sharing the GPUs.
 
-The reference fine-tune (E2E) and the 12 experiment runs are subprocesses queued on a RunQueue as soon
-as the first GPU test runs; the short probes (NF4, LoRA, VRAM grid, checkpointing) go on meanwhile.
+The reference fine-tune (E2E) and the experiment runs (harness.experiments: 4 arms × 10 seeds + 2 unclipped
+arms × 5) are subprocesses queued on a RunQueue as soon as the first GPU test runs, spread over every visible
+GPU; the short probes (NF4, LoRA, VRAM grid, checkpointing) go on meanwhile, on the first GPU.
 Tests that read a run wait for it (E2E and its GGUF checks first, as E2E is queued first, then the
 experiments); the timings run last (`gpu_phase(3)`), once the GPU is idle again. Sharing leaves the memory figures exact (peak memory is counted per process) and
 the runs' step times meaningless as speed figures: the benchmarks in test_performance.py give those.
@@ -45,6 +46,23 @@ def _slots(items) -> int:
     return max(1, min(13, int((total_gib - reserve) // GIB_PER_RUN)))
 
 
+def _device_slots(items) -> dict[str, int] | None:
+    """On a runner with several GPUs: runs at once per GPU (the first also hosts the foreground probes, so it keeps
+    their reserve; the others hold as many runs as their memory does). None on one GPU."""
+    import torch
+
+    from harness.run_queue import visible_devices
+
+    devices = visible_devices()
+    if len(devices) < 2:
+        return None
+    if os.environ.get("HARNESS_GPU_PARALLEL"):
+        return {d: int(os.environ["HARNESS_GPU_PARALLEL"]) for d in devices}
+    total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    others = max(1, min(13, int((total_gib - 2) // GIB_PER_RUN)))
+    return {devices[0]: _slots(items), **{d: others for d in devices[1:]}}
+
+
 def _wanted(items) -> set[str]:
     return {name for item in items if not item.get_closest_marker("skip")
             for mark in item.iter_markers("uses_runs") for name in mark.args}
@@ -58,8 +76,8 @@ def gpu_runs(request, tmp_path_factory):
 
     items = request.session.items
     wanted = _wanted(items)
-    slots = _slots(items)
-    runs = GpuRuns(RunQueue(slots, desc="GPU tier fine-tunes"), slots)
+    queue = RunQueue(_slots(items), desc="GPU tier fine-tunes", devices=_device_slots(items))
+    runs = GpuRuns(queue, queue.slots)
     if wanted:
         model = str(request.getfixturevalue("gemma_dir"))
     if "e2e" in wanted:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.run_queue import RunQueue, complete
+from harness.run_queue import RunQueue, complete, visible_devices
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,6 +70,46 @@ def test_stop_kills_what_runs_and_records_why(tmp_path):
                                          "queued": "failed: stopped at the end of the session"}
 
 
+def _records_device(folder: Path, sleep: float) -> list[str]:
+    script = (f"import json, os, pathlib, time; t0 = time.time(); time.sleep({sleep}); "
+              f"pathlib.Path({str(folder)!r}, 'run.json').write_text(json.dumps({{'complete': True, "
+              f"'device': os.environ.get('CUDA_VISIBLE_DEVICES'), 'start': t0, 'end': time.time()}}))")
+    return [sys.executable, "-c", script]
+
+
+def test_runs_spread_over_gpus_one_gpu_each(tmp_path):
+    """devices: each run is started with CUDA_VISIBLE_DEVICES set to one GPU, the one with the most free slots: 6 runs
+    over GPUs "0" (2 slots) and "3" (1 slot) run 3 at once, never more than a GPU's slots on it at a time."""
+    queue = RunQueue(1, desc="test", poll_seconds=0.05, devices={"0": 2, "3": 1})
+    assert queue.slots == 3
+    for i in range(6):
+        queue.add(f"r{i}", tmp_path / f"r{i}", _records_device(tmp_path / f"r{i}", 0.6))
+    outcomes = queue.start().wait_all(timeout=60)
+    assert all(o.startswith("complete") for o in outcomes.values()), outcomes
+    runs = {name: json.loads((tmp_path / name / "run.json").read_text()) for name in outcomes}
+    assert {name: r["device"] for name, r in runs.items()} == queue.placed
+    assert sorted(queue.placed.values()).count("0") >= 3 and "3" in queue.placed.values()
+    for device, slots in (("0", 2), ("3", 1)):
+        mine = [r for r in runs.values() if r["device"] == device]
+        for r in mine:  # at r's start, how many runs of the same GPU were going (itself included)
+            assert sum(o["start"] <= r["start"] < o["end"] for o in mine) <= slots
+
+
+def test_one_gpu_or_none_leaves_cuda_visible_devices_alone(tmp_path, monkeypatch):
+    """Without devices, a run sees what the parent sees; visible_devices() reads CUDA_VISIBLE_DEVICES."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    queue = RunQueue(2, desc="test", poll_seconds=0.05)
+    queue.add("plain", tmp_path / "plain", _records_device(tmp_path / "plain", 0.0))
+    queue.start().wait_all(timeout=30)
+    assert json.loads((tmp_path / "plain" / "run.json").read_text())["device"] is None and queue.placed == {}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert visible_devices() == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert visible_devices() == []
+    with pytest.raises(ValueError, match="no GPU slots"):
+        RunQueue(1, devices=[])
+
+
 def test_gpu_tests_run_in_phase_order():
     """Collected GPU tests: short probes first, then those waiting for background runs, then the timings."""
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "--no-report",
@@ -77,8 +117,8 @@ def test_gpu_tests_run_in_phase_order():
     ids = [line for line in out.stdout.splitlines() if "::" in line]
     assert ids, out.stdout + out.stderr
     first = {name: next(i for i, nid in enumerate(ids) if name in nid) for name in
-             ("test_gc_vram_grid", "test_experiments_over_three_seeds", "test_reference_finetune_end_to_end",
+             ("test_gc_vram_grid", "test_experiment_claims", "test_reference_finetune_end_to_end",
               "test_training_step_time")}
-    assert first["test_gc_vram_grid"] < first["test_experiments_over_three_seeds"] < first["test_training_step_time"]
-    assert first["test_gc_vram_grid"] < first["test_reference_finetune_end_to_end"] < first["test_experiments_over_three_seeds"]
+    assert first["test_gc_vram_grid"] < first["test_experiment_claims"] < first["test_training_step_time"]
+    assert first["test_gc_vram_grid"] < first["test_reference_finetune_end_to_end"] < first["test_experiment_claims"]
     assert "test_performance" in ids[-1]

@@ -1,0 +1,48 @@
+"""The GPU side of issue #15's blind spots: a serialized 4-bit model on CUDA (NF4-SERIALIZED), and Unsloth's
+checkpointing fallback at the recipe's max_seq_length boundary, 511 / 512 / 513 (GC-FALLBACK-BOUNDARY)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.claim("NF4-SERIALIZED")
+def test_a_saved_4bit_model_reloads_identically_on_cuda(gemma_dir, tokenizer, tmp_path, certify):
+    """The embedded 270M loaded in 4-bit on the GPU (bitsandbytes' CUDA kernels), save_pretrained, from_pretrained:
+    packed codes, quant states, dequantized weights and the logits of one prompt identical."""
+    from harness.quant_serialize import serialize_facts
+
+    prompt = list(tokenizer.apply_chat_template([{"role": "user", "content": "شغل المنبه الساعة ٧"}],
+                                                add_generation_prompt=True, return_dict=True)["input_ids"])
+    certify("NF4-SERIALIZED", serialize_facts(gemma_dir, tmp_path / "gemma-4bit", device_map={"": 0}, prompt_ids=prompt),
+            "gpu")
+
+
+def _checkpoint_probe(model, max_seq_length: int) -> dict:
+    """harness.gpu_probe checkpoint in a fresh process (Unsloth patches torch globally, once per process)."""
+    proc = subprocess.run([sys.executable, "-m", "harness.gpu_probe", "checkpoint", "--model", str(model),
+                           "--max-seq-length", str(max_seq_length)], capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ))
+    if proc.returncode != 0:
+        raise AssertionError(f"checkpoint probe at {max_seq_length} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.claim("GC-FALLBACK-BOUNDARY")
+def test_unsloth_checkpointing_at_the_recipes_max_seq_length(perf_model, certify):
+    """max_seq_length 511, 512 (the recipe's) and 513: which checkpoint function the unsloth mode installs and what the
+    decoder layers call."""
+    from harness.recipe import HANDBOOK
+
+    probes = {n: _checkpoint_probe(perf_model[1], n) for n in (HANDBOOK.max_seq_length - 1, HANDBOOK.max_seq_length,
+                                                                HANDBOOK.max_seq_length + 1)}
+    certify("GC-FALLBACK-BOUNDARY", {"recipe_max_seq_length": HANDBOOK.max_seq_length, "model": perf_model[0],
+                                     "functions": {str(n): p["checkpoint_function"] for n, p in probes.items()},
+                                     "layer_functions": {str(n): p.get("layer_checkpoint_functions") for n, p in probes.items()},
+                                     "errors": {str(n): p.get("errors") for n, p in probes.items() if p.get("errors")}},
+            "gpu")
