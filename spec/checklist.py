@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from harness.recipe import HANDBOOK
+from spec.blind_spots import check_eos, check_prompt_text, check_sliding_window
 from spec.core import Claim, eq, ge, le, verdict_if
 
 SECTION = "5. Checklist and pipeline"
@@ -47,11 +48,10 @@ def check_overfit(m: dict) -> tuple[str, dict]:
                          "the validation loss rising above it (the train–validation gap), which the handbook's rule does not look at")
     if "detector_cases" in m:
         return verdict_if(m["detector_errors"] == 0 and m["detector_cases"] > 0, "corrected"), evidence
-    # The run: train loss reaches the rule's 0.001 while validation loss stays as low, i.e. low train loss
-    # without overfitting. If validation rose above train (a real overfit) or training did not get low, it moved.
+    # The run: low train loss without validation rising far above it. How low and how far are the claim's bounds
+    # per context (they depend on the dataset: v1's 0.005/0.003 were copied here once and went stale with v2).
     measured = all(isinstance(m.get(k), (int, float)) for k in ("train_loss_final", "val_loss", "gap"))
-    ok = measured and m["train_loss_final"] <= 0.005 and m["gap"] <= 0.003
-    return verdict_if(ok, "corrected"), evidence
+    return verdict_if(measured, "corrected"), evidence
 
 
 PAIRED_ALPHA = 0.01  # one-sided exact McNemar: fewer prompts right than the recorded run, beyond chance
@@ -128,11 +128,17 @@ CLAIMS = [
     Claim("CHECK-OVERFIT", SECTION, "both", "If train/loss is flat at 0.001, you are overfitting. Lower LR to 5e-4.",
           "the plateau detector on synthetic curves; the reference run: train loss at ~0.001 with validation as low (no overfit)", "corrected",
           check_overfit, (),
-          # gpu: seven recorded Unsloth runs (reports/examples/*/run-unsloth-e2e*.json, H100/H200): final train loss
-          # 2.7e-4..1.04e-3, validation 8.2e-4..1.57e-3, gap 4.1e-4..9.5e-4; none flat by the detector. Bounds at ~3×
-          # the worst recorded: validation rising above train by 0.003 is an overfit the handbook's rule would miss.
+          # gpu, dataset v1: seven recorded Unsloth runs (reports/examples/*/run-unsloth-e2e*.json, H100/H200): final
+          # train loss 2.7e-4..1.04e-3, validation 8.2e-4..1.57e-3, gap 4.1e-4..9.5e-4; none flat by the detector.
+          # Dataset v2 (issue #16) changed what these losses measure: v1's validation reused the training templates
+          # and values (its loss said nothing); v2's validation holds out its own combinations and values, and its
+          # training rows are 12,000 compositional requests instead of 3,200 from 61 templates. The one v2 run (H100
+          # 2026-11-28, reports/examples/h100-2026-11-28-dataset-v2/run-unsloth-finetune.json): final train loss
+          # 7.4e-3, validation 0.044, gap 0.037, not flat. Bounds at ~3× the v2 run, as they were at ~3× v1's worst:
+          # validation rising above train by 0.12 (3× today's generalization gap) is an overfit the handbook's rule
+          # would miss.
           {"synthetic": (eq("detector_errors", 0), ge("detector_cases", 20)),
-           "gpu": (le("train_loss_final", 0.005), le("val_loss", 0.005), le("gap", 0.003))},
+           "gpu": (le("train_loss_final", 0.025), le("val_loss", 0.15), le("gap", 0.12))},
           sources=("reports/examples/*/run-unsloth-e2e*.json", "derived: synthetic curves (tests/claims/test_checklist.py)")),
     Claim("CHECK-OUTPUT", SECTION, "gpu", 'If it outputs {"action": "..."} but the content is wrong, you need more data',
           "held-out Arabic prompts: valid JSON with an action key; exact match per function and overall; paired test vs the recorded run", "unsupported",
@@ -149,8 +155,15 @@ CLAIMS = [
           # (harness.output_baseline: one-sided exact McNemar against the recorded run's per-prompt outcomes) needs a
           # baseline recorded for the dataset in use; none is recorded for dataset v1 (GPU noise above moves 12 points
           # between reruns): it is recorded with dataset v2.
-          {"gpu": (ge("json_valid_rate", 0.8), ge("exact_match", 0.35), eq("paired_regression", False))},
-          sources=("reports/examples/h100-2026-11-25/results-gpu-tier.json", "reports/examples/h100-2026-11-26/results-gpu-tier.json", "reports/examples/h200-2026-11-26-tier/results.json", "reports/examples/h200-2026-11-26-certify/results.json")),
+          # Dataset v2 (issue #16: 2,240 held-out items over 224 held-out combinations): H100 2026-11-28, seed 3407,
+          # exact match 0.919 (95% cluster-bootstrap CI 0.898-0.940), valid JSON 1.000, action accuracy 1.000; the
+          # errors are copies of held-out value words (cities 0.59/0.66, names, message heads; per-slot analysis in
+          # reports/examples/h100-2026-11-28-dataset-v2). The v1 floors (0.8 / 0.35) belonged to v1's test and slept
+          # on v2's; tightened for the new test: valid JSON ≥ 0.95 and exact match ≥ 0.85 (the CI's low end less a
+          # margin for GPU run-to-run noise, not yet measured on v2); the paired McNemar test against that run's
+          # per-item outcomes (spec/baselines/check-output-46932a64a29a2f56.json) catches smaller moves.
+          {"gpu": (ge("json_valid_rate", 0.95), ge("exact_match", 0.85), eq("paired_regression", False))},
+          sources=("reports/examples/h100-2026-11-28-dataset-v2/run-unsloth-finetune.json", "reports/examples/h100-2026-11-25/results-gpu-tier.json", "reports/examples/h100-2026-11-26/results-gpu-tier.json", "reports/examples/h200-2026-11-26-tier/results.json", "reports/examples/h200-2026-11-26-certify/results.json")),
     Claim("GGUF-Q8-EXPORT", SECTION, "both", 'model.save_pretrained_gguf(..., quantization_method = "Q8_0")',
           "a GGUF whose 2-D weights are Q8_0 (34-byte blocks of 32, fp16 scale), norms F32, metadata complete", "pass",
           check_q8_export, (eq("metadata_missing", []), eq("block_bytes", 34)),
@@ -199,8 +212,13 @@ CLAIMS = [
           # merged vs trained 0.0111 (bf16 rounding), base vs trained 1.352, ratio 122 (reports/examples/
           # cpu-2026-11-27-epyc; the same with the test file alone since the hf backend seeds its LoRA init: unseeded,
           # the file alone measured 0.0152 / 1.404 / 93); top-1 agreement 0.986 (a random model's near-ties). A merge that drops the adapter measures 1.43 vs the trained model (ratio 1). On the GPU
-          # the record holds the same measurement (Unsloth's merged folder vs its 4-bit adapter model); its bounds are
-          # recorded once a GPU run has measured them (issue: real-bug blind spots).
+          # the record holds the same measurement (Unsloth's merged folder vs its 4-bit adapter model). First GPU
+          # reading (H100 2026-11-28, dataset v2, reports/examples/h100-2026-11-28-dataset-v2): merged vs trained
+          # 17.5, base vs trained 88.0 (ratio 5.0, under this claim's 10), top-1 agreement 0.877 over 2,588 positions:
+          # Unsloth's merged_16bit does not reproduce the 4-bit model that was trained and evaluated (the 16-bit merge
+          # is, by its reading, W16 + s·B·A while training saw NF4(W16) + s·B·A). Whether that costs held-out accuracy
+          # is not measured yet (the export's own held-out score, issue #15 spot 1); GPU bounds wait for it, the tier
+          # stays cpu.
           {"tiny": (le("merged_vs_trained_max_abs", 0.05),)},
           sources=("reports/examples/cpu-2026-11-27-epyc/results.json",)),
     Claim("E2E-REFERENCE", SECTION, "both", "This guide maps the mathematical theory directly to the code snippets you are using in your training script.",
@@ -208,7 +226,53 @@ CLAIMS = [
           check_e2e, (eq("missing_figures", []), eq("export_recorded", True)),
           # gpu: seven recorded Unsloth runs (600 steps) cut the mean loss of the first 10 steps by 2465..9534× by
           # the last 10 (reports/examples/*/run-unsloth-e2e*.json): bound at 1000×. tiny: see TINY_LOSS_DROP.
-          {"gpu": (ge("loss_drop_factor", 1000.0), ge("steps", HANDBOOK.max_steps)),
+          # Dataset v2's 12,000 compositional rows end higher (last-10 loss 7.4e-3 from 2.55: 345×, H100 2026-11-28);
+          # the bound keeps v1's rule (about a third of the lowest recorded drop): 100×.
+          {"gpu": (ge("loss_drop_factor", 100.0), ge("steps", HANDBOOK.max_steps)),
            "tiny": (ge("loss_drop_factor", TINY_LOSS_DROP),)},
           sources=("reports/examples/*/run-unsloth-e2e*.json", "reports/examples/cpu-2026-11-27-epyc/results.json")),
+]
+
+# Blind spots real bugs fell through (issue #15); their checks live in spec/blind_spots.py.
+CLAIMS += [
+    Claim("GGUF-PROMPT-TEXT", SECTION, "cpu", 'Export: Use model.save_pretrained_gguf(..., quantization_method = "Q8_0")',
+          "from TEXT, through the GGUF's own chat template (llama-cpp-python's chat handler), llama.cpp builds the prompt ids "
+          "HF's chat template gives: one <bos>, never <bos><bos>", "pass",
+          # Measured on tiny's exports (this project's exporter and llama.cpp's converter, Unsloth's path), 8 held-out
+          # prompts: 0 differing, 1 <bos> each; the HF-rendered string with no special tokens added: 0 differing; the
+          # same string with the special tokens the GGUF adds (add_bos true): <bos><bos> (recorded, not bounded: the
+          # llama.cpp #15086 mechanism). The chat handler adding <bos> again (fault llama-chat-double-bos): 8 of 8
+          # differ, 2 <bos>.
+          check_prompt_text, (eq("chat_template_prompts_differing", 0), eq("chat_template_bos_total", [1]),
+                              eq("gguf_has_chat_template", True), ge("prompts", 8)),
+          sources=("derived: HF apply_chat_template(add_generation_prompt=True) ids",)),
+    Claim("GGUF-EOS", SECTION, "cpu", 'Export: Use model.save_pretrained_gguf(..., quantization_method = "Q8_0")',
+          "the export's end-of-generation tokens are Gemma 3's: eos <eos> (1) in the GGUF, and llama.cpp, from a text prompt "
+          "with no stop ids passed, ends generation at <end_of_turn> (106) and at <eos>, never at a plain token", "pass",
+          # Measured on tiny's exports (this project's exporter and llama.cpp's converter): tokenizer.ggml.eos_token_id 1,
+          # bos 2, no eot_token_id key (llama.cpp finds <end_of_turn> by its text: llama_vocab_eot 106); end-of-generation
+          # set among <pad> <eos> <bos> <start_of_turn> <end_of_turn> "\n": [1, 106]; a forced <end_of_turn> or <eos>
+          # ends a chat completion with 0 tokens, a forced "\n" runs to max_tokens. The exporter writing <end_of_turn>
+          # as eos (fault gguf-eos-rewritten, unsloth #5386's shape): eos 106, <eos> no longer stops. Not bounded here:
+          # the checkpoint's generation_config.json lists eos 1 only (the embedded base model's), so transformers'
+          # generate and servers reading it stop at <end_of_turn> only when told (the suite passes it explicitly).
+          check_eos, (eq("gguf_eos_token_id", 1), eq("eog_ids", [1, 106]), eq("stops_at_end_of_turn", True),
+                      eq("stops_at_eos", True), eq("control_newline_stops", False)),
+          sources=("derived: Gemma 3's <eos> = 1 and <end_of_turn> = 106 (harness/recipe.py EOS_ID, END_OF_TURN_ID)",)),
+    Claim("GGUF-SLIDING-WINDOW", SECTION, "cpu", 'Export: Use model.save_pretrained_gguf(..., quantization_method = "Q8_0")',
+          "past Gemma 3's 512-token sliding window (a ~1,500-token prompt) llama.cpp's next-token logits still match "
+          "transformers' as closely as inside it; opening the window moves them far more", "pass",
+          # Measured on the embedded 270M (float32 in transformers vs its Q8_0 export in llama.cpp), a chat of held-out
+          # exchanges, every 25th position, over HF's top-20 ids. Dataset v1 (1,515 tokens): inside the window top-1 1.0
+          # (20 positions), max |Δlogit| 0.72, median 0.26; past it top-1 0.875 (35/40), max 2.34, median 0.42. Dataset
+          # v2 (1,507 tokens): inside 1.0, 0.60, 0.34; past it 0.95 (38/40), 1.05, 0.40. HF with the window opened (rope
+          # and weights unchanged): 0.0 inside; past it median 10.0 / 13.0, max 22.0 / 27.5, top-1 changed at 67.5% /
+          # 77.5%. llama.cpp against HF windows of 511/512/513 (v1): medians 0.449/0.420/0.418 (no off-by-one).
+          # transformers losing the window (fault gemma3-window-lost, v1): past it top-1 0.2, median 11.9; inside
+          # unchanged.
+          check_sliding_window, (ge("positions_past_window", 30), ge("top1_agreement_past_window", 0.75),
+                                 le("median_logit_diff_past_window", 1.0), le("max_logit_diff_past_window", 5.0),
+                                 ge("window_effect_median_past_window", 3.0), le("window_effect_max_within_window", 1e-4),
+                                 eq("gguf_sliding_window", 512)),
+          sources=("derived: transformers float32 reference, measured in tests/slow/test_sliding_window_270m.py",)),
 ]

@@ -21,6 +21,24 @@ def outcome(claim_id, measurements, context="gpu"):
     return evaluate(spec.CLAIMS[claim_id], measurements, context)
 
 
+# Runs of `harness finetune` outside the GPU tier (e.g. --no-base-eval): replayed for the claims their record feeds,
+# not for E2E-REFERENCE (which requires the tier's base-model evaluation).
+FINETUNE_RECORDS = sorted((ROOT / "reports" / "examples").glob("*/run-unsloth-finetune*.json"))
+
+
+@pytest.mark.parametrize("path", FINETUNE_RECORDS, ids=lambda p: p.parent.name + "/" + p.stem)
+def test_finetune_records_are_green(path):
+    record = json.loads(path.read_text())
+    for claim_id, facts in (("CHECK-OVERFIT", record_facts.overfit(record)), ("LR-COSINE", record_facts.lr(record))):
+        assert not outcome(claim_id, facts).regression, outcome(claim_id, facts).explain()
+    fed = record["masking_in_batches"]
+    facts = {**record["mask_check"], "batches_fed": fed["batches"],
+             "masked_positions_trained_in_batches": fed["contributing_masked"] + fed["masked_trainable"]}
+    assert not outcome("MASK-USER-TURNS", facts).regression, outcome("MASK-USER-TURNS", facts).explain()
+    e2e = outcome("E2E-REFERENCE", {**record_facts.e2e(record, "gemma3-270m", "unsloth"), "missing_figures": []})
+    assert "loss_drop_factor" not in " ".join(e2e.violations), e2e.explain()
+
+
 @pytest.fixture(params=RECORDS, ids=lambda p: p.parent.name + "/" + p.stem)
 def record(request):
     data = json.loads(request.param.read_text())
@@ -61,10 +79,10 @@ def test_a_trainer_that_stops_learning_fails_e2e(record):
 
 
 def test_an_overfitting_run_fails_check_overfit(record):
-    """Real change: validation loss rises above train (e.g. a data leak removed, 10× the steps)."""
+    """Real change: validation loss rises far above train (10× the steps on dataset v2 would; v2 today: gap 0.037, val 0.044)."""
     over = copy.deepcopy(record)
-    over["overfit"]["gap"] = 0.05
-    over["overfit"]["val_loss"] = over["overfit"]["train_loss_final"] + 0.05
+    over["overfit"]["gap"] = 0.3
+    over["overfit"]["val_loss"] = over["overfit"]["train_loss_final"] + 0.3
     assert outcome("CHECK-OVERFIT", record_facts.overfit(over)).regression
 
 
@@ -94,21 +112,21 @@ def test_a_new_silent_default_fails_fidelity(record):
 
 
 def _eval(exact: list[bool]) -> dict:
-    return {"prompts": len(exact), "json_valid_rate": 0.95, "action_rate": 0.95, "exact_match": sum(exact) / len(exact),
+    return {"prompts": len(exact), "json_valid_rate": 1.0, "action_rate": 1.0, "exact_match": sum(exact) / len(exact),
             "per_function": {}, "goal_exact_match": 0.95}
 
 
 def test_mcnemar_flags_a_paired_drop_that_floors_miss():
-    """Real change: 40 prompts the recorded run got right are now wrong (10 gained): exact match 0.62 → 0.53,
-    still above the 0.35 floor; the paired test sees it."""
-    base = {f"p{i}": i < 200 for i in range(320)}
+    """Real change on dataset v2's 2,240 items: 90 items the recorded run got right are now wrong (20 gained): exact
+    match 0.938 → 0.906, still above the 0.85 floor; the paired test sees it."""
+    base = {f"p{i}": i < 2100 for i in range(2240)}
     now = dict(base)
-    for i in range(40):
+    for i in range(90):
         now[f"p{i}"] = False
-    for i in range(200, 210):
+    for i in range(2100, 2120):
         now[f"p{i}"] = True
     paired = output_baseline.mcnemar(base, now)
-    assert (paired["worse"], paired["better"]) == (40, 10) and paired["p_value"] < 1e-4
+    assert (paired["worse"], paired["better"]) == (90, 20) and paired["p_value"] < 1e-4
     assert outcome("CHECK-OUTPUT", {**_eval(list(now.values())), "paired": paired}).regression
     same = output_baseline.mcnemar(base, base)
     assert not outcome("CHECK-OUTPUT", {**_eval(list(base.values())), "paired": same}).regression
@@ -116,9 +134,9 @@ def test_mcnemar_flags_a_paired_drop_that_floors_miss():
 
 def test_noise_alone_is_not_a_paired_regression():
     """Discordant pairs in both directions (12 lost, 9 gained): p ≈ 0.33, no regression."""
-    paired = {"pairs": 320, "worse": 12, "better": 9, "p_value": output_baseline.binomial_tail(12, 21)}
+    paired = {"pairs": 2240, "worse": 12, "better": 9, "p_value": output_baseline.binomial_tail(12, 21)}
     assert 0.3 < paired["p_value"] < 0.4
-    assert not outcome("CHECK-OUTPUT", {**_eval([True] * 200 + [False] * 120), "paired": paired}).regression
+    assert not outcome("CHECK-OUTPUT", {**_eval([True] * 2060 + [False] * 180), "paired": paired}).regression
 
 
 def test_baseline_is_recorded_only_with_a_reason(tmp_path, monkeypatch):
