@@ -215,8 +215,10 @@ CLAIMS = [
           # the record holds the same measurement (Unsloth's merged folder vs its 4-bit adapter model). First GPU
           # reading (H100 2026-11-28, dataset v2, reports/examples/h100-2026-11-28-dataset-v2): merged vs trained
           # 17.5, base vs trained 88.0 (ratio 5.0, under this claim's 10), top-1 agreement 0.877 over 2,588 positions:
-          # Unsloth's merged_16bit does not reproduce the 4-bit model that was trained and evaluated (the 16-bit merge
-          # is, by its reading, W16 + s·B·A while training saw NF4(W16) + s·B·A). Whether that costs held-out accuracy
+          # Unsloth's merged_16bit does not reproduce the 4-bit model that was trained and evaluated: for a 16-bit
+          # source loaded with load_in_4bit (on-the-fly QLoRA, as here) merge_and_overwrite_lora folds the adapter into
+          # the pristine W16 while training saw dequant(W4), adding the quantization error q = W16 − dequant(W4)
+          # (unsloth-zoo PR #810 describes this and special-cases Falcon-H1 only). Whether that costs held-out accuracy
           # is not measured yet (the export's own held-out score, issue #15 spot 1); GPU bounds wait for it, the tier
           # stays cpu.
           {"tiny": (le("merged_vs_trained_max_abs", 0.05),)},
