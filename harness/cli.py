@@ -1,4 +1,4 @@
-"""`python -m harness ...`: materialize, tokenize, finetune, experiments, certify, doctor, catalog, export-gguf, verify-gguf, compare-gguf, llama-cpp, diff, bundle."""
+"""`python -m harness ...`: materialize, tokenize, finetune, experiments, certify, doctor, catalog, export-gguf, verify-gguf, compare-gguf, llama-cpp, diff, matrix, bundle."""
 
 from __future__ import annotations
 
@@ -186,6 +186,12 @@ def cmd_diff(args) -> int:
     return diff_main(args.old, args.new, html_out=args.html)
 
 
+def cmd_matrix(args) -> int:
+    from harness.matrix import matrix_main
+
+    return matrix_main(args.legs, out=args.out, keep_order=args.keep_order, rtol=args.rtol)
+
+
 def cmd_experiments(args) -> int:
     """Run the experiment arms (resuming complete ones), then judge the three experiment claims."""
     import spec
@@ -317,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("new")
     s.add_argument("--html", help="also write the diff as an HTML file")
     s.set_defaults(func=cmd_diff)
+
+    s = sub.add_parser("matrix", help="claims × version legs on one page (HTML + JSON): per upgrade step, safe or what moved")
+    s.add_argument("legs", nargs="+", help="each leg's report folder (reports/<leg>), run folder or results.json")
+    s.add_argument("--out", default="reports/matrix", help="writes matrix.html and matrix.json here")
+    s.add_argument("--keep-order", action="store_true", help="columns in the order given (default: by versions)")
+    s.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance for evidence figures (GPU timings: 0.05)")
+    s.set_defaults(func=cmd_matrix)
 
     s = sub.add_parser("bundle", help="build an offline wheelhouse of the GPU extra for an air-gapped runner")
     s.add_argument("--python", default="3.12")

@@ -54,6 +54,7 @@ def environment(command: str | None = None) -> dict:
     return {
         "python": platform.python_version(), "platform": platform.platform(), "gpu": gpu, "packages": packages,
         **provenance(), "command": command or " ".join(sys.argv), "cpu_count": os.cpu_count(),
+        "leg": os.environ.get("HARNESS_LEG"),  # the version leg (tox env) this run belongs to: `harness matrix` columns
     }
 
 

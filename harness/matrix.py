@@ -1,0 +1,372 @@
+"""`python -m harness matrix LEG...`: claims × version legs on one page, and what each upgrade step moved.
+
+A user runs this suite before upgrading unsloth, trl or transformers; one leg (a tox env, README "Release
+matrix") is one set of versions. This page puts the legs side by side so that an upgrade step reads as either
+"safe for what the suite covers" or the claims whose verdict or evidence changed, with old → new figures.
+
+Each LEG argument is a leg's report folder (`reports/<leg>`, or a CI artifact of it), a run folder, or a
+results.json. A leg that could not be installed has no results.json: it is a column marked so, never dropped.
+`leg.json` in the leg's folder ({"leg", "pins", "install_error"}; written by `python -m harness.matrix
+record-leg`) names the leg and says why it could not be installed.
+
+Stdlib only (the CI job that builds the page installs no suite, only the CLI's tqdm), and deterministic: the
+same inputs give the same bytes (no timestamps, no paths of this machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from html import escape
+from pathlib import Path
+
+SCHEMA = 1
+LEG_FILE = "leg.json"
+NOT_INSTALLED = "could not be installed"
+SAFE = "safe for what the suite covers"
+REL_TOLERANCE = 1e-6  # as `harness diff`: CPU legs are deterministic (scripts/repeatability.sh)
+# Column order (unless --keep-order): these packages' versions, compared in this order; an absent one sorts first, so
+# CPU legs (no unsloth) come before GPU legs. Each is pinned in every constraints/<leg>.txt that a leg which did not
+# install is ordered by (unsloth_zoo is not: tox installs it apart).
+ORDER_PACKAGES = ("unsloth", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers",
+                  "torch")
+ABSENT = object()  # an evidence figure one leg has and the other does not
+
+
+# --- loading legs -------------------------------------------------------------------------------------------
+
+
+def _results(path: Path) -> dict | None:
+    """results.json at path, path/results.json, path/latest/results.json, else the newest run folder's (a CI
+    artifact may have lost the `latest` symlink); None where there is none."""
+    candidates = [path, path / "results.json", path / "latest" / "results.json"]
+    if path.is_dir():
+        candidates += sorted(path.glob("*/results.json"), reverse=True)  # run ids start with a UTC timestamp
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except ValueError:
+                return None
+    return None
+
+
+def _folder_name(path: Path) -> str:
+    """The fallback leg name: the folder's (`latest` → its parent's), or a results file's own ("control-results.json")."""
+    if path.suffix == ".json" and path.stem != "results":
+        return path.stem.removesuffix("-results")
+    folder = path.parent if path.suffix == ".json" else path
+    return folder.parent.name if folder.name == "latest" else folder.name
+
+
+def load_leg(path: str | Path) -> dict:
+    """One column: name, versions, hardware, and either the results or why the leg could not be installed."""
+    path = Path(path)
+    folder = path.parent if path.suffix == ".json" else path
+    record = {}
+    for candidate in (folder / LEG_FILE, folder.parent / LEG_FILE):
+        if candidate.is_file():
+            record = json.loads(candidate.read_text())
+            break
+    data = None if record.get("install_error") else _results(path)
+    env = (data or {}).get("environment") or {}
+    name = record.get("leg") or env.get("leg") or _folder_name(path)
+    leg = {"name": name, "installed": data is not None, "pins": record.get("pins") or {},
+           "versions": env.get("packages") or record.get("pins") or {}}
+    if data is None:
+        leg["install_error"] = record.get("install_error") or f"no results.json in {_folder_name(path)}"
+        leg["hardware"] = None
+        return leg
+    gpu = env.get("gpu")
+    leg.update(hardware=gpu.get("name", "gpu") if isinstance(gpu, dict) else "cpu", run=data.get("run"),
+               complete=bool(data.get("complete")), git_commit=env.get("git_commit"), claims=data.get("claims") or [])
+    return leg
+
+
+def _version_key(version: str | None) -> tuple[int, ...]:
+    """Numeric parts of a version ("2.13.0+cpu" → (2, 13, 0)); enough to order releases of one package."""
+    return tuple(int(n) for n in re.findall(r"\d+", (version or "").split("+")[0]))
+
+
+def order_legs(legs: list[dict]) -> list[dict]:
+    """By the versions of ORDER_PACKAGES; a leg with no known versions last (stable: ties keep the order given)."""
+    return sorted(legs, key=lambda leg: (not leg["versions"],
+                                         tuple(_version_key(leg["versions"].get(p)) for p in ORDER_PACKAGES)))
+
+
+# --- comparing two legs -------------------------------------------------------------------------------------
+
+
+def flatten(value, prefix: str = "") -> dict[str, object]:
+    """Evidence as leaf path → value. Dicts and lists of containers are walked; a list of plain values is one leaf
+    (shown whole, old → new)."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):
+        out = {}
+        for i, item in enumerate(value):
+            out.update(flatten(item, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, str) and value.startswith("/") and "\n" not in value
+
+
+def same(a, b, rtol: float = REL_TOLERANCE) -> bool:
+    """Numbers within a relative tolerance (lists of numbers element by element); two absolute paths always (where a
+    run wrote its files is the machine's, not the library's: the stored control and canary runs of
+    reports/examples/legs-2026-11-26 differ only in such a path); anything else exactly equal."""
+    if _is_path(a) and _is_path(b):
+        return True
+    if _is_number(a) and _is_number(b):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-12)
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return all(same(x, y, rtol) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def claim_changes(old: dict | None, new: dict | None, rtol: float) -> dict | None:
+    """What moved for one claim between two legs: its verdict and the evidence figures beyond rtol; None if nothing."""
+    old_verdict, new_verdict = (old or {}).get("verdict"), (new or {}).get("verdict")
+    a, b = flatten((old or {}).get("evidence") or {}), flatten((new or {}).get("evidence") or {})
+    moved = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key, ABSENT), b.get(key, ABSENT)
+        if x is ABSENT or y is ABSENT or not same(x, y, rtol):
+            moved.append({"key": key, **({} if x is ABSENT else {"old": x}), **({} if y is ABSENT else {"new": y})})
+    if old_verdict == new_verdict and not moved:
+        return None
+    return {"verdict": [old_verdict, new_verdict] if old_verdict != new_verdict else None, "evidence": moved}
+
+
+def step(old: dict, new: dict, rtol: float) -> dict:
+    """One upgrade step: the versions that changed, and either SAFE or the claims whose verdict or evidence moved."""
+    versions = {p: [old["versions"].get(p), new["versions"].get(p)]
+                for p in sorted(set(old["versions"]) | set(new["versions"]))
+                if old["versions"].get(p) != new["versions"].get(p)}
+    out = {"from": old["name"], "to": new["name"], "versions": versions, "changed": {}}
+    if old["hardware"] != new["hardware"] and "cpu" in (old["hardware"], new["hardware"]):
+        # A CPU leg and a GPU leg run different tiers: their differences are coverage, not behaviour.
+        out.update(status="not comparable", line=f"not comparable: {old['hardware']} leg → {new['hardware']} leg "
+                                                 "(different tiers)")
+        return out
+    a, b = ({c["id"]: c for c in leg["claims"]} for leg in (old, new))
+    for cid in _claim_ids([old, new]):
+        change = claim_changes(a.get(cid), b.get(cid), rtol)
+        if change:
+            out["changed"][cid] = change
+    if out["changed"]:
+        out.update(status="changed", line="changed: " + ", ".join(out["changed"]))
+    else:
+        out.update(status="safe", line=SAFE)
+    return out
+
+
+def _claim_ids(legs: list[dict]) -> list[str]:
+    """Every claim of any leg, in the catalog order the legs list them (first seen first)."""
+    ids: dict[str, None] = {}
+    for leg in legs:
+        for claim in leg.get("claims") or []:
+            ids.setdefault(claim["id"], None)
+    return list(ids)
+
+
+def build(paths: list[str | Path], keep_order: bool = False, rtol: float = REL_TOLERANCE) -> dict:
+    """The matrix as JSON-able data: legs (columns), claims (rows: a verdict per leg), and one step per leg after
+    the first installed one, each compared with the nearest installed leg before it."""
+    legs = [load_leg(p) for p in paths]
+    seen: dict[str, int] = {}
+    for leg in legs:  # two folders of one name (e.g. two `latest`s) stay two columns
+        seen[leg["name"]] = seen.get(leg["name"], 0) + 1
+        if seen[leg["name"]] > 1:
+            leg["name"] += f" #{seen[leg['name']]}"
+    if not keep_order:
+        legs = order_legs(legs)
+    steps, previous = [], None
+    for leg in legs:
+        if not leg["installed"]:
+            steps.append({"from": previous and previous["name"], "to": leg["name"], "versions": {}, "changed": {},
+                          "status": "not installed", "line": f"{leg['name']} {NOT_INSTALLED}"})
+            continue
+        if previous is not None:
+            steps.append(step(previous, leg, rtol))
+        previous = leg
+    rows = []
+    for cid in _claim_ids(legs):
+        first = next(c for leg in legs for c in leg.get("claims") or [] if c["id"] == cid)
+        rows.append({"id": cid, "section": first.get("section"), "tier": first.get("tier"),
+                     "verdicts": {leg["name"]: next((c["verdict"] for c in leg.get("claims") or [] if c["id"] == cid),
+                                                    None) for leg in legs}})
+    columns = [{k: v for k, v in leg.items() if k != "claims"} for leg in legs]
+    return {"schema": SCHEMA, "rel_tolerance": rtol, "legs": columns, "claims": rows, "steps": steps}
+
+
+# --- rendering ---------------------------------------------------------------------------------------------
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse}
+td,th{border:1px solid #ddd;padding:6px;text-align:left;vertical-align:top;max-width:360px}
+.v-pass{background:#e5f5e0}.v-corrected{background:#deebf7}.v-refuted{background:#fee0b6}
+.v-unsupported{background:#f2e6f7}.v-fail{background:#fcbba1}.v-skip,.v-none{background:#eee}
+.not-installed{background:repeating-linear-gradient(45deg,#f4f4f4,#f4f4f4 6px,#e4e4e4 6px,#e4e4e4 12px);color:#777}
+.changed{outline:3px solid #d62728;outline-offset:-3px}.safe{background:#e5f5e0}.step-changed{background:#fde0dd}
+.step-other{background:#fff3cd}ul{margin:4px 0;padding-left:16px}small,.moved{font-size:12px}
+pre{white-space:pre-wrap;font-size:11px;max-height:160px;overflow:auto}
+"""
+
+
+def fmt(value) -> str:
+    if _is_number(value):
+        return f"{value:.6g}"
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 120 else text[:119] + "…"
+
+
+def _moved_items(change: dict) -> str:
+    items = []
+    if change["verdict"]:
+        items.append(f"<li><b>verdict: {escape(str(change['verdict'][0]))} → {escape(str(change['verdict'][1]))}</b></li>")
+    for m in change["evidence"][:40]:
+        old, new = (fmt(m[k]) if k in m else "—" for k in ("old", "new"))
+        items.append(f"<li>{escape(m['key'])}: {escape(old)} → {escape(new)}</li>")
+    if len(change["evidence"]) > 40:
+        items.append(f"<li>… {len(change['evidence']) - 40} more figures (matrix.json has them all)</li>")
+    return f'<ul class="moved">{"".join(items)}</ul>'
+
+
+def render(matrix: dict) -> str:
+    """One self-contained page (inline CSS, no script, no external asset)."""
+    legs = matrix["legs"]
+    into = {s["to"]: s for s in matrix["steps"]}  # the step that leads into each column
+    varying = [p for p in sorted({p for leg in legs for p in leg["versions"]})
+               if len({leg["versions"][p] for leg in legs if leg["versions"].get(p) is not None}) > 1]
+    head = ""
+    for leg in legs:
+        shown = varying if leg["installed"] else sorted(leg["versions"])  # a leg that did not install: its pins
+        versions = "<br>".join(f"{escape(p)} {escape(str(leg['versions'].get(p, '—')))}" for p in shown)
+        if leg["installed"]:
+            note = f"{escape(leg['hardware'])}, run {escape(str(leg.get('run')))}" + ("" if leg.get("complete") else
+                                                                                        " <b>(incomplete run)</b>")
+            head += f'<th class="leg">{escape(leg["name"])}<br><small>{versions}<br>{note}</small></th>'
+        else:
+            head += (f'<th class="leg not-installed">{escape(leg["name"])}<br><b>{NOT_INSTALLED}</b><br><small>{versions}'
+                     f'</small><details><summary>why</summary><pre>{escape(leg["install_error"])}</pre></details></th>')
+    step_cells = ""
+    for leg in legs:
+        s = into.get(leg["name"])
+        if s is None:
+            step_cells += "<td>—</td>"
+            continue
+        kind = {"safe": "safe", "changed": "step-changed"}.get(s["status"], "step-other")
+        versions = "<br>".join(f"{escape(p)} {escape(str(a))} → {escape(str(b))}" for p, (a, b) in s["versions"].items())
+        origin = f"from {s['from']}: " if s["from"] else ""
+        step_cells += (f'<td class="step {kind}" data-status="{escape(s["status"])}">{escape(origin)}'
+                       f'<b>{escape(s["line"])}</b><br><small>{versions}</small></td>')
+    rows = ""
+    for row in matrix["claims"]:
+        cells = ""
+        for leg in legs:
+            if not leg["installed"]:
+                cells += f'<td class="cell not-installed">{NOT_INSTALLED}</td>'
+                continue
+            verdict = row["verdicts"].get(leg["name"])
+            change = (into.get(leg["name"]) or {}).get("changed", {}).get(row["id"])
+            cls = f"cell v-{verdict or 'none'}" + (" changed" if change else "")
+            cells += f'<td class="{cls}">{escape(verdict or "—")}{_moved_items(change) if change else ""}</td>'
+        rows += (f'<tr class="claim" data-claim="{escape(row["id"])}"><th>{escape(row["id"])}<br>'
+                 f'<small>{escape(str(row["section"]))}, {escape(str(row["tier"]))}</small></th>{cells}</tr>')
+    summary = "".join(f'<li data-status="{escape(s["status"])}">{escape(str(s["from"] or "—"))} → {escape(s["to"])}: '
+                      f'<b>{escape(s["line"])}</b></li>' for s in matrix["steps"])
+    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Release matrix</title>
+<style>{STYLE}</style></head><body><h1>Release matrix</h1>
+<p>{len(matrix["claims"])} claims × {len(legs)} legs. A cell is the claim's verdict in that leg; a red outline marks a
+claim whose verdict or evidence moved from the leg before (figures beyond a relative tolerance of
+{matrix["rel_tolerance"]:g}, old → new). "{SAFE}" says no claim moved; what the suite does not check, it cannot see.</p>
+<h2>Upgrade steps</h2><ul id="steps">{summary or "<li>fewer than two installed legs: no step</li>"}</ul>
+<table id="matrix"><thead><tr><th>claim</th>{head}</tr><tr class="steps"><th>upgrade step</th>{step_cells}</tr></thead>
+<tbody>{rows}</tbody></table></body></html>
+"""
+
+
+def write(matrix: dict, out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = out / "matrix.json", out / "matrix.html"
+    json_path.write_text(json.dumps(matrix, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    html_path.write_text(render(matrix), encoding="utf-8")
+    return json_path, html_path
+
+
+def matrix_main(paths: list[str], out: str | Path = "reports/matrix", keep_order: bool = False,
+                rtol: float = REL_TOLERANCE) -> int:
+    """Exit 0 whatever the steps say (a moved claim is a finding of the matrix, not a failure of building it)."""
+    matrix = build(paths, keep_order=keep_order, rtol=rtol)
+    json_path, html_path = write(matrix, Path(out))
+    for leg in matrix["legs"]:
+        if not leg["installed"]:
+            print(f"{leg['name']}: {NOT_INSTALLED}")
+    for s in matrix["steps"]:
+        print(f"{s['from'] or '-'} -> {s['to']}: {s['line']}")
+    print(f"matrix: {html_path} and {json_path}")
+    return 0
+
+
+# --- recording a leg (CI) -------------------------------------------------------------------------------------
+
+
+def pins(constraints: Path) -> dict[str, str]:
+    out = {}
+    for line in constraints.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            out[name.strip()] = version.strip()
+    return out
+
+
+def record_leg(leg: str, reports: Path, constraints: Path | None = None, log: Path | None = None) -> Path:
+    """reports/<leg>/leg.json after a leg ran: its name, its pins, and `install_error` when the leg never reached
+    its tests (no results.json: pytest writes one as it starts, so a leg without one failed to install or start);
+    then the log's tail says why."""
+    error = None
+    if _results(reports) is None:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log and log.is_file() else ""
+        error = f"no results.json: the leg failed before its tests started\n{tail}".strip()
+    record = {"leg": leg, "pins": pins(constraints) if constraints and constraints.is_file() else {},
+              "install_error": error}
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / LEG_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    return reports / LEG_FILE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m harness.matrix record-leg LEG [--log FILE]` (the release-matrix workflow, after each leg)."""
+    p = argparse.ArgumentParser(prog="python -m harness.matrix")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("record-leg", help="write reports/<leg>/leg.json (install_error when no results.json)")
+    s.add_argument("leg")
+    s.add_argument("--reports", type=Path, help="the leg's report folder (default reports/<leg>)")
+    s.add_argument("--constraints", type=Path, help="its pins (default constraints/<leg>.txt)")
+    s.add_argument("--log", type=Path, help="the leg's install/test log; its tail is kept if the leg did not install")
+    args = p.parse_args(argv)
+    path = record_leg(args.leg, args.reports or Path("reports") / args.leg,
+                      args.constraints or Path("constraints") / f"{args.leg}.txt", args.log)
+    print(path.read_text(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""`harness matrix`: a change planted in one leg shows in exactly that column and step; identical legs are "safe";
+a leg that could not be installed is a column, not a gap; the page renders in Chromium; the JSON round-trips.
+
+The legs are copies of a real CPU run (reports/examples/cpu-2026-11-27-epyc), laid out as the release-matrix
+workflow's artifacts are: legs/leg-<name>/ holding leg.json and a run folder, no `latest` link.
+"""
+
+import copy
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import cli, matrix
+from harness.doctor import CHROMIUM_FLAGS, chromium_path
+
+ROOT = Path(__file__).resolve().parents[2]
+REAL = json.loads((ROOT / "reports/examples/cpu-2026-11-27-epyc/results.json").read_text())
+CHROMIUM = chromium_path()
+
+
+def make_leg(root: Path, name: str, trl: str, plant=None, install_error: bool = False) -> Path:
+    """A leg's artifact folder: the real run with trl at `trl`, `plant(data)` applied, and its leg.json."""
+    folder = root / f"leg-{name}"
+    constraints = root / f"{name}.txt"
+    constraints.write_text(f"transformers==5.17.0\ntrl=={trl}\n")
+    if not install_error:
+        data = copy.deepcopy(REAL)
+        data["run"] = f"20261201-000000-{name}"
+        data["environment"]["packages"]["trl"] = trl
+        data["environment"]["leg"] = name
+        e2e = next(c for c in data["claims"] if c["id"] == "E2E-REFERENCE")
+        e2e["evidence"]["tiny"]["run_record"] = f"/tmp/pytest-of-ci/{name}/finetune0"  # a machine's path: not a change
+        if plant:
+            plant(data)
+        (folder / data["run"]).mkdir(parents=True)
+        (folder / data["run"] / "results.json").write_text(json.dumps(data))
+    log = root / f"tox-{name}.log"
+    log.write_text("ERROR: Cannot install trl==9.9.9: no matching distribution\n")
+    matrix.record_leg(name, folder, constraints, log)
+    return folder
+
+
+def claim(data: dict, cid: str) -> dict:
+    return next(c for c in data["claims"] if c["id"] == cid)
+
+
+def padding_free_on(data):  # the kind of default an Unsloth release sets silently (H100: padding_free → True)
+    claim(data, "RECIPE-FIDELITY")["evidence"]["tiny"]["silent_defaults"]["padding_free"] = True
+
+
+def scaling_fails(data):
+    claim(data, "LORA-SCALING").update(verdict="fail", regression=True)
+
+
+def row_cells(page: str, cid: str) -> list[str]:
+    row = re.search(rf'<tr class="claim" data-claim="{cid}">(.*?)</tr>', page).group(1)
+    return re.findall(r"<td class=\"([^\"]*)\"", row)
+
+
+def changed_cells(page: str) -> int:
+    return sum("changed" in c.split() for c in re.findall(r'<td class="(cell[^"]*)"', page))
+
+
+def build(root: Path, legs: list[Path], *extra: str) -> tuple[dict, str]:
+    out = root / "out"
+    assert cli.main(["matrix", *map(str, legs), "--out", str(out), *extra]) == 0
+    return json.loads((out / "matrix.json").read_text()), (out / "matrix.html").read_text()
+
+
+def test_identical_legs_every_step_safe(tmp_path):
+    legs = [make_leg(tmp_path, f"trl-{v}", v) for v in ("1.16.0", "1.14.0", "1.15.0")]
+    data, page = build(tmp_path, legs)
+    assert [leg["name"] for leg in data["legs"]] == ["trl-1.14.0", "trl-1.15.0", "trl-1.16.0"]  # by version
+    assert [(s["status"], s["line"], s["changed"]) for s in data["steps"]] == [("safe", matrix.SAFE, {})] * 2
+    assert data["steps"][0]["versions"] == {"trl": ["1.14.0", "1.15.0"]}
+    assert changed_cells(page) == 0 and page.count(matrix.SAFE) >= 2
+
+
+def test_planted_default_shows_in_exactly_that_column(tmp_path):
+    legs = [make_leg(tmp_path, "a", "1.13.0"), make_leg(tmp_path, "b", "1.14.0"),
+            make_leg(tmp_path, "c", "1.15.0", padding_free_on), make_leg(tmp_path, "d", "1.16.0", padding_free_on)]
+    data, page = build(tmp_path, legs)
+    assert [s["status"] for s in data["steps"]] == ["safe", "changed", "safe"]
+    assert data["steps"][1]["changed"] == {"RECIPE-FIDELITY": {"verdict": None, "evidence": [
+        {"key": "tiny.silent_defaults.padding_free", "old": False, "new": True}]}}
+    assert data["steps"][1]["line"] == "changed: RECIPE-FIDELITY"
+    cells = row_cells(page, "RECIPE-FIDELITY")
+    assert [i for i, c in enumerate(cells) if "changed" in c.split()] == [2]  # column c, nothing else
+    assert changed_cells(page) == 1 and "tiny.silent_defaults.padding_free: false → true" in page
+
+
+def test_flipped_verdict_shows_in_that_step(tmp_path):
+    legs = [make_leg(tmp_path, "a", "1.14.0"), make_leg(tmp_path, "b", "1.15.0", scaling_fails),
+            make_leg(tmp_path, "c", "1.16.0", scaling_fails)]
+    data, page = build(tmp_path, legs)
+    assert [s["status"] for s in data["steps"]] == ["changed", "safe"]
+    assert data["steps"][0]["changed"] == {"LORA-SCALING": {"verdict": ["corrected", "fail"], "evidence": []}}
+    assert [r["verdicts"] for r in data["claims"] if r["id"] == "LORA-SCALING"] == [
+        {"a": "corrected", "b": "fail", "c": "fail"}]
+    assert row_cells(page, "LORA-SCALING") == ["cell v-corrected", "cell v-fail changed", "cell v-fail"]
+
+
+def test_leg_that_could_not_be_installed_is_a_column(tmp_path):
+    legs = [make_leg(tmp_path, "a", "1.14.0"), make_leg(tmp_path, "broken", "1.15.0", install_error=True),
+            make_leg(tmp_path, "c", "1.16.0", padding_free_on), tmp_path / "never-ran"]
+    data, page = build(tmp_path, legs)
+    columns = {leg["name"]: leg for leg in data["legs"]}
+    assert [leg["name"] for leg in data["legs"]] == ["a", "broken", "c", "never-ran"]  # by pins; no versions last
+    assert not columns["broken"]["installed"] and "no matching distribution" in columns["broken"]["install_error"]
+    assert columns["broken"]["versions"] == {"transformers": "5.17.0", "trl": "1.15.0"}
+    assert not columns["never-ran"]["installed"]
+    steps = {s["to"]: s for s in data["steps"]}
+    assert steps["broken"]["status"] == "not installed"
+    assert steps["c"]["from"] == "a" and list(steps["c"]["changed"]) == ["RECIPE-FIDELITY"]  # nearest installed leg
+    assert row_cells(page, "LORA-RANK") == ["cell v-corrected", "cell not-installed", "cell v-corrected",
+                                            "cell not-installed"]
+    assert page.count(f"<b>{matrix.NOT_INSTALLED}</b>") == 2
+
+
+def test_record_leg_without_results_keeps_the_log_tail(tmp_path):
+    record = json.loads((make_leg(tmp_path, "x", "1.15.0", install_error=True) / "leg.json").read_text())
+    assert record["leg"] == "x" and record["pins"]["trl"] == "1.15.0"
+    assert record["install_error"].startswith("no results.json") and "no matching distribution" in record["install_error"]
+    assert json.loads((make_leg(tmp_path, "y", "1.15.0") / "leg.json").read_text())["install_error"] is None
+
+
+def test_json_round_trips_and_output_is_deterministic(tmp_path):
+    legs = [make_leg(tmp_path, "a", "1.14.0"), make_leg(tmp_path, "c", "1.15.0", padding_free_on),
+            make_leg(tmp_path, "n", "1.16.0", install_error=True)]
+    built = matrix.build(legs)
+    assert json.loads(json.dumps(built)) == built
+    first = [p.read_bytes() for p in matrix.write(built, tmp_path / "one")]
+    second = [p.read_bytes() for p in matrix.write(matrix.build(legs), tmp_path / "two")]
+    assert first == second
+    assert json.loads(first[0]) == built
+    assert matrix.render(json.loads(first[0])).encode() == first[1]  # the page can be rebuilt from the JSON alone
+
+
+def test_evidence_comparison_rules():
+    assert matrix.same(1.0, 1.0 + 1e-9) and not matrix.same(1.0, 1.001)
+    assert matrix.same([1.0, 2.0], [1.0, 2.0 + 1e-9]) and not matrix.same([1.0], [1.0, 2.0])
+    assert matrix.same(float("nan"), float("nan")) and not matrix.same(0, False) and not matrix.same(None, "None")
+    assert matrix.same("/tmp/a/run", "/home/ci/run") and not matrix.same("512", "None")
+    assert matrix.flatten({"a": {"b": [1, 2]}, "g": [{"s": 1}]}) == {"a.b": [1, 2], "g[0].s": 1}
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: apt-get install chromium chromium-driver")
+def test_matrix_renders_in_chromium(tmp_path):
+    """Headless Chromium (as the report's browser test): every claim row, every leg column, no console error."""
+    legs = [make_leg(tmp_path, "a", "1.14.0"), make_leg(tmp_path, "b", "1.15.0", install_error=True),
+            make_leg(tmp_path, "c", "1.16.0", padding_free_on)]
+    data, _ = build(tmp_path, legs)
+    path = tmp_path / "out" / "matrix.html"
+    flags = [*CHROMIUM_FLAGS, "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run([CHROMIUM, *flags, f"--user-data-dir={tmp_path / 'p1'}", "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    shot = subprocess.run([CHROMIUM, *flags, f"--user-data-dir={tmp_path / 'p2'}", "--window-size=1400,2000",
+                           f"--screenshot={tmp_path / 'matrix.png'}", path.as_uri()], capture_output=True, text=True,
+                          timeout=120)
+    assert dom.stdout.count('<tr class="claim"') == len(data["claims"]) == len(REAL["claims"])
+    assert dom.stdout.count('<th class="leg') == 3 and dom.stdout.count('class="cell v-') == 2 * len(REAL["claims"])
+    assert re.findall(r'data-status="(\w[\w ]*)"', dom.stdout)[:2] == ["not installed", "changed"]
+    errors = [l for l in dom.stderr.splitlines() if "Uncaught" in l or re.search(r"CONSOLE.*error", l, re.I)]
+    assert errors == []
+    assert shot.returncode == 0 and (tmp_path / "matrix.png").stat().st_size > 10_000
