@@ -227,7 +227,7 @@ def cmd_bundle(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from harness import backends
-    from harness.recipe import EXPERIMENT_SEEDS, HANDBOOK
+    from harness.recipe import ARMS, EXPERIMENT_SEEDS, HANDBOOK
 
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -246,13 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="gemma3-270m", help=model_help)
     s.add_argument("--backend", choices=backends.names(), default="hf")
     s.add_argument("--max-steps", type=int)
-    s.add_argument("--batch-size", type=int, help="per-device batch size (recipe: 8)")
-    s.add_argument("--eval-limit", type=int, help="held-out conversations to generate from (recipe: 320)")
+    s.add_argument("--batch-size", type=int, help=f"per-device batch size (recipe: {HANDBOOK.per_device_train_batch_size})")
+    s.add_argument("--eval-limit", type=int, help=f"held-out conversations to generate from (recipe: {HANDBOOK.eval_limit})")
     s.add_argument("--out", type=Path)
     s.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE=offline works)")
     s.add_argument("--no-export", action="store_true")
     s.add_argument("--no-base-eval", action="store_true", help="skip scoring the base model before training")
-    s.add_argument("--arm", default="handbook", help="an experiment arm: handbook, attention_only, unmasked, no_warmup")
+    s.add_argument("--arm", default="handbook", help=f"an experiment arm: {', '.join(ARMS)}")
     s.add_argument("--seed", type=int, help=f"training seed (recipe: {HANDBOOK.seed})")
     s.set_defaults(func=cmd_finetune)
 
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", default=",".join(map(str, EXPERIMENT_SEEDS)),
                    help="comma-separated training seeds (at least 3 to judge noise)")
     s.add_argument("--max-steps", type=int, help=f"steps per run (recipe: {HANDBOOK.max_steps})")
-    s.add_argument("--eval-limit", type=int, help="held-out conversations per run (recipe: 320)")
+    s.add_argument("--eval-limit", type=int, help=f"held-out conversations per run (recipe: {HANDBOOK.eval_limit})")
     s.add_argument("--parallel", type=int, default=4, help="runs at once (on one GPU: up to ~12 for the 270M model)")
     s.add_argument("--out", type=Path, default=Path("reports/experiments"))
     s.set_defaults(func=cmd_experiments)

@@ -70,6 +70,7 @@ collect() {
   for f in results.json index.html; do [ -f "$latest/$f" ] && cp "$latest/$f" "$OUT/"; done
   [ -f "$HARNESS_REPORTS/benchmark.json" ] && cp "$HARNESS_REPORTS/benchmark.json" "$OUT/"
   [ -f "$HARNESS_E2E_OUT/run.json" ] && cp "$HARNESS_E2E_OUT/run.json" "$OUT/run-unsloth-e2e.json"
+  for f in "$HARNESS_E2E_OUT"/outputs-*.jsonl; do [ -f "$f" ] && cp "$f" "$OUT/"; done  # every output of the reference run
   [ -f "$HS/gpu-tier.log" ] && tail -c 2000000 "$HS/gpu-tier.log" > "$OUT/gpu-tier-log.txt"
   local cpu_log; cpu_log=$(ls -t "$HARNESS_REPORTS"/*.cpu.log 2>/dev/null | head -1)
   [ -n "$cpu_log" ] && tail -c 1000000 "$cpu_log" > "$OUT/cpu-tier-log.txt"
