@@ -134,11 +134,12 @@ def evaluate_split(model, tokenizer, examples, limit: int, max_new_tokens: int =
     chosen = examples[:limit]
     prompts = [ex.messages[:-1] for ex in chosen]
     outputs = generate_answers(model, tokenizer, prompts, max_new_tokens, desc=desc)
-    return evaluation(chosen, outputs, outputs_path)
+    return evaluation(chosen, outputs, outputs_path, tokenizer=tokenizer)
 
 
-def evaluation(chosen, outputs: list[str], outputs_path: Path | None = None, **score_kwargs) -> dict:
-    """evaluate_split's dict from given outputs (no model): scores, samples, failures, outcomes, stored outputs.
+def evaluation(chosen, outputs: list[str], outputs_path: Path | None = None, *, tokenizer=None, **score_kwargs) -> dict:
+    """evaluate_split's dict from given outputs (no model): scores, samples, failures, outcomes, stored outputs, and
+    with a tokenizer `value_tokens` (copied values with the same pieces vs re-spelled: harness.value_tokens).
     score_kwargs go to harness.scoring.score (declared, resamples, seed)."""
     from harness.output_baseline import fingerprint
 
@@ -151,8 +152,16 @@ def evaluation(chosen, outputs: list[str], outputs_path: Path | None = None, **s
             failures[r["function"]].append({k: r[k] for k in ("request", "expected", "output")})
     result["failures"] = failures
     # Per prompt, for CHECK-OUTPUT's paired test against a recorded run (harness.output_baseline).
-    result["outcomes"] = [{"id": r["id"], "function": r["function"], "exact": r["exact"]} for r in rows]
+    result["outcomes"] = [{"id": r["id"], "function": r["function"], "cluster": r["template"], "exact": r["exact"]}
+                          for r in rows]
     result["dataset_fingerprint"] = fingerprint(chosen)
+    if tokenizer is not None:
+        from harness.value_tokens import split
+
+        try:
+            result["value_tokens"] = split(rows, tokenizer)
+        except Exception as exc:  # a diagnostic, not a score: a tokenizer without offsets must not lose the run's eval
+            result["value_tokens"] = {"error": f"{type(exc).__name__}: {exc}"}
     if outputs_path is not None:
         result.update(write_outputs(outputs_path, rows))
     return result

@@ -256,6 +256,18 @@ def evaluation_html(ft: dict) -> str:
                                       for c in cols) + "</tr>" for t in ("template_seen", "template_unseen"))
         table += (f'<h3>Seen/unseen template × values (exact match)</h3><table class="seen"><tr><th></th>'
                   f'<th>values seen</th><th>values unseen</th></tr>{seen_rows}</table>')
+    copied = e.get("value_tokens") or {}
+    if copied.get("total"):  # harness.value_tokens: what limits held-out exact match
+        def cell(c: dict) -> str:
+            return f'<td>{_pct(c["accuracy"])} <small>({c["right"]}/{c["n"]})</small></td>' if c["n"] else "<td></td>"
+
+        copy_rows = "".join(f'<tr><td>{escape(slot)}</td>{cell(c["same"])}{cell(c["respelled"])}</tr>'
+                            for slot, c in copied["per_slot"].items())
+        table += ('<h3>Copied values: same pieces in request and answer vs re-spelled</h3><p><small>Gemma 3\'s tokenizer '
+                  'cuts a word after a space (request) differently from after a quote (answer JSON); a re-spelled value '
+                  'must be spelled out, not copied (harness.value_tokens).</small></p><table class="copied"><tr><th>slot</th>'
+                  f'<th>same pieces</th><th>re-spelled</th></tr>{copy_rows}<tr><td><b>all</b></td>'
+                  f'{cell(copied["total"]["same"])}{cell(copied["total"]["respelled"])}</tr></table>')
     return f'<h2 id="evaluation">Held-out evaluation</h2>{head}{table}'
 
 

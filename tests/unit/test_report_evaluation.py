@@ -68,3 +68,24 @@ def test_the_report_draws_the_experiments_forest_plot_from_the_claims():
     drawn = [p for p in plots({"claims": [claim], "extras": {}}) if "forest" in p]
     assert len(drawn) == 1 and "MASK-STABILITY" in drawn[0]
     assert not [p for p in plots({"claims": [], "extras": {}}) if "forest" in p]
+
+
+def test_copied_values_table_from_a_tokenizer(tokenizer):
+    """With the run's tokenizer the eval splits copied values into same pieces / re-spelled, and the report shows it;
+    a tokenizer that cannot give offsets records why instead of losing the eval."""
+    examples, outputs = [], []
+    for i, (city, got) in enumerate((("الجزائر", "الجزالة"), ("عجمان", "عجمان"), ("الخرطوم", "الخرطوم"))):
+        want = json.dumps({"action": "get_weather", "city": city, "day": "today"}, ensure_ascii=False)
+        examples.append(SimpleNamespace(id=f"test-{i:05d}", split="test", functions=["get_weather"],
+                                        templates=[f"get_weather#c{i}"], dialects=["msa"],
+                                        messages=[{"role": "user", "content": f"الطقس في {city} اليوم"},
+                                                  {"role": "assistant", "content": want}]))
+        outputs.append(want.replace(city, got))
+    e = evaluation(examples, outputs, declared={"get_weather": {"city", "day"}}, tokenizer=tokenizer)
+    assert e["value_tokens"]["total"]["respelled"] == {"n": 2, "right": 1, "accuracy": 0.5}
+    assert e["value_tokens"]["total"]["same"] == {"n": 1, "right": 1, "accuracy": 1.0}
+    html = evaluation_html({"model": "m", "backend": "b", "eval": e})
+    assert 'class="copied"' in html and "50.0% <small>(1/2)" in html
+    broken = evaluation(examples, outputs, declared={"get_weather": {"city", "day"}}, tokenizer=object())
+    assert "error" in broken["value_tokens"] and broken["exact_match"] == e["exact_match"]
+    assert 'class="copied"' not in evaluation_html({"eval": broken})
