@@ -1,5 +1,11 @@
-"""CHECK-OUTPUT's paired regression test: per-prompt outcomes of a recorded run, kept in the repo, and an exact
-McNemar test of a new run against them (same prompts, so the noise of the prompt sample cancels).
+"""CHECK-OUTPUT's paired regression test: per-prompt outcomes of a recorded run, kept in the repo, and a paired test
+of a new run against them (same prompts, so the noise of the prompt sample cancels).
+
+The test's unit is the held-out combination (the cluster of ~10 items), not the item: outcomes within a cluster move
+together. Measured (reports/examples/h200x2-2026-11-28-bigpools): a held-out city is copied right in all of its items
+or in none (الخرطوم 0/12, عجمان 13/13), and which cities fail changes between runs (طرابلس 14/15 at 600 steps, 1/15
+at 1200). An item-level McNemar test counts one flipped city as 12-15 independent losses: three such flips against
+one gain give p ≈ 0.0007 and a false regression. The cluster test flips the sign of whole clusters' differences.
 
 A baseline is recorded per dataset (its test split's fingerprint) with `python -m harness record-output-baseline
 RUN_JSON --reason "..."`, only with a written reason; it names the environment it came from.
@@ -48,6 +54,36 @@ def mcnemar(baseline: dict[str, bool], now: dict[str, bool]) -> dict:
             "p_value": binomial_tail(worse, worse + better), "unmatched": len(set(now) - set(baseline))}
 
 
+CLUSTER_RESAMPLES = 20000
+CLUSTER_SEED = 0
+
+
+def cluster_paired(baseline: dict[str, bool], now: dict[str, bool], clusters: dict[str, str],
+                   resamples: int = CLUSTER_RESAMPLES, seed: int = CLUSTER_SEED) -> dict:
+    """Paired sign-flip test over clusters: d_c = items right now − right before in cluster c (prompts both runs
+    scored); under no change each d_c is as likely negative as positive, so p_value = P(Σ ±d_c ≤ Σ d_c) over random
+    signs (one-sided, Monte Carlo with a fixed seed: the same outcomes give the same p). The item-level McNemar
+    figures ride along for reading, not for the decision."""
+    import numpy as np
+
+    items = mcnemar(baseline, now)
+    diffs: dict[str, int] = {}
+    for key in sorted(set(baseline) & set(now)):  # sorted: the same outcomes meet the same signs (hash order varies)
+        c = clusters.get(key, key)
+        diffs[c] = diffs.get(c, 0) + int(now[key]) - int(baseline[key])
+    d = np.array([diffs[c] for c in sorted(diffs) if diffs[c]], dtype=np.int64)
+    total = int(d.sum()) if d.size else 0
+    if d.size:
+        signs = np.random.default_rng(seed).choice(np.array([-1, 1], dtype=np.int64), size=(resamples, d.size))
+        p_value = float((1 + int(((signs * d).sum(axis=1) <= total).sum())) / (1 + resamples))
+    else:
+        p_value = 1.0
+    return {"method": "sign-flip test over held-out combinations (clusters), one-sided", "pairs": items["pairs"],
+            "clusters": len(diffs), "clusters_worse": int((d < 0).sum()), "clusters_better": int((d > 0).sum()),
+            "difference": total, "p_value": p_value, "worse": items["worse"], "better": items["better"],
+            "item_mcnemar_p": items["p_value"], "unmatched": items["unmatched"]}
+
+
 def paired(eval_result: dict) -> dict:
     """The `paired` measurement of CHECK-OUTPUT for a run's eval (with `outcomes` and `dataset_fingerprint`)."""
     fp = eval_result.get("dataset_fingerprint")
@@ -55,8 +91,12 @@ def paired(eval_result: dict) -> dict:
     if base is None:
         return {"pairs": 0, "baseline": None,
                 "reason": f"no recorded per-prompt baseline for dataset {fp} (spec/baselines/): paired test not run"}
-    now = {o["id"]: o["exact"] for o in eval_result.get("outcomes", ())}
-    return {**mcnemar(base["outcomes"], now), "baseline": path_for(fp).name, "baseline_exact_match": base["exact_match"]}
+    outcomes = eval_result.get("outcomes", ())
+    now = {o["id"]: o["exact"] for o in outcomes}
+    # Same fingerprint, same prompts: the clusters of the run's own outcomes are the baseline's.
+    clusters = {o["id"]: o.get("cluster", o["id"]) for o in outcomes}
+    return {**cluster_paired(base["outcomes"], now, clusters), "baseline": path_for(fp).name,
+            "baseline_exact_match": base["exact_match"]}
 
 
 def record(run_json: Path, reason: str) -> Path:

@@ -54,16 +54,18 @@ def check_overfit(m: dict) -> tuple[str, dict]:
     return verdict_if(measured, "corrected"), evidence
 
 
-PAIRED_ALPHA = 0.01  # one-sided exact McNemar: fewer prompts right than the recorded run, beyond chance
+PAIRED_ALPHA = 0.01  # one-sided paired test over held-out combinations: fewer right than the recorded run, beyond chance
 
 
 def check_output(m: dict) -> tuple[str, dict]:
     """m: prompts, json_valid_rate, action_rate, exact_match, per_function, goal_exact_match, and `paired`: the
-    per-prompt comparison with the recorded baseline run (harness.output_baseline.mcnemar) or why there is none."""
+    per-prompt comparison with the recorded baseline run (harness.output_baseline.cluster_paired) or why there is none."""
     evidence = dict(m)
     well_formed = m["prompts"] > 0 and all(0.0 <= m[k] <= 1.0 for k in ("json_valid_rate", "action_rate", "exact_match"))
     paired = m.get("paired") or {}
-    worse = paired.get("pairs", 0) > 0 and paired["worse"] > paired["better"] and paired["p_value"] < PAIRED_ALPHA
+    # The cluster test's summed difference where present (harness.output_baseline.cluster_paired), else items.
+    lost = paired["difference"] < 0 if "difference" in paired else paired.get("worse", 0) > paired.get("better", 0)
+    worse = paired.get("pairs", 0) > 0 and lost and paired["p_value"] < PAIRED_ALPHA
     evidence["paired_regression"] = bool(worse)
     if not well_formed or worse:
         return "fail", evidence
@@ -152,7 +154,7 @@ CLAIMS = [
           # non-determinism alone moves valid JSON by 12 points, so the old 0.9 floor sat inside that spread. Guarded against moving down: ≥ 0.8 valid JSON (a broken template or mask gives ~0: base model 0%),
           # ≥ 0.35 exact match.
           # A model without training (the CPU tier's tiny) cannot judge this: it is a GPU claim. The paired test
-          # (harness.output_baseline: one-sided exact McNemar against the recorded run's per-prompt outcomes) needs a
+          # (harness.output_baseline: a one-sided paired test against the recorded run's per-prompt outcomes) needs a
           # baseline recorded for the dataset in use; none is recorded for dataset v1 (GPU noise above moves 12 points
           # between reruns): it is recorded with dataset v2.
           # Dataset v2 (issue #16: 2,240 held-out items over 224 held-out combinations): H100 2026-11-28, seed 3407,
@@ -160,8 +162,15 @@ CLAIMS = [
           # errors are copies of held-out value words (cities 0.59/0.66, names, message heads; per-slot analysis in
           # reports/examples/h100-2026-11-28-dataset-v2). The v1 floors (0.8 / 0.35) belonged to v1's test and slept
           # on v2's; tightened for the new test: valid JSON ≥ 0.95 and exact match ≥ 0.85 (the CI's low end less a
-          # margin for GPU run-to-run noise, not yet measured on v2); the paired McNemar test against that run's
-          # per-item outcomes (spec/baselines/check-output-46932a64a29a2f56.json) catches smaller moves.
+          # margin for GPU run-to-run noise, not yet measured on v2); the paired test against a recorded run's
+          # per-item outcomes catches smaller moves. It is a sign-flip test over held-out combinations, not an item-level
+          # McNemar test: outcomes move in whole clusters (a held-out city right in all its items or none; which cities
+          # fail changes between runs: reports/examples/h200x2-2026-11-28-bigpools), and item-level counting called
+          # three flipped cities against one a regression (p 0.0007). Larger training value pools (that example, H200,
+          # fingerprint 48b975e488e11c61): 0.892 (CI 0.865-0.918) at 600 steps, 0.925 at 1,200; what limits it is
+          # copying values the tokenizer cuts differently in the answer (harness.value_tokens: 0.92-0.97 right when
+          # the pieces are the same, 0.47-0.54 when re-spelled). No baseline is recorded for 48b975e488e11c61: the
+          # test split is to nest values in combinations first (issue #16), which changes the fingerprint again.
           {"gpu": (ge("json_valid_rate", 0.95), ge("exact_match", 0.85), eq("paired_regression", False))},
           sources=("reports/examples/h100-2026-11-28-dataset-v2/run-unsloth-finetune.json", "reports/examples/h100-2026-11-25/results-gpu-tier.json", "reports/examples/h100-2026-11-26/results-gpu-tier.json", "reports/examples/h200-2026-11-26-tier/results.json", "reports/examples/h200-2026-11-26-certify/results.json")),
     Claim("GGUF-Q8-EXPORT", SECTION, "both", 'model.save_pretrained_gguf(..., quantization_method = "Q8_0")',
