@@ -160,23 +160,64 @@ def layer_checkpoint_functions(model) -> dict:
 
 
 class LayerCalls:
-    """Forward pre-hooks on the decoder layers: calls and input bytes per phase. A call while phase == "backward"
-    is a recompute; the forward's input bytes are the activations an offloading checkpoint would copy to the host."""
+    """Runs of the decoder layers per phase, and the bytes of their inputs. A run while phase == "backward" is a
+    recompute; the forward's input bytes (read by the layer's own pre-hook) are the activations an offloading
+    checkpoint would copy to the host.
+
+    Two detectors, because neither sees every recompute (measured): a forward pre-hook on the layer ("layer_hook")
+    and forward pre-hooks on its child modules ("child_hook": each call of the child that ran first in the layer's
+    first seen run marks one run; children shared between layers are not hooked). transformers <= 5.22's
+    GradientCheckpointingLayer checkpoints `__call__`, so the recompute replays the layer's hooks (6/6 on the CPU
+    tiny model at 5.17.0); from 5.23 it checkpoints `forward`, the layer's hooks stay outside and only the children's
+    fire in backward (layer hook 6/0 at 5.24.0). Unsloth's patched layers (2026.10.9, transformers 5.17.0, Gemma 3
+    270M on an H200) call no child as a module (child hooks 0/0) while their own hooks fire inside its checkpoint
+    (18/18). Each detector sees only real runs, so per layer and phase the count is the larger of the two;
+    `detectors` keeps each one's totals."""
+
+    PHASES = ("forward", "backward")
 
     def __init__(self, layers):
         self.phase = None
-        self.calls = {"forward": 0, "backward": 0}
         self.input_bytes = {"forward": 0, "backward": 0}
-        self._handles = [layer.register_forward_pre_hook(self._hook, with_kwargs=True) for layer in layers]
+        layers = list(layers)
+        self._seen = {name: [{p: 0 for p in self.PHASES} for _ in layers] for name in ("layer_hook", "child_hook")}
+        self._marker: dict[int, object] = {}  # layer index -> the child whose calls mark the layer's runs
+        owners: dict[int, int] = {}
+        for layer in layers:
+            for child in layer.children():
+                owners[id(child)] = owners.get(id(child), 0) + 1
+        self._handles = []
+        for i, layer in enumerate(layers):
+            self._handles.append(layer.register_forward_pre_hook(functools.partial(self._layer_hook, i),
+                                                                 with_kwargs=True))
+            self._handles += [child.register_forward_pre_hook(functools.partial(self._child_hook, i))
+                              for child in layer.children() if owners[id(child)] == 1]
 
-    def _hook(self, module, args, kwargs):
+    def _layer_hook(self, i, module, args, kwargs):
         if self.phase is None:
             return None
         x = args[0] if args else kwargs.get("hidden_states")
-        self.calls[self.phase] += 1
+        self._seen["layer_hook"][i][self.phase] += 1
         if hasattr(x, "element_size"):
             self.input_bytes[self.phase] += x.numel() * x.element_size()
         return None
+
+    def _child_hook(self, i, module, args):
+        if self.phase is None:
+            return None
+        if self._marker.setdefault(i, module) is module:
+            self._seen["child_hook"][i][self.phase] += 1
+        return None
+
+    @property
+    def calls(self) -> dict[str, int]:
+        """Runs per phase: per layer the larger of the two detectors' counts, summed over the layers."""
+        return {p: sum(max(a[p], b[p]) for a, b in zip(*self._seen.values())) for p in self.PHASES}
+
+    @property
+    def detectors(self) -> dict[str, dict[str, int]]:
+        """Each detector's runs summed over the layers: {"layer_hook": {"forward": n, "backward": m}, …}"""
+        return {name: {p: sum(c[p] for c in counts) for p in self.PHASES} for name, counts in self._seen.items()}
 
     def remove(self):
         for handle in self._handles:
@@ -323,10 +364,11 @@ def _error(exc: BaseException) -> str:
 def mechanism(model, optimizer, seq: int, batch: int, vocab: int, errors: dict, device: str = "cuda") -> dict:
     """One QLoRA step, forward and backward profiled apart (after a warm-up step at the same shape).
 
-    Measured: decoder-layer calls in forward and in backward (recompute) and the bytes of their inputs; the
-    checkpoint nodes the forward put in the autograd graph; bytes copied device→host during the forward (pinned
-    vs pageable); Triton kernels launched in the backward: Unsloth's own (names from its installed sources),
-    torch.compile's, others. Each measurement that fails is reported in `errors` and comes back as None.
+    Measured: decoder-layer runs in forward and in backward (recompute; layer_calls_detectors: what each of
+    LayerCalls' two detectors saw) and the bytes of their inputs; the checkpoint nodes the forward put in the
+    autograd graph; bytes copied device→host during the forward (pinned vs pageable); Triton kernels launched in
+    the backward: Unsloth's own (names from its installed sources), torch.compile's, others. Each measurement that
+    fails is reported in `errors` and comes back as None.
     device="cpu" runs the same plumbing without CUDA (tests/unit/test_lora_quant_probe.py)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -396,6 +438,7 @@ def mechanism(model, optimizer, seq: int, batch: int, vocab: int, errors: dict, 
     optimizer.zero_grad(set_to_none=True)
     out.update(layer_calls_forward=calls.calls["forward"] if calls is not None else None,
                layer_calls_backward=calls.calls["backward"] if calls is not None else None,
+               layer_calls_detectors=calls.detectors if calls is not None else None,
                activation_bytes=calls.input_bytes["forward"] if calls is not None else None)
     names: dict[str, str] = {}
     try:

@@ -53,6 +53,7 @@ def test_layer_calls_count_the_recompute_and_autograd_holds_one_checkpoint_node_
         calls.remove()
     tiny_checkpointed.zero_grad(set_to_none=True)
     assert calls.calls == {"forward": 6, "backward": 6}
+    assert calls.detectors["child_hook"] == {"forward": 6, "backward": 6}  # the layer's own: 6/6 at 5.17, 6/0 at 5.24
     assert calls.input_bytes["forward"] == 6 * 2 * 16 * 64 * 4
     assert nodes == {"CheckpointFunctionBackward": 6}
     summary = probe.summarize_trace(probe._trace_events(prof), {})
@@ -69,6 +70,79 @@ def test_layer_calls_are_not_counted_outside_a_phase(tiny_checkpointed):
         calls.remove()
         tiny_checkpointed.train()
     assert calls.calls == {"forward": 0, "backward": 0}
+
+
+class _Block(torch.nn.Module):
+    """A decoder layer in miniature, checkpointed where transformers does it (`where`): a norm and a projection
+    called as modules, or (functional=True) the same arithmetic on bare parameters, as Unsloth's patched layers run
+    (no child called as a module)."""
+
+    def __init__(self, where, functional=False):
+        super().__init__()
+        self.where, self.functional = where, functional
+        if functional:
+            self.weight = torch.nn.Parameter(torch.eye(4))
+        else:
+            self.norm = torch.nn.LayerNorm(4)
+            self.proj = torch.nn.Linear(4, 4)
+
+    def __call__(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        if self.where == "__call__":  # transformers <= 5.22: the layer's hooks run again in the recompute
+            return checkpoint(super().__call__, x, use_reentrant=True)
+        return super().__call__(x)
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        if self.where == "forward":  # transformers >= 5.23: the layer's hooks stay outside the checkpoint
+            return checkpoint(self._body, x, use_reentrant=True)
+        return self._body(x)
+
+    def _body(self, x):
+        if self.functional:
+            return x + torch.nn.functional.layer_norm(x, (4,)) @ self.weight
+        return x + self.proj(self.norm(x))
+
+
+@pytest.mark.parametrize("where, functional, layer_hook, child_hook", [
+    ("__call__", False, (1, 1), (1, 1)),  # transformers 5.17: both detectors see the recompute
+    ("forward", False, (1, 0), (1, 1)),  # transformers 5.24: only the children's hooks run in the recompute
+    ("__call__", True, (1, 1), (0, 0)),  # Unsloth: no child module is called, the layer's own hooks are replayed
+    (None, False, (1, 0), (1, 0)),  # no checkpoint: no recompute
+], ids=["call-checkpointed", "forward-checkpointed", "functional-call-checkpointed", "not-checkpointed"])
+def test_layer_calls_see_the_recompute_whichever_detector_does(where, functional, layer_hook, child_hook):
+    """A run is counted where either detector sees it and once where both do (the larger count per layer and
+    phase): dropping either detector fails a case above."""
+    layer = _Block(where, functional)
+    calls = probe.LayerCalls([layer])
+    try:
+        calls.phase = "forward"
+        out = layer(torch.ones(2, 4, requires_grad=True))
+        calls.phase = "backward"
+        out.sum().backward()
+    finally:
+        calls.remove()
+    assert calls.detectors == {"layer_hook": dict(zip(("forward", "backward"), layer_hook)),
+                               "child_hook": dict(zip(("forward", "backward"), child_hook))}
+    assert calls.calls == {"forward": 1, "backward": 1 if where else 0}
+    assert calls.input_bytes["forward"] == 2 * 4 * 4
+    assert all(p.grad is not None for p in layer.parameters())
+
+
+def test_layer_calls_do_not_hook_a_child_the_layers_share():
+    """A module that is a child of several layers would mark runs of all of them: only the layers' own children
+    mark their runs."""
+    layers = [_Block(None), _Block(None)]
+    layers[1].norm = layers[0].norm
+    calls = probe.LayerCalls(layers)
+    try:
+        calls.phase = "forward"
+        layers[1](layers[0](torch.ones(2, 4)))
+    finally:
+        calls.remove()
+    assert calls.detectors["child_hook"] == {"forward": 2, "backward": 0} and calls.calls["forward"] == 2
 
 
 UNSLOTH = {"_fg_kernel": "unsloth", "_rms_layernorm_backward": "unsloth", "_fl_backward_kernel": "unsloth_zoo"}
@@ -165,6 +239,7 @@ def test_mechanism_runs_end_to_end_on_the_cpu_and_feeds_the_check(tiny_checkpoin
     out = probe.mechanism(tiny_checkpointed, optimizer, 16, 2, 1000, errors, device="cpu")
     assert errors == {}
     assert (out["layer_calls_forward"], out["layer_calls_backward"]) == (6, 6)
+    assert out["layer_calls_detectors"]["child_hook"] == {"forward": 6, "backward": 6}
     assert out["activation_bytes"] == 6 * 2 * 16 * 64 * 4
     assert out["checkpoint_autograd_nodes"] == {"CheckpointFunctionBackward": 6}
     assert out["checkpoint_backward_ranges"] == 6
