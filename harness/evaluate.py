@@ -20,11 +20,6 @@ CPU_BATCH = 16
 _UNSET = object()
 
 
-def score(outputs: list[str], expected: list[str], functions: list[str], **kwargs) -> dict:
-    """harness.scoring.score (kept here: v1 callers import it from harness.evaluate)."""
-    return _score(outputs, expected, functions, **kwargs)
-
-
 def length_order(lengths: list[int]) -> list[int]:
     """Indices of the prompts longest first: a batch then holds prompts of similar length (little left padding),
     and the largest batch comes first, so an out-of-memory shows at once rather than at the end. Stable for ties."""
