@@ -5,9 +5,11 @@ import json
 import re
 from collections import Counter, defaultdict
 
+import pytest
+
 from harness import dataset_templates as T
-from harness.dataset import (ACTIONS, FUNCTIONS, OPEN_KINDS, POOLS, TEST_COMBOS_PER_DIALECT, card, generate,
-                             is_test_date, is_test_int, is_test_time, overlap_checks, parse_call, part_of_day)
+from harness.dataset import (ACTIONS, FUNCTIONS, OPEN_KINDS, POOLS, TEST_COMBOS_PER_DIALECT, build, card, generate,
+                             is_test_date, is_test_int, is_test_time, leaks, overlap_checks, parse_call, part_of_day)
 
 ARABIC_DIGITS = "٠١٢٣٤٥٦٧٨٩"
 
@@ -20,12 +22,34 @@ def requests(examples):
 
 
 def test_same_seed_gives_the_same_dataset():
-    """Two generations with seed 0 are identical; seed 1 differs (in its held-out combinations too)."""
-    a, b, c = generate(0), generate(0), generate(1)
+    """Two generations with seed 0 are identical; seed 1 differs (in its held-out combinations too). generate() serves
+    a per-process cache, so `b` is built afresh (build): `a` is the cache's, made by an earlier, separate build."""
+    a, b, c = generate(0), build(0), generate(1)
     for split in a:
         assert [e.to_dict() for e in a[split]] == [e.to_dict() for e in b[split]]
     assert [e.to_dict() for e in a["train"]] != [e.to_dict() for e in c["train"]]
     assert {e.templates[-1] for e in a["test"]} != {e.templates[-1] for e in c["test"]}
+
+
+def test_a_caller_cannot_change_what_generate_gives_the_next_caller():
+    """generate() hands out fresh lists of fresh Examples from its cache: editing one (a list, a message, a value, the
+    split's list itself) leaves what the next generate(0) returns as it was."""
+    mine = generate(0)
+    ex = mine["test"][0]
+    before = json.dumps(ex.to_dict(), ensure_ascii=False)
+    ex.messages[-1]["content"] = "{}"
+    ex.messages[0]["content"] = ""
+    ex.messages.append({"role": "user", "content": "x"})
+    ex.skeletons[-1] += " كلمةجديدة"
+    ex.templates.clear()
+    ex.template_seen[-1] = True
+    for values in ex.values:
+        values["planted"] = 1
+    trained = len(mine["train"])
+    mine["train"].clear()
+    again = generate(0)
+    assert json.dumps(again["test"][0].to_dict(), ensure_ascii=False) == before
+    assert len(again["train"]) == trained and again["test"][1].messages[0]["content"] == again["test"][0].messages[0]["content"]
 
 
 def test_split_sizes_and_stratification(dataset):
@@ -91,25 +115,25 @@ def test_the_split_is_honest(dataset):
     """Held-out combinations never occur in training, every one of their components does, held-out open values
     never occur in training, and every word of a test request outside its arguments occurs in training."""
     checks = card(dataset)["checks"]
-    for split in ("validation", "test"):
-        assert checks[split]["combinations_in_train"] == 0
-        assert checks[split]["components_missing_from_train"] == []
-        assert checks[split]["values_in_train"] == []
-        assert checks[split]["words_unseen_in_train"] == []
-    assert checks["validation_combinations_in_test"] == 0
+    assert leaks(checks) == [], {name: checks.get(name.split(".")[0]) for name in leaks(checks)}
 
 
 def test_the_overlap_check_sees_a_leak(dataset):
     """The check is not vacuous: a test request copied into training shows as a combination and values in train."""
     leaked = {**dataset, "train": dataset["train"] + dataset["test"][:1]}
-    checks = overlap_checks(leaked)["test"]
-    assert checks["combinations_in_train"] == 1 and checks["values_in_train"]
+    checks = overlap_checks(leaked)
+    assert checks["test"]["combinations_in_train"] == 1 and checks["test"]["values_in_train"]
+    assert {"test.combinations_in_train", "test.values_in_train"} <= set(leaks(checks))  # validation shares held-out values
     odd = dataset["test"][0]
     odd.skeletons[-1] += " كلمةجديدة"
     try:
-        assert overlap_checks(dataset)["test"]["words_unseen_in_train"] == ["كلمةجديدة"]
+        checks = overlap_checks(dataset)
+        assert checks["test"]["words_unseen_in_train"] == ["كلمةجديدة"]
+        assert leaks(checks) == ["test.words_unseen_in_train"]
     finally:
         odd.skeletons[-1] = odd.skeletons[-1].removesuffix(" كلمةجديدة")
+    crossed = {**dataset, "test": dataset["test"] + dataset["validation"][:1]}
+    assert "validation_combinations_in_test" in leaks(overlap_checks(crossed))
 
 
 def test_the_stress_tier_has_an_unseen_component_in_every_request(dataset):
@@ -222,3 +246,37 @@ def test_the_card_command_prints_the_checks_and_exits_0(capsys):
     assert main(["dataset", "--card"]) == 0
     out = capsys.readouterr().out
     assert "| test | 2,240 |" in out and "request words unseen in training: 0" in out
+
+
+def test_the_card_command_exits_1_on_a_leak(monkeypatch, capsys):
+    """The command judges the split with harness.dataset.leaks: a planted leak gives exit 1 and names the check."""
+    from harness import dataset as ds
+    from harness.cli import main
+
+    real = ds.overlap_checks
+    monkeypatch.setattr(ds, "overlap_checks", lambda data: {**real(data), "validation_combinations_in_test": 2})
+    assert main(["dataset", "--card"]) == 1
+    assert "validation_combinations_in_test" in capsys.readouterr().err
+
+
+def test_held_out_values_are_nested_in_test_combinations(dataset, monkeypatch):
+    """Each test combination draws its held-out values from heads (first words) of its own: a held-out value acts as one
+    cluster (a city right in all its items or none, measured), so it must fall in one combination. Planted: drawing
+    from the whole held-out pool again (v2 before nesting) shares heads between combinations, and the check sees it."""
+    checks = overlap_checks(dataset)["test"]
+    assert checks["value_heads"] >= 200 and checks["value_heads_shared"] == []
+    import harness.dataset as ds
+
+    monkeypatch.setattr(ds, "nested_value_slices", lambda combos, seed: {})
+    # build(), not generate(): the un-nested dataset must not stay in generate()'s cache.
+    shared = overlap_checks(ds.build(seed=0, sizes={"train": 10, "validation": 10, "diagnostic": 3, "stress": 3}))
+    assert len(shared["test"]["value_heads_shared"]) > 50 and "test.value_heads_shared" in leaks(shared)
+
+
+def test_nesting_needs_a_head_per_combination():
+    import harness.dataset as ds
+
+    combos = ds.held_out_combos(0)["test"]
+    many = [c for c in combos if c.function == "get_weather"] * 5  # 80 users of the city pool: more than its 64 heads
+    with pytest.raises(ValueError, match="heads for 80 test combinations"):
+        ds.nested_value_slices(many, 0)
