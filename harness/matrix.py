@@ -6,8 +6,10 @@ matrix") is one set of versions. This page puts the legs side by side so that an
 
 Each LEG argument is a leg's report folder (`reports/<leg>`, or a CI artifact of it), a run folder, or a
 results.json. A leg that could not be installed has no results.json: it is a column marked so, never dropped.
-`leg.json` in the leg's folder ({"leg", "pins", "install_error"}; written by `python -m harness.matrix
-record-leg`) names the leg and says why it could not be installed.
+`leg.json` in the leg's folder ({"leg", "pins", "install_error", "tests"}; written by `python -m harness.matrix
+record-leg`) names the leg, says why it could not be installed, and, read from the leg's log, the suite's summary
+line and its failing tests: results.json records claims only, and a leg whose other tests fail (a probe, a unit test
+of the pipeline) must not read "safe" without saying so.
 
 Stdlib only (the CI job that builds the page installs no suite, only the CLI's tqdm), and deterministic: the
 same inputs give the same bytes (no timestamps, no paths of this machine).
@@ -75,7 +77,7 @@ def load_leg(path: str | Path) -> dict:
     env = (data or {}).get("environment") or {}
     name = record.get("leg") or env.get("leg") or _folder_name(path)
     leg = {"name": name, "installed": data is not None, "pins": record.get("pins") or {},
-           "versions": env.get("packages") or record.get("pins") or {}}
+           "versions": env.get("packages") or record.get("pins") or {}, "tests": record.get("tests")}
     if data is None:
         leg["install_error"] = record.get("install_error") or f"no results.json in {_folder_name(path)}"
         leg["hardware"] = None
@@ -164,16 +166,40 @@ def step(old: dict, new: dict, rtol: float) -> dict:
         out.update(status="not comparable", line=f"not comparable: {old['hardware']} leg → {new['hardware']} leg "
                                                  "(different tiers)")
         return out
+    if old.get("git_commit") != new.get("git_commit"):
+        # Another commit of the suite measures differently (a new dataset moves every count): not the release's doing.
+        out.update(status="not comparable", line=f"not comparable: suite commit {old.get('git_commit')} → "
+                                                 f"{new.get('git_commit')} (rerun both legs on one commit)")
+        return out
     a, b = ({c["id"]: c for c in leg["claims"]} for leg in (old, new))
     for cid in _claim_ids([old, new]):
         change = claim_changes(a.get(cid), b.get(cid), rtol)
         if change:
             out["changed"][cid] = change
+    tests = test_changes(old.get("tests"), new.get("tests"))
+    if tests:
+        out["tests"] = tests
+    failing = (tests or {}).get("newly_failing") or []
+    failing_line = f"{len(failing)} test{'s' if len(failing) != 1 else ''} newly failing"
     if out["changed"]:
-        out.update(status="changed", line="changed: " + ", ".join(out["changed"]))
+        out.update(status="changed", line="changed: " + ", ".join(out["changed"]) + (f"; {failing_line}" if failing
+                                                                                      else ""))
+    elif failing:
+        out.update(status="tests failed", line=f"no claim moved, but {failing_line}")
     else:
         out.update(status="safe", line=SAFE)
     return out
+
+
+def test_changes(old: dict | None, new: dict | None) -> dict | None:
+    """The tests that fail in `new` and not in `old` and the other way round; None when either leg's log gave no
+    test summary (unknown is not "no failures") or nothing differs."""
+    if not old or not new or old.get("summary") is None or new.get("summary") is None:
+        return None
+    a, b = set(old.get("failed") or []), set(new.get("failed") or [])
+    if a == b:
+        return None
+    return {"newly_failing": sorted(b - a), "no_longer_failing": sorted(a - b)}
 
 
 def _claim_ids(legs: list[dict]) -> list[str]:
@@ -187,7 +213,8 @@ def _claim_ids(legs: list[dict]) -> list[str]:
 
 def build(paths: list[str | Path], keep_order: bool = False, rtol: float = REL_TOLERANCE) -> dict:
     """The matrix as JSON-able data: legs (columns), claims (rows: a verdict per leg), and one step per leg after
-    the first installed one, each compared with the nearest installed leg before it."""
+    the first installed one, each compared with the nearest installed leg before it that ran the same suite commit on
+    the same hardware (else the nearest installed one: "not comparable")."""
     legs = [load_leg(p) for p in paths]
     seen: dict[str, int] = {}
     for leg in legs:  # two folders of one name (e.g. two `latest`s) stay two columns
@@ -196,15 +223,19 @@ def build(paths: list[str | Path], keep_order: bool = False, rtol: float = REL_T
             leg["name"] += f" #{seen[leg['name']]}"
     if not keep_order:
         legs = order_legs(legs)
-    steps, previous = [], None
+    steps, before = [], []
     for leg in legs:
+        previous = before[-1] if before else None
         if not leg["installed"]:
             steps.append({"from": previous and previous["name"], "to": leg["name"], "versions": {}, "changed": {},
                           "status": "not installed", "line": f"{leg['name']} {NOT_INSTALLED}"})
             continue
+        # the nearest installed leg before it that ran the same suite commit on the same hardware, else the nearest
+        previous = next((b for b in reversed(before) if (b.get("git_commit"), b["hardware"]) ==
+                         (leg.get("git_commit"), leg["hardware"])), previous)
         if previous is not None:
             steps.append(step(previous, leg, rtol))
-        previous = leg
+        before.append(leg)
     rows = []
     for cid in _claim_ids(legs):
         first = next(c for leg in legs for c in leg.get("claims") or [] if c["id"] == cid)
@@ -224,7 +255,7 @@ td,th{border:1px solid #ddd;padding:6px;text-align:left;vertical-align:top;max-w
 .v-unsupported{background:#f2e6f7}.v-fail{background:#fcbba1}.v-skip,.v-none{background:#eee}
 .not-installed{background:repeating-linear-gradient(45deg,#f4f4f4,#f4f4f4 6px,#e4e4e4 6px,#e4e4e4 12px);color:#777}
 .changed{outline:3px solid #d62728;outline-offset:-3px}.safe{background:#e5f5e0}.step-changed{background:#fde0dd}
-.step-other{background:#fff3cd}ul{margin:4px 0;padding-left:16px}small,.moved{font-size:12px}
+.step-other{background:#fff3cd}.tests-failed{color:#b2182b;font-weight:bold}ul{margin:4px 0;padding-left:16px}small,.moved{font-size:12px}
 pre{white-space:pre-wrap;font-size:11px;max-height:160px;overflow:auto}
 """
 
@@ -248,6 +279,17 @@ def _moved_items(change: dict) -> str:
     return f'<ul class="moved">{"".join(items)}</ul>'
 
 
+def _tests_note(tests: dict | None) -> str:
+    """Under a leg's name: the suite's summary line, and its failing tests (claims or not) listed."""
+    if not tests or tests.get("summary") is None:
+        return '<br><small class="tests">tests: no summary in the log</small>' if tests is not None else ""
+    failed = tests.get("failed") or []
+    items = "".join(f"<li>{escape(t)}</li>" for t in failed)
+    cls = "tests tests-failed" if failed else "tests"
+    listing = f'<ul class="moved">{items}</ul>' if failed else ""
+    return f'<br><small class="{cls}">{escape(tests["summary"])}</small>{listing}'
+
+
 def render(matrix: dict) -> str:
     """One self-contained page (inline CSS, no script, no external asset)."""
     legs = matrix["legs"]
@@ -259,9 +301,11 @@ def render(matrix: dict) -> str:
         shown = varying if leg["installed"] else sorted(leg["versions"])  # a leg that did not install: its pins
         versions = "<br>".join(f"{escape(p)} {escape(str(leg['versions'].get(p, '—')))}" for p in shown)
         if leg["installed"]:
-            note = f"{escape(leg['hardware'])}, run {escape(str(leg.get('run')))}" + ("" if leg.get("complete") else
+            note = (f"{escape(leg['hardware'])}, suite {escape(str(leg.get('git_commit')))}, run "
+                    f"{escape(str(leg.get('run')))}") + ("" if leg.get("complete") else
                                                                                         " <b>(incomplete run)</b>")
-            head += f'<th class="leg">{escape(leg["name"])}<br><small>{versions}<br>{note}</small></th>'
+            head += (f'<th class="leg">{escape(leg["name"])}<br><small>{versions}<br>{note}</small>'
+                     f'{_tests_note(leg.get("tests"))}</th>')
         else:
             head += (f'<th class="leg not-installed">{escape(leg["name"])}<br><b>{NOT_INSTALLED}</b><br><small>{versions}'
                      f'</small><details><summary>why</summary><pre>{escape(leg["install_error"])}</pre></details></th>')
@@ -274,8 +318,13 @@ def render(matrix: dict) -> str:
         kind = {"safe": "safe", "changed": "step-changed"}.get(s["status"], "step-other")
         versions = "<br>".join(f"{escape(p)} {escape(str(a))} → {escape(str(b))}" for p, (a, b) in s["versions"].items())
         origin = f"from {s['from']}: " if s["from"] else ""
+        tests = s.get("tests") or {}
+        listed = "".join(f"<li>{label}: {escape(t)}</li>" for key, label in (("newly_failing", "newly failing"),
+                                                                           ("no_longer_failing", "no longer failing"))
+                         for t in tests.get(key) or [])
         step_cells += (f'<td class="step {kind}" data-status="{escape(s["status"])}">{escape(origin)}'
-                       f'<b>{escape(s["line"])}</b><br><small>{versions}</small></td>')
+                       f'<b>{escape(s["line"])}</b><br><small>{versions}</small>'
+                       f'{f"<ul class=moved>{listed}</ul>" if listed else ""}</td>')
     rows = ""
     for row in matrix["claims"]:
         cells = ""
@@ -295,7 +344,9 @@ def render(matrix: dict) -> str:
 <style>{STYLE}</style></head><body><h1>Release matrix</h1>
 <p>{len(matrix["claims"])} claims × {len(legs)} legs. A cell is the claim's verdict in that leg; a red outline marks a
 claim whose verdict or evidence moved from the leg before (figures beyond a relative tolerance of
-{matrix["rel_tolerance"]:g}, old → new). "{SAFE}" says no claim moved; what the suite does not check, it cannot see.</p>
+{matrix["rel_tolerance"]:g}, old → new). "{SAFE}" says no claim moved and no test newly failed; under each leg's name,
+the suite's summary line and the tests that failed in it (a claim's test or any other). What the suite does not check,
+it cannot see.</p>
 <h2>Upgrade steps</h2><ul id="steps">{summary or "<li>fewer than two installed legs: no step</li>"}</ul>
 <table id="matrix"><thead><tr><th>claim</th>{head}</tr><tr class="steps"><th>upgrade step</th>{step_cells}</tr></thead>
 <tbody>{rows}</tbody></table></body></html>
@@ -337,16 +388,41 @@ def pins(constraints: Path) -> dict[str, str]:
     return out
 
 
+SUMMARY = re.compile(r"^=*\s*(\d+ (?:failed|passed|errors?|skipped|deselected|xfailed|xpassed|warnings?)\b.*"
+                     r" in \d[\d.]*s\b.*?)\s*=*$")
+FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+?\.py\S*)(?: - .*)?$")
+EXIT = re.compile(r"^pytest exit (\d+)$")
+
+
+def pytest_tests(text: str) -> dict | None:
+    """From a leg's log (pytest's output, `-q` or not, inside tox's or not): the last summary line ("3 failed, 395
+    passed, … in 956.38s"), the tests of pytest's short summary that failed or errored (each once, in log order), and
+    the exit status where the log says `pytest exit N` (a leg script that runs pytest outside tox); None when no summary line is there (a
+    leg that never ran, or was killed: its failures are unknown)."""
+    lines = text.splitlines()
+    summaries = [i for i, line in enumerate(lines) if SUMMARY.match(line.strip())]
+    if not summaries:
+        return None
+    last = summaries[-1]
+    start = max((i for i in summaries if i < last), default=-1) + 1  # this run's short summary only
+    failed = list(dict.fromkeys(m.group(1) for line in lines[start:last] if (m := FAILED.match(line.strip()))))
+    exits = [int(m.group(1)) for line in lines[last:] if (m := EXIT.match(line.strip()))]
+    return {"summary": SUMMARY.match(lines[last].strip()).group(1), "failed": failed,
+            **({"exit": exits[0]} if exits else {})}
+
+
 def record_leg(leg: str, reports: Path, constraints: Path | None = None, log: Path | None = None) -> Path:
-    """reports/<leg>/leg.json after a leg ran: its name, its pins, and `install_error` when the leg never reached
-    its tests (no results.json: pytest writes one as it starts, so a leg without one failed to install or start);
-    then the log's tail says why."""
+    """reports/<leg>/leg.json after a leg ran: its name, its pins, `install_error` when the leg never reached its
+    tests (no results.json: pytest writes one as it starts, so a leg without one failed to install or start; then the
+    log's tail says why), and `tests`: the suite's summary line and failing tests read from the log (None without a
+    log or a summary line in it)."""
     error = None
+    text = log.read_text(errors="replace") if log and log.is_file() else ""
     if _results(reports) is None:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log and log.is_file() else ""
+        tail = "\n".join(text.splitlines()[-40:])
         error = f"no results.json: the leg failed before its tests started\n{tail}".strip()
     record = {"leg": leg, "pins": pins(constraints) if constraints and constraints.is_file() else {},
-              "install_error": error}
+              "install_error": error, "tests": pytest_tests(text)}
     reports.mkdir(parents=True, exist_ok=True)
     (reports / LEG_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return reports / LEG_FILE
@@ -356,11 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m harness.matrix record-leg LEG [--log FILE]` (the release-matrix workflow, after each leg)."""
     p = argparse.ArgumentParser(prog="python -m harness.matrix")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("record-leg", help="write reports/<leg>/leg.json (install_error when no results.json)")
+    s = sub.add_parser("record-leg", help="write reports/<leg>/leg.json (install_error when no results.json; the "
+                                          "suite's summary and failing tests from --log)")
     s.add_argument("leg")
     s.add_argument("--reports", type=Path, help="the leg's report folder (default reports/<leg>)")
     s.add_argument("--constraints", type=Path, help="its pins (default constraints/<leg>.txt)")
-    s.add_argument("--log", type=Path, help="the leg's install/test log; its tail is kept if the leg did not install")
+    s.add_argument("--log", type=Path, help="the leg's install/test log: its tail is kept if the leg did not install; "
+                                            "its pytest summary and failing tests are recorded")
     args = p.parse_args(argv)
     path = record_leg(args.leg, args.reports or Path("reports") / args.leg,
                       args.constraints or Path("constraints") / f"{args.leg}.txt", args.log)

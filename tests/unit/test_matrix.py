@@ -21,8 +21,9 @@ REAL = json.loads((ROOT / "reports/examples/cpu-2026-11-27-epyc/results.json").r
 CHROMIUM = chromium_path()
 
 
-def make_leg(root: Path, name: str, trl: str, plant=None, install_error: bool = False) -> Path:
-    """A leg's artifact folder: the real run with trl at `trl`, `plant(data)` applied, and its leg.json."""
+def make_leg(root: Path, name: str, trl: str, plant=None, install_error: bool = False, log: str | None = None) -> Path:
+    """A leg's artifact folder: the real run with trl at `trl`, `plant(data)` applied, and its leg.json (recorded
+    from `log`, by default a failed install's)."""
     folder = root / f"leg-{name}"
     constraints = root / f"{name}.txt"
     constraints.write_text(f"transformers==5.17.0\ntrl=={trl}\n")
@@ -37,9 +38,9 @@ def make_leg(root: Path, name: str, trl: str, plant=None, install_error: bool = 
             plant(data)
         (folder / data["run"]).mkdir(parents=True)
         (folder / data["run"] / "results.json").write_text(json.dumps(data))
-    log = root / f"tox-{name}.log"
-    log.write_text("ERROR: Cannot install trl==9.9.9: no matching distribution\n")
-    matrix.record_leg(name, folder, constraints, log)
+    path = root / f"tox-{name}.log"
+    path.write_text(log if log is not None else "ERROR: Cannot install trl==9.9.9: no matching distribution\n")
+    matrix.record_leg(name, folder, constraints, path)
     return folder
 
 
@@ -118,6 +119,64 @@ def test_leg_that_could_not_be_installed_is_a_column(tmp_path):
     assert row_cells(page, "LORA-RANK") == ["cell v-corrected", "cell not-installed", "cell v-corrected",
                                             "cell not-installed"]
     assert page.count(f"<b>{matrix.NOT_INSTALLED}</b>") == 2
+
+
+def pytest_log(*failed: str, passed: int = 395) -> str:
+    """A leg's log as tox prints it: pip's noise, pytest -q's dots, its short summary and last line."""
+    lines = ["Successfully installed trl-1.15.0", "....F....", "=========== short test summary info ===========",
+             *(f"FAILED {t} - AssertionError: assert 0 == 6" for t in failed),
+             f"{len(failed)} failed, {passed} passed, 15 skipped in 956.38s (0:15:56)" if failed else
+             f"{passed} passed, 15 skipped in 500.32s (0:08:20)", "pytest exit 1" if failed else "pytest exit 0"]
+    return "\n".join(lines) + "\n"
+
+
+PROBE = "tests/unit/test_lora_quant_probe.py::test_mechanism_runs_end_to_end_on_the_cpu_and_feeds_the_check"
+
+
+def test_failing_non_claim_tests_show_in_that_leg_and_step(tmp_path):
+    """A leg whose claims all hold but whose other tests fail (transformers 5.24.0's probe tests before f0e789b) is not
+    "safe": its column lists the failing tests and the step into it says so; the step out of it names them fixed."""
+    legs = [make_leg(tmp_path, "a", "1.14.0", log=pytest_log()), make_leg(tmp_path, "b", "1.15.0", log=pytest_log(PROBE)),
+            make_leg(tmp_path, "c", "1.16.0", log=pytest_log(PROBE)), make_leg(tmp_path, "d", "1.17.0", log=pytest_log()),
+            make_leg(tmp_path, "e", "1.18.0")]  # no test summary in its log: unknown, not "no failures"
+    record = json.loads((legs[1] / "leg.json").read_text())
+    assert record["tests"] == {"summary": "1 failed, 395 passed, 15 skipped in 956.38s (0:15:56)", "failed": [PROBE],
+                               "exit": 1}
+    assert json.loads((legs[4] / "leg.json").read_text())["tests"] is None
+    data, page = build(tmp_path, legs)
+    assert [(s["status"], s["changed"]) for s in data["steps"]] == [("tests failed", {}), ("safe", {}), ("safe", {}),
+                                                                     ("safe", {})]
+    assert data["steps"][0]["line"] == "no claim moved, but 1 test newly failing"
+    assert data["steps"][0]["tests"] == {"newly_failing": [PROBE], "no_longer_failing": []}
+    assert "tests" not in data["steps"][1] and data["steps"][2]["tests"] == {"newly_failing": [],
+                                                                             "no_longer_failing": [PROBE]}
+    assert changed_cells(page) == 0  # no claim cell moves
+    assert page.count(f"<li>{PROBE}</li>") == 2 and page.count(f"<li>newly failing: {PROBE}</li>") == 1
+    assert page.count('class="tests tests-failed"') == 2
+    # a moved claim and a failing test in one step: both said
+    (tmp_path / "2").mkdir()
+    legs = [make_leg(tmp_path / "2", "a", "1.14.0", log=pytest_log()),
+            make_leg(tmp_path / "2", "b", "1.15.0", padding_free_on, log=pytest_log(PROBE))]
+    data, _ = build(tmp_path / "2", legs)
+    assert data["steps"][0]["line"] == "changed: RECIPE-FIDELITY; 1 test newly failing"
+
+
+def other_commit(data):
+    data["environment"]["git_commit"] = "0123456789ab"
+
+
+def test_a_leg_of_another_suite_commit_is_compared_with_its_own_commit(tmp_path):
+    """Legs run on two commits of the suite (a new dataset moves every count) interleave by version: each step
+    compares legs of one commit, and a leg with no earlier leg of its commit is "not comparable", never "changed"."""
+    legs = [make_leg(tmp_path, "a", "1.13.0", other_commit), make_leg(tmp_path, "b", "1.14.0"),
+            make_leg(tmp_path, "c", "1.15.0", lambda d: (other_commit(d), padding_free_on(d))),
+            make_leg(tmp_path, "d", "1.16.0")]
+    data, page = build(tmp_path, legs)
+    assert [(s["from"], s["to"], s["status"]) for s in data["steps"]] == [
+        ("a", "b", "not comparable"), ("a", "c", "changed"), ("b", "d", "safe")]
+    assert data["steps"][0]["line"] == (f"not comparable: suite commit 0123456789ab → {REAL['environment']['git_commit']}"
+                                        " (rerun both legs on one commit)")
+    assert list(data["steps"][1]["changed"]) == ["RECIPE-FIDELITY"] and changed_cells(page) == 1
 
 
 def test_record_leg_without_results_keeps_the_log_tail(tmp_path):
