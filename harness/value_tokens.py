@@ -2,11 +2,12 @@
 
 Gemma 3's tokenizer cuts a word differently after a space than after a quote. In a request a city follows a space
 ("في الجزائر": one piece "▁الجزائر"); in the answer it follows a quote ('"city": "الجزائر"': "ال" "جز" "ائر").
-Copying such a value is not copying pieces: the model must spell out a piece it read. Measured on the first runs of
-dataset v2 (reports/examples/h200x2-2026-11-28-bigpools, H200, Unsloth, the handbook's recipe): values whose pieces
-are the same in request and answer were copied right 95-100% of the time (1200 steps: city 0.89, contact 0.99, text
-1.00, title 1.00), re-spelled ones far less often (city 0.22, contact 0.70, destination 0.44, text 0.77); a
-held-out city is all right or all wrong (الخرطوم 0/12, عجمان 13/13). This is what limits held-out exact match.
+Copying such a value is not copying pieces: the model must spell out a piece it read. Measured on held-out requests
+(reports/examples/h200x2-2026-11-28-bigpools, the handbook's recipe under Unsloth): values with the same pieces were
+copied right 942/1020 = 0.924 (600 steps), 984/1020 = 0.965 (1,200 steps) and 972/1022 = 0.951 (H100, smaller pools);
+re-spelled ones 134/283 = 0.473, 148/283 = 0.523 and 154/287 = 0.537. Cities are hard even with the same pieces
+(0.60 at 600 steps, 0.89 at 1,200), and a held-out city is all right or all wrong (الخرطوم 0/12, عجمان 13/13). This
+is what limits held-out exact match.
 
 `split(rows, tokenizer)` classifies every string value of the expected call that occurs verbatim in the request
 (numbers, times and mapped words like "بكرة" → "tomorrow" are not copies and are left out) and counts it right when
@@ -20,6 +21,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from harness.scoring import parse_call
 
 SAME, RESPELLED = "same", "respelled"
 
@@ -46,21 +49,13 @@ def respelled(tokenizer, request: str, answer: str, value: str) -> bool | None:
     return in_request != in_answer
 
 
-def _parse(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except (TypeError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def split(rows, tokenizer) -> dict:
     """rows: dicts with request, expected (the answer JSON), output. Per slot (function.key) and in total: copied
     values with the same pieces / re-spelled, how many and how many right."""
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a multimodal processor wraps the text tokenizer
     per_slot: dict[str, dict] = {}
     for row in rows:
-        want, got = _parse(row["expected"]), _parse(row["output"])
+        want, got = parse_call(row["expected"] or "") or {}, parse_call(row["output"] or "") or {}
         function = want.get("action", row.get("function"))
         for key, value in want.items():
             if key == "action" or not isinstance(value, str):
