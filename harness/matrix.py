@@ -84,7 +84,8 @@ def load_leg(path: str | Path) -> dict:
         return leg
     gpu = env.get("gpu")
     leg.update(hardware=gpu.get("name", "gpu") if isinstance(gpu, dict) else "cpu", run=data.get("run"),
-               complete=bool(data.get("complete")), git_commit=env.get("git_commit"), claims=data.get("claims") or [])
+               complete=bool(data.get("complete")), git_commit=env.get("git_commit"), git_dirty=env.get("git_dirty"),
+               source_digest=env.get("source_digest"), claims=data.get("claims") or [])
     return leg
 
 
@@ -155,6 +156,14 @@ def claim_changes(old: dict | None, new: dict | None, rtol: float) -> dict | Non
     return {"verdict": [old_verdict, new_verdict] if old_verdict != new_verdict else None, "evidence": moved}
 
 
+def suite_code(leg: dict) -> str | None:
+    """Which suite code a leg ran: the digest of its source files where recorded (harness.results.source_digest), else
+    its commit. A commit alone is not enough: a leg run from a tree with uncommitted edits recorded the commit it sat
+    on (seen: the "newest" leg of reports/examples/legs-2026-11-28-cpu-release-matrix recorded d7cdb03 and ran the
+    next commit's dataset, so the page showed a change no release made)."""
+    return leg.get("source_digest") or leg.get("git_commit")
+
+
 def step(old: dict, new: dict, rtol: float) -> dict:
     """One upgrade step: the versions that changed, and either SAFE or the claims whose verdict or evidence moved."""
     versions = {p: [old["versions"].get(p), new["versions"].get(p)]
@@ -166,10 +175,11 @@ def step(old: dict, new: dict, rtol: float) -> dict:
         out.update(status="not comparable", line=f"not comparable: {old['hardware']} leg → {new['hardware']} leg "
                                                  "(different tiers)")
         return out
-    if old.get("git_commit") != new.get("git_commit"):
-        # Another commit of the suite measures differently (a new dataset moves every count): not the release's doing.
-        out.update(status="not comparable", line=f"not comparable: suite commit {old.get('git_commit')} → "
-                                                 f"{new.get('git_commit')} (rerun both legs on one commit)")
+    if suite_code(old) != suite_code(new):
+        # Other suite code measures differently (a new dataset moves every count): not the release's doing.
+        kind = "code" if old.get("source_digest") and new.get("source_digest") else "commit"
+        out.update(status="not comparable", line=f"not comparable: suite {kind} {suite_code(old)} → "
+                                                 f"{suite_code(new)} (rerun both legs on one commit)")
         return out
     a, b = ({c["id"]: c for c in leg["claims"]} for leg in (old, new))
     for cid in _claim_ids([old, new]):
@@ -213,7 +223,7 @@ def _claim_ids(legs: list[dict]) -> list[str]:
 
 def build(paths: list[str | Path], keep_order: bool = False, rtol: float = REL_TOLERANCE) -> dict:
     """The matrix as JSON-able data: legs (columns), claims (rows: a verdict per leg), and one step per leg after
-    the first installed one, each compared with the nearest installed leg before it that ran the same suite commit on
+    the first installed one, each compared with the nearest installed leg before it that ran the same suite code on
     the same hardware (else the nearest installed one: "not comparable")."""
     legs = [load_leg(p) for p in paths]
     seen: dict[str, int] = {}
@@ -230,9 +240,9 @@ def build(paths: list[str | Path], keep_order: bool = False, rtol: float = REL_T
             steps.append({"from": previous and previous["name"], "to": leg["name"], "versions": {}, "changed": {},
                           "status": "not installed", "line": f"{leg['name']} {NOT_INSTALLED}"})
             continue
-        # the nearest installed leg before it that ran the same suite commit on the same hardware, else the nearest
-        previous = next((b for b in reversed(before) if (b.get("git_commit"), b["hardware"]) ==
-                         (leg.get("git_commit"), leg["hardware"])), previous)
+        # the nearest installed leg before it that ran the same suite code on the same hardware, else the nearest
+        previous = next((b for b in reversed(before) if (suite_code(b), b["hardware"]) ==
+                         (suite_code(leg), leg["hardware"])), previous)
         if previous is not None:
             steps.append(step(previous, leg, rtol))
         before.append(leg)
@@ -301,7 +311,8 @@ def render(matrix: dict) -> str:
         shown = varying if leg["installed"] else sorted(leg["versions"])  # a leg that did not install: its pins
         versions = "<br>".join(f"{escape(p)} {escape(str(leg['versions'].get(p, '—')))}" for p in shown)
         if leg["installed"]:
-            note = (f"{escape(leg['hardware'])}, suite {escape(str(leg.get('git_commit')))}, run "
+            code = str(leg.get("git_commit")) + (f" + edits, code {leg['source_digest']}" if leg.get("git_dirty") else "")
+            note = (f"{escape(leg['hardware'])}, suite {escape(code)}, run "
                     f"{escape(str(leg.get('run')))}") + ("" if leg.get("complete") else
                                                                                         " <b>(incomplete run)</b>")
             head += (f'<th class="leg">{escape(leg["name"])}<br><small>{versions}<br>{note}</small>'

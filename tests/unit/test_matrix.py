@@ -162,7 +162,7 @@ def test_failing_non_claim_tests_show_in_that_leg_and_step(tmp_path):
 
 
 def other_commit(data):
-    data["environment"]["git_commit"] = "0123456789ab"
+    data["environment"].update(git_commit="0123456789ab", source_digest="0123456789abcdef")
 
 
 def test_a_leg_of_another_suite_commit_is_compared_with_its_own_commit(tmp_path):
@@ -174,9 +174,29 @@ def test_a_leg_of_another_suite_commit_is_compared_with_its_own_commit(tmp_path)
     data, page = build(tmp_path, legs)
     assert [(s["from"], s["to"], s["status"]) for s in data["steps"]] == [
         ("a", "b", "not comparable"), ("a", "c", "changed"), ("b", "d", "safe")]
-    assert data["steps"][0]["line"] == (f"not comparable: suite commit 0123456789ab → {REAL['environment']['git_commit']}"
+    assert data["steps"][0]["line"] == (f"not comparable: suite code 0123456789abcdef → {REAL['environment']['source_digest']}"
                                         " (rerun both legs on one commit)")
     assert list(data["steps"][1]["changed"]) == ["RECIPE-FIDELITY"] and changed_cells(page) == 1
+
+
+def test_legs_are_compared_by_the_code_that_ran_not_the_commit_recorded(tmp_path):
+    """Planted: a leg run from a tree with uncommitted edits records its base commit, and the edits change what it
+    measures. Compared by commit its step would read "changed" (the newest leg of the 2026-11-28 legs example did);
+    compared by source digest it is "not comparable". The same code recorded under another commit is comparable."""
+    def edited(data):
+        data["environment"].update(git_dirty=True, source_digest="feedfacefeedface")
+        padding_free_on(data)
+
+    def same_code_other_commit(data):
+        data["environment"]["git_commit"] = "0123456789ab"
+
+    legs = [make_leg(tmp_path, "a", "1.14.0"), make_leg(tmp_path, "b", "1.15.0", edited),
+            make_leg(tmp_path, "c", "1.16.0", same_code_other_commit)]
+    data, page = build(tmp_path, legs)
+    assert [(s["from"], s["to"], s["status"]) for s in data["steps"]] == [
+        ("a", "b", "not comparable"), ("a", "c", "safe")]
+    assert "feedfacefeedface" in data["steps"][0]["line"] and changed_cells(page) == 0
+    assert "+ edits, code feedfacefeedface" in page
 
 
 def test_record_leg_without_results_keeps_the_log_tail(tmp_path):
