@@ -52,9 +52,9 @@ def read_gguf_vocab(gguf_path: Path, cache_file: Path | None = None) -> GgufVoca
         except (OSError, ValueError, KeyError, TypeError) as exc:
             why = f"it is unreadable ({type(exc).__name__})"
         print(f"vocabulary cache {cache_file}: {why}; reading the GGUF again", file=sys.stderr)
-    from gguf import GGUFReader
+    from harness.gguf_verify import fast_reader_class
 
-    fields = GGUFReader(str(gguf_path)).fields
+    fields = fast_reader_class()(str(gguf_path)).fields
 
     def scalar(name: str) -> int:
         field = fields[name]
