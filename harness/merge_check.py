@@ -8,9 +8,24 @@ on held-out prompts: a faithful merge sits at rounding distance from the trained
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
+
+
+def max_abs_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| in one pass over the difference (aminmax), NaN if any difference is NaN. The same number as
+    (a - b).abs().max(), without a second 262k-vocabulary-wide tensor: on the tiny model's 8 prompts the check took
+    8.2 s of a certify, 0.17 s per prompt and pair in abs().max() (2 cores, 2026-11-28)."""
+    low, high = torch.aminmax(a - b)
+    return float(torch.maximum(high, -low))
+
+
+def worse(current: float, new: float) -> float:
+    """The running maximum, NaN once any value was NaN. Python's max(0.0, nan) is 0.0: a merged model with NaN
+    logits read as max |Δ| 0, perfect agreement, until 2026-11-28."""
+    return math.nan if math.isnan(current) or math.isnan(new) else max(current, new)
 
 
 @torch.no_grad()
@@ -33,8 +48,8 @@ def merged_vs_trained(model, merged_dir: Path, prompt_ids: list[list[int]]) -> d
             with model.disable_adapter():
                 base = model(input_ids=x).logits.float()
             out = merged(input_ids=x).logits.float()
-            worst["merged_vs_trained"] = max(worst["merged_vs_trained"], float((out - trained).abs().max()))
-            worst["base_vs_trained"] = max(worst["base_vs_trained"], float((base - trained).abs().max()))
+            worst["merged_vs_trained"] = worse(worst["merged_vs_trained"], max_abs_difference(out, trained))
+            worst["base_vs_trained"] = worse(worst["base_vs_trained"], max_abs_difference(base, trained))
             agree += int((out.argmax(-1) == trained.argmax(-1)).sum())
             positions += trained.shape[1]
     finally:

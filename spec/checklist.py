@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from harness.recipe import HANDBOOK
 from spec.blind_spots import check_eos, check_prompt_text, check_sliding_window
 from spec.core import Claim, eq, ge, le, verdict_if
@@ -101,6 +103,9 @@ def check_merge(m: dict) -> tuple[str, dict]:
     if m.get("error") or m.get("merged_vs_trained_max_abs") is None:
         return "fail", evidence
     merge_err, moved = m["merged_vs_trained_max_abs"], m["base_vs_trained_max_abs"]
+    if math.isnan(merge_err) or math.isnan(moved):  # NaN logits: `merge_err > 0` is False and read as a perfect merge
+        evidence["trained_moved_over_merge_error"] = math.nan
+        return "fail", evidence
     evidence["trained_moved_over_merge_error"] = moved / merge_err if merge_err > 0 else float("inf")
     # Faithful: the merge is at rounding distance from the trained model and training moved it much further than that
     # (a no-op merge is the base: merge error == training's move).
