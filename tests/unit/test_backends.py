@@ -83,3 +83,15 @@ def test_hf_backend_lora_init_does_not_depend_on_what_the_process_drew_before(ti
     a = first_lora_a()
     torch.rand(12345)
     assert torch.equal(a, first_lora_a())
+
+
+def test_batched_tokenizing_gives_the_ids_of_one_conversation_at_a_time(tokenizer, dataset):
+    """tokenize_conversations applies the chat template to chunks of conversations; each row's ids are those of the
+    conversation alone (rows of every function and split, across a chunk boundary), and every row keeps its index."""
+    from harness.backends import sft
+    from harness.masking import reference_masker
+
+    conversations = [ex.messages for split in ("train", "validation", "test") for ex in dataset[split][:400]]
+    rows = sft.tokenize_conversations(tokenizer, conversations, reference_masker(tokenizer), 512)
+    alone = [list(tokenizer.apply_chat_template(m, return_dict=True)["input_ids"])[:512] for m in conversations]
+    assert len(conversations) > sft.TOKENIZE_CHUNK and [row["input_ids"] for row in rows] == alone
