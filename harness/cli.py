@@ -60,7 +60,8 @@ def cmd_certify(args) -> int:
             return 3
         from harness.tiers import certify_all
 
-        outcome = certify_all(args.model, (["-k", args.select] if args.select else []) + args.pytest_args, tests)
+        outcome = certify_all(args.model, (["-k", args.select] if args.select else []) + args.pytest_args, tests,
+                              self_tests=args.with_self_tests)
     else:
         outcome = _certify_cpu(args, tests)
     from harness.results import reports_root
@@ -76,6 +77,8 @@ def _certify_cpu(args, tests: Path) -> int:
     import pytest
 
     argv = [str(tests), "-q", "-p", "no:cacheprovider", f"--model={args.model}"]
+    if not args.with_self_tests:
+        argv.append("--no-self-tests")
     if args.select:
         argv += ["-k", args.select]
     code = pytest.main(argv + args.pytest_args)
@@ -285,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpu", action="store_true", help="on a CUDA runner: every claim, the CPU tier with CUDA hidden, then "
                                                       "the GPU tier, merged into one report")
     s.add_argument("-k", dest="select", help="pytest -k expression")
+    s.add_argument("--with-self-tests", action="store_true",
+                   help="also run the suite's self-tests (marker selftest: its own logic, which no installed library "
+                        "changes; `python -m pytest` and CI run them); by default certify runs every claim test and "
+                        "every check of a measuring instrument against the installed libraries")
     s.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
     s.set_defaults(func=cmd_certify)
 

@@ -92,6 +92,10 @@ def pytest_addoption(parser):
     group.addoption("--faults", action="store_true",
                     help="also run the fault catalog (tests/faults: 41 planted regressions, each in its own pytest "
                          "process; ~8 min on 2 cores); without it those tests are deselected")
+    group.addoption("--no-self-tests", action="store_true",
+                    help="deselect the suite's self-tests (marked selftest: the harness's own logic, which no installed "
+                         "library changes); what `python -m harness certify` runs. Every claim test and every check "
+                         "of a measuring instrument against the installed libraries still runs")
 
 
 def cuda_available() -> bool:
@@ -145,6 +149,16 @@ def pytest_collection_modifyitems(config, items):
         if deselected:
             config.hook.pytest_deselected(items=deselected)
             items[:] = [item for item in items if not item.get_closest_marker("faults")]
+    if config.getoption("--no-self-tests"):
+        self_tests = [item for item in items if item.get_closest_marker("selftest")]
+        if self_tests:
+            config.hook.pytest_deselected(items=self_tests)
+            items[:] = [item for item in items if not item.get_closest_marker("selftest")]
+        recorder = config.stash[STATE].recorder
+        if recorder is not None:
+            recorder.extras["self_tests_not_run"] = {
+                "count": len(self_tests), "why": "certify runs the claim tests and the instrument checks; the suite's "
+                                                 "self-tests (marker selftest) run with `python -m pytest` and in CI"}
     no_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     has_cuda = cuda_available()
     for item in items:

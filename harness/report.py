@@ -151,6 +151,11 @@ def render(data: dict) -> str:
     faults = (data.get("extras") or {}).get("faults")
     if faults:
         extra_sections += "<h2>Planted regressions</h2>" + _faults_table(faults)
+    not_run = (data.get("extras") or {}).get("self_tests_not_run")
+    if not_run:
+        extra_sections += (f'<h2>Scope</h2><p id="scope">{int(not_run["count"])} self-tests of the suite were not run here: '
+                           f'{escape(not_run["why"])} (<code>python -m harness certify --with-self-tests</code> runs them '
+                           f'too).</p>')
     slowest = list((data.get("durations") or {}).items())[:10]
     if slowest:
         slow_rows = "".join(f"<tr><td>{escape(nodeid)}</td><td>{seconds:.1f}</td></tr>" for nodeid, seconds in slowest)

@@ -91,11 +91,14 @@ def _load(root: Path) -> dict | None:
         return None
 
 
-def certify_all(model: str, pytest_args: list[str], tests: Path) -> int:
-    """Both tiers (the CPU tier with CUDA hidden, then the GPU tier), merged into reports/<run>/."""
+def certify_all(model: str, pytest_args: list[str], tests: Path, self_tests: bool = False) -> int:
+    """Both tiers (the CPU tier with CUDA hidden, then the GPU tier), merged into reports/<run>/; the suite's
+    self-tests only with `self_tests` (as `certify` on the CPU)."""
     root = reports_root()
     run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{os.getpid()}-all-tiers"
     base = [sys.executable, "-m", "pytest", str(tests), "-q", "-p", "no:cacheprovider", f"--model={model}"]
+    if not self_tests:
+        base.append("--no-self-tests")
     cpu_root, gpu_root = root / f"{run_id}.cpu", root / f"{run_id}.gpu"
     root.mkdir(parents=True, exist_ok=True)
     print(f"CPU tier (CUDA hidden), then the GPU tier: logs {root / run_id}.*.log", flush=True)
