@@ -17,7 +17,7 @@ SELF_TEST_MODULES = {
     "test_fault_coverage", "test_gpu_records_replayed", "test_llama_cpp_build", "test_lora_quant_specs",
     "test_masking_checks", "test_matrix", "test_measure_cache", "test_merge_check", "test_pytest_plugin",
     "test_release_workflow", "test_report_and_diff", "test_report_browser", "test_report_evaluation", "test_run_queue",
-    "test_scoring", "test_tiers",
+    "test_scoring", "test_tiers", "test_time_certify",
 }
 # Single self-tests in modules that also check instruments.
 SELF_TESTS = {
