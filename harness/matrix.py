@@ -164,6 +164,18 @@ def suite_code(leg: dict) -> str | None:
     return leg.get("source_digest") or leg.get("git_commit")
 
 
+def _suite_name(old: dict, new: dict) -> str:
+    """"code A → B" (two digests), "commit A → B" (neither), else each side by what it has."""
+    if old.get("source_digest") and new.get("source_digest"):
+        return f"code {old['source_digest']} → {new['source_digest']}"
+    if not old.get("source_digest") and not new.get("source_digest"):
+        return f"commit {old.get('git_commit')} → {new.get('git_commit')}"
+    def side(leg: dict) -> str:
+        return f"code {leg['source_digest']}" if leg.get("source_digest") else f"commit {leg.get('git_commit')}"
+
+    return f"{side(old)} → {side(new)}"
+
+
 def step(old: dict, new: dict, rtol: float) -> dict:
     """One upgrade step: the versions that changed, and either SAFE or the claims whose verdict or evidence moved."""
     versions = {p: [old["versions"].get(p), new["versions"].get(p)]
@@ -177,9 +189,8 @@ def step(old: dict, new: dict, rtol: float) -> dict:
         return out
     if suite_code(old) != suite_code(new):
         # Other suite code measures differently (a new dataset moves every count): not the release's doing.
-        kind = "code" if old.get("source_digest") and new.get("source_digest") else "commit"
-        out.update(status="not comparable", line=f"not comparable: suite {kind} {suite_code(old)} → "
-                                                 f"{suite_code(new)} (rerun both legs on one commit)")
+        out.update(status="not comparable", line=f"not comparable: suite {_suite_name(old, new)} "
+                                                 "(rerun both legs on one commit)")
         return out
     a, b = ({c["id"]: c for c in leg["claims"]} for leg in (old, new))
     for cid in _claim_ids([old, new]):
@@ -311,7 +322,8 @@ def render(matrix: dict) -> str:
         shown = varying if leg["installed"] else sorted(leg["versions"])  # a leg that did not install: its pins
         versions = "<br>".join(f"{escape(p)} {escape(str(leg['versions'].get(p, '—')))}" for p in shown)
         if leg["installed"]:
-            code = str(leg.get("git_commit")) + (f" + edits, code {leg['source_digest']}" if leg.get("git_dirty") else "")
+            code = (f"code {leg.get('source_digest')}" if not leg.get("git_commit") else
+                    str(leg["git_commit"]) + (f" + edits, code {leg['source_digest']}" if leg.get("git_dirty") else ""))
             note = (f"{escape(leg['hardware'])}, suite {escape(code)}, run "
                     f"{escape(str(leg.get('run')))}") + ("" if leg.get("complete") else
                                                                                         " <b>(incomplete run)</b>")

@@ -140,6 +140,22 @@ def _phase(item) -> int:
     return mark.args[0] if mark else 0
 
 
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")  # after -k/-m: counts what would have run
+def pytest_collection_modifyitems_self_tests(config, items):
+    """--no-self-tests (certify's scope): deselect the tests marked selftest and record how many."""
+    if not config.getoption("--no-self-tests"):
+        return
+    self_tests = [item for item in items if item.get_closest_marker("selftest")]
+    if self_tests:
+        config.hook.pytest_deselected(items=self_tests)
+        items[:] = [item for item in items if not item.get_closest_marker("selftest")]
+    recorder = config.stash[STATE].recorder
+    if recorder is not None and self_tests:
+        recorder.extras["self_tests_not_run"] = {
+            "count": len(self_tests), "why": "certify runs the claim tests and the instrument checks; the suite's "
+                                             "self-tests (marker selftest) run with `python -m pytest` and in CI"}
+
+
 def pytest_collection_modifyitems(config, items):
     # Short GPU probes first (the long runs go on in the background meanwhile), then the tests that wait for
     # those runs, then the timings, which need the GPU to themselves. The sort is stable: files keep their order.
@@ -149,16 +165,6 @@ def pytest_collection_modifyitems(config, items):
         if deselected:
             config.hook.pytest_deselected(items=deselected)
             items[:] = [item for item in items if not item.get_closest_marker("faults")]
-    if config.getoption("--no-self-tests"):
-        self_tests = [item for item in items if item.get_closest_marker("selftest")]
-        if self_tests:
-            config.hook.pytest_deselected(items=self_tests)
-            items[:] = [item for item in items if not item.get_closest_marker("selftest")]
-        recorder = config.stash[STATE].recorder
-        if recorder is not None:
-            recorder.extras["self_tests_not_run"] = {
-                "count": len(self_tests), "why": "certify runs the claim tests and the instrument checks; the suite's "
-                                                 "self-tests (marker selftest) run with `python -m pytest` and in CI"}
     no_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     has_cuda = cuda_available()
     for item in items:

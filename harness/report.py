@@ -152,7 +152,7 @@ def render(data: dict) -> str:
     if faults:
         extra_sections += "<h2>Planted regressions</h2>" + _faults_table(faults)
     not_run = (data.get("extras") or {}).get("self_tests_not_run")
-    if not_run:
+    if not_run and not_run.get("count"):
         extra_sections += (f'<h2>Scope</h2><p id="scope">{int(not_run["count"])} self-tests of the suite were not run here: '
                            f'{escape(not_run["why"])} (<code>python -m harness certify --with-self-tests</code> runs them '
                            f'too).</p>')

@@ -59,19 +59,23 @@ def environment(command: str | None = None) -> dict:
 
 
 SOURCE_DIRS = ("harness", "spec", "tests")
+SOURCE_FILES = ("conftest.py", "pyproject.toml")  # the shared fixtures; the markers and pytest options
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def source_digest(root: Path = SOURCE_ROOT) -> str:
-    """sha256 (first 16 hex) over the suite's own source files (path and bytes), git or not: the code that ran."""
+    """sha256 (first 16 hex) over the suite's own files (path and bytes), git or not: the code that ran and the data
+    it reads. Every file under harness/, spec/ and tests/ (spec/baselines/*.json: recorded expectations), the root
+    conftest.py and pyproject.toml; until 2026-11-28 only *.py under the three folders, so two legs whose recorded
+    baselines differed counted as the same code (harness.matrix compares legs by this digest)."""
     import hashlib
 
     h = hashlib.sha256()
-    for top in SOURCE_DIRS:
-        for path in sorted((root / top).rglob("*.py")):
-            if "__pycache__" in path.parts:
-                continue
-            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    paths = [path for top in SOURCE_DIRS for path in sorted((root / top).rglob("*"))
+             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"]
+    paths += [root / name for name in SOURCE_FILES if (root / name).is_file()]
+    for path in paths:
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 

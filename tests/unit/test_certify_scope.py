@@ -1,38 +1,59 @@
-"""What `certify` runs: everything but the suite's self-tests (tests/unit/conftest.py lists them)."""
+"""What `certify` runs: everything but the suite's self-tests (tests/unit/conftest.py says which those are)."""
 
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 UNIT = Path(__file__).resolve().parent
 ROOT = UNIT.parents[1]
+PLUGIN = """
+import json, os
+
+def pytest_collection_finish(session):
+    with open(os.environ["SCOPE_OUT"], "w") as out:
+        json.dump({item.nodeid: sorted(item.fixturenames) for item in session.items}, out)
+"""
 
 
-def listed():
+def rules():
     spec = importlib.util.spec_from_file_location("unit_conftest", UNIT / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.SELF_TEST_MODULES, module.SELF_TESTS
+    return module
 
 
-def collected(*extra) -> set[str]:
-    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "--no-report", *extra],
-                         capture_output=True, text=True, cwd=ROOT).stdout
-    return {line.strip() for line in out.splitlines() if "::" in line}
+def collected(tmp_path, *extra) -> dict[str, list[str]]:
+    """nodeid -> fixture names of the tests a run with `extra` would run."""
+    (tmp_path / "scope_plugin.py").write_text(PLUGIN)
+    out = tmp_path / f"scope{len(extra)}.json"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "SCOPE_OUT": str(out)}
+    subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "--no-report", "-p", "scope_plugin", *extra],
+                   capture_output=True, text=True, cwd=ROOT, env=env, check=True)
+    return json.loads(out.read_text())
 
 
-def test_certify_scope_leaves_out_self_tests_only():
-    """`--no-self-tests` (certify's scope) deselects the listed self-tests and nothing else: every test outside
-    tests/unit (claims, tests/slow, GPU) and the instrument checks stay in."""
-    modules, single = listed()
-    assert all((UNIT / f"{name}.py").is_file() for name in modules), "a listed self-test module is gone"
-    assert all((UNIT / name.split("::")[0]).is_file() for name in single), "a listed self-test's module is gone"
-    everything, certified = collected(), collected("--no-self-tests")
-    left_out = everything - certified
-    assert certified < everything
-    assert all(Path(test.split("::")[0]).stem in modules or test.split("/")[-1].split("[")[0] in single
-               for test in left_out)
-    assert {test for test in everything if not test.startswith("tests/unit/")} <= certified
-    for instrument in ("test_lora_quant_probe.py", "test_tokenizer.py", "test_evaluate.py", "test_gguf_reader.py"):
-        assert any(instrument in test for test in certified)
+def test_certify_scope_leaves_out_self_tests_only(tmp_path):
+    """`--no-self-tests` (certify's scope) deselects self-tests only: every test outside tests/unit (claims, tests/slow,
+    GPU), every unit test that uses a real model, tokenizer, GGUF or llama.cpp (except the listed self-tests) and the
+    named instrument checks stay in."""
+    conftest = rules()
+    assert all((UNIT / f"{name}.py").is_file() for name in conftest.SELF_TEST_MODULES), "a listed module is gone"
+    for name in conftest.SELF_TESTS | conftest.INSTRUMENT_TESTS:
+        module, test = name.split("::")
+        assert f"def {test}(" in (UNIT / module).read_text(), f"{name} is gone"
+    everything, certified = collected(tmp_path), collected(tmp_path, "--no-self-tests")
+    left_out = set(everything) - set(certified)
+    assert set(certified) < set(everything)
+    assert not [test for test in left_out if not test.startswith("tests/unit/")]
+    for test in left_out:
+        short = test.split("/")[-1].split("[")[0]
+        assert Path(test.split("::")[0]).stem in conftest.SELF_TEST_MODULES or short in conftest.SELF_TESTS, test
+        assert short in conftest.SELF_TESTS or not conftest.LIBRARY_FIXTURES & set(everything[test]), test
+    for name in conftest.INSTRUMENT_TESTS:
+        assert any(test.endswith(name) for test in certified), name
+    for instrument in ("test_lora_quant_probe.py", "test_tokenizer.py", "test_evaluate.py", "test_gguf_reader.py",
+                       "test_merge_check.py", "test_bad_input.py::test_truncated_gguf_is_reported_as_corrupt"):
+        assert any(instrument in test for test in certified), instrument

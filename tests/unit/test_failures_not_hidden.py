@@ -80,4 +80,13 @@ def test_source_digest_changes_with_the_code(tmp_path):
     before = source_digest(tmp_path)
     (tmp_path / "spec" / "a.py").write_text("x = 2\n")
     assert source_digest(tmp_path) != before and len(before) == 16
+    for data in ("spec/baselines/b.json", "conftest.py", "pyproject.toml"):  # recorded expectations, fixtures, options
+        before = source_digest(tmp_path)
+        (tmp_path / data).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / data).write_text("{}")
+        assert source_digest(tmp_path) != before, data
+    before = source_digest(tmp_path)
+    (tmp_path / "tests" / "__pycache__").mkdir()
+    (tmp_path / "tests" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    assert source_digest(tmp_path) == before  # compiled files are not the code
     assert provenance(tmp_path)["git_commit"] is None  # no .git: no commit claimed, the digest stands
