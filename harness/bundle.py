@@ -62,11 +62,54 @@ def prune(site: Path) -> list[str]:
     return removed
 
 
-def build_bundle(python: str, platform: str, output: Path, extra: list[str] | None = None) -> Path:
+def _name(requirement: str) -> str:
+    """The normalized project name of `NAME==VERSION` or `NAME` (PEP 503: case, '-', '_' and '.' alike)."""
+    import re
+
+    return re.sub(r"[-_.]+", "-", re.split(r"[=<>!~;\[ ]", requirement.strip(), maxsplit=1)[0]).lower()
+
+
+def read_pins(constraints: Path) -> dict[str, str]:
+    """{name: NAME==VERSION} from a leg's constraints file (constraints/<leg>.txt): one pin a line, '#' comments."""
+    pins = {}
+    for line in Path(constraints).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            if "==" not in line:
+                raise ValueError(f"{constraints}: {line!r} is not a pin (NAME==VERSION): a bundle holds exact versions")
+            pins[_name(line)] = line
+    return pins
+
+
+def leg_requirements(pins: dict[str, str], overlay: bool, control_pins: dict[str, str] | None = None) -> list[str]:
+    """What a leg's bundle holds. Not an overlay: the control bundle's list with each pinned package at the leg's
+    version (and the leg's other pins added). An overlay: only the pins whose version differs from the control leg's
+    (its bundle's list and constraints/control.txt, which also pins what the runner brings, e.g. transformers), to go
+    in front of the control bundle on PYTHONPATH: a transfer to an air-gapped runner is capped, and the overlay of
+    unsloth-2026.10.1 is ~3 MB where a whole bundle is ~17 MB."""
+    bundled = {_name(r): r for r in GPU_REQUIREMENTS}
+    if overlay:
+        control = {**bundled, **(control_pins or {})}
+        return [pin for name, pin in pins.items() if control.get(name) != pin]
+    return [pins.get(name, req) for name, req in bundled.items()] + [p for n, p in pins.items() if n not in bundled]
+
+
+def build_bundle(python: str, platform: str, output: Path, extra: list[str] | None = None,
+                 constraints: Path | None = None, overlay: bool = False) -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    if overlay and constraints is None:
+        raise ValueError("--overlay needs --constraints: an overlay holds what a leg pins differently from the control")
+    if constraints is None:
+        requirements = list(GPU_REQUIREMENTS)
+    else:
+        control_file = Path(constraints).with_name("control.txt")
+        requirements = leg_requirements(read_pins(constraints), overlay,
+                                        read_pins(control_file) if control_file.is_file() else None)
+        if not requirements:
+            raise ValueError(f"{constraints} pins nothing the control does not: an overlay would be empty")
     with tempfile.TemporaryDirectory() as tmp:
-        wheels = download(GPU_REQUIREMENTS + list(extra or []), python, platform, Path(tmp) / "wheels")
+        wheels = download(requirements + list(extra or []), python, platform, Path(tmp) / "wheels")
         site = Path(tmp) / "site"
         site.mkdir()
         for wheel in wheels:

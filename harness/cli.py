@@ -224,7 +224,12 @@ def cmd_experiments(args) -> int:
 def cmd_bundle(args) -> int:
     from harness.bundle import build_bundle
 
-    print(build_bundle(args.python, args.platform, Path(args.output), extra=args.extra))
+    constraints = Path(args.constraints) if args.constraints else None
+    if constraints is not None and not constraints.is_file():
+        print(f"error: no constraints file {constraints} (a leg's pins live in constraints/<leg>.txt)", file=sys.stderr)
+        return 2
+    print(build_bundle(args.python, args.platform, Path(args.output), extra=args.extra, constraints=constraints,
+                       overlay=args.overlay))
     return 0
 
 
@@ -344,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--platform", default="manylinux_2_28_x86_64")
     s.add_argument("-o", "--output", default="dist/gpu-bundle.tar.xz")
     s.add_argument("--extra", nargs="*", default=[], help="more NAME==VERSION requirements to include")
+    s.add_argument("--constraints", help="a leg's pins (constraints/<leg>.txt): each pinned package at the leg's version")
+    s.add_argument("--overlay", action="store_true",
+                   help="with --constraints: only what the leg pins differently from the control, to go in front of the "
+                        "control bundle on PYTHONPATH (scripts/gpu_runner.sh, LEG=<leg>)")
     s.set_defaults(func=cmd_bundle)
     return p
 

@@ -10,6 +10,11 @@
 #   scripts/gpu_runner.sh wait SECONDS     wait for the detached run (or SECONDS), print the log's tail, collect
 #   scripts/gpu_runner.sh collect          copy the report, run record and benchmark JSON into $OUT
 #   scripts/gpu_runner.sh run CMD …        any command with the bundle and the model in place
+#
+# LEG=<leg> (a GPU leg of the release matrix, e.g. unsloth-2026.10.1): put .carry/leg-<leg>.tar.xz (`python -m harness
+# bundle --constraints constraints/<leg>.txt --overlay`) in front of the bundle, and keep the leg's reports, run
+# records, log and Unsloth's compiled code apart, so that two legs can run at once on two GPUs
+# (CUDA_VISIBLE_DEVICES). `collect` then packs the leg's files into $OUT/<leg>.tar.xz (a call brings back 8 files).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 HS=/tmp/handbook-site
@@ -27,6 +32,20 @@ export PYTHONPATH="$HS/llama-site:$HS/site${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 export HARNESS_CACHE="$HS/cache" HARNESS_REPORTS="${HARNESS_REPORTS:-$HS/reports}"
 export HARNESS_EXPERIMENTS_DIR="$HS/experiments" HARNESS_E2E_OUT="$HS/e2e"
+LEG="${LEG:-}"
+TAG=""
+if [ -n "$LEG" ]; then
+  TAG="-$LEG"
+  if [ ! -d "$HS/leg$TAG/site" ]; then
+    [ -f ".carry/leg$TAG.tar.xz" ] || { echo "LEG=$LEG: no .carry/leg$TAG.tar.xz (python -m harness bundle --constraints constraints/$LEG.txt --overlay -o .carry/leg$TAG.tar.xz)" >&2; exit 2; }
+    mkdir -p "$HS/leg$TAG" && tar -xJf ".carry/leg$TAG.tar.xz" -C "$HS/leg$TAG" && echo "leg $LEG unpacked: $(ls "$HS/leg$TAG/site" | grep dist-info | tr '\n' ' ')"
+  fi
+  export PYTHONPATH="$HS/leg$TAG/site:$PYTHONPATH" HARNESS_LEG="$LEG"
+  export HARNESS_REPORTS="$HS/reports$TAG" HARNESS_EXPERIMENTS_DIR="$HS/experiments$TAG" HARNESS_E2E_OUT="$HS/e2e$TAG"
+fi
+# Unsloth compiles patched modules into ./unsloth_compiled_cache by default: one place per leg, not the checkout's
+export UNSLOTH_COMPILE_LOCATION="$HS/unsloth-compiled${TAG:--control}"
+LOG="$HS/gpu-tier$TAG.log" DONE="$HS/gpu-tier$TAG.done"
 mkdir -p "$HARNESS_CACHE"
 if [ -f .carry/tokenizer-gemma3.tar.xz ] && [ ! -f "$HS/tokenizer.done" ]; then
   tar -xJf .carry/tokenizer-gemma3.tar.xz -C "$HARNESS_CACHE" && touch "$HS/tokenizer.done" && echo "tokenizer unpacked"
@@ -59,21 +78,27 @@ wait_llama_builds() {
 }
 
 assemble_model() {
-  if [ ! -f "$HS/gemma.gguf" ] && ls "$HS"/gguf.part* >/dev/null 2>&1; then cat "$HS"/gguf.part?? > "$HS/gemma.gguf"; fi
+  # to a temporary name first: two legs started together must not read a half-written file
+  if [ ! -f "$HS/gemma.gguf" ] && ls "$HS"/gguf.part* >/dev/null 2>&1; then
+    cat "$HS"/gguf.part?? > "$HS/gemma.gguf.$$" && mv -f "$HS/gemma.gguf.$$" "$HS/gemma.gguf"
+  fi
   [ -f "$HS/gemma.gguf" ] && export HARNESS_GGUF="$HS/gemma.gguf"
   return 0
 }
 
 collect() {
   [ -n "${OUT:-}" ] || return 0
+  local dest="$OUT"
+  [ -n "$LEG" ] && dest="$HS/collect$TAG" && rm -rf "$dest" && mkdir -p "$dest"
   local latest="$HARNESS_REPORTS/latest"
-  for f in results.json index.html; do [ -f "$latest/$f" ] && cp "$latest/$f" "$OUT/"; done
-  [ -f "$HARNESS_REPORTS/benchmark.json" ] && cp "$HARNESS_REPORTS/benchmark.json" "$OUT/"
-  [ -f "$HARNESS_E2E_OUT/run.json" ] && cp "$HARNESS_E2E_OUT/run.json" "$OUT/run-unsloth-e2e.json"
-  for f in "$HARNESS_E2E_OUT"/outputs-*.jsonl; do [ -f "$f" ] && cp "$f" "$OUT/"; done  # every output of the reference run
-  [ -f "$HS/gpu-tier.log" ] && tail -c 2000000 "$HS/gpu-tier.log" > "$OUT/gpu-tier-log.txt"
+  for f in results.json index.html; do [ -f "$latest/$f" ] && cp "$latest/$f" "$dest/"; done
+  [ -f "$HARNESS_REPORTS/benchmark.json" ] && cp "$HARNESS_REPORTS/benchmark.json" "$dest/"
+  [ -f "$HARNESS_E2E_OUT/run.json" ] && cp "$HARNESS_E2E_OUT/run.json" "$dest/run-unsloth-e2e.json"
+  for f in "$HARNESS_E2E_OUT"/outputs-*.jsonl; do [ -f "$f" ] && cp "$f" "$dest/"; done  # every output of the reference run
+  [ -f "$LOG" ] && tail -c 2000000 "$LOG" > "$dest/gpu-tier-log.txt"
   local cpu_log; cpu_log=$(ls -t "$HARNESS_REPORTS"/*.cpu.log 2>/dev/null | head -1)
-  [ -n "$cpu_log" ] && tail -c 1000000 "$cpu_log" > "$OUT/cpu-tier-log.txt"
+  [ -n "$cpu_log" ] && tail -c 1000000 "$cpu_log" > "$dest/cpu-tier-log.txt"
+  [ -n "$LEG" ] && tar -cJf "$OUT/$LEG.tar.xz" -C "$dest" . && echo "packed $OUT/$LEG.tar.xz: $(ls "$dest" | tr '\n' ' ')"
   ls -la "$OUT"
 }
 
@@ -90,14 +115,14 @@ case "$stage" in
     mkdir -p "$HARNESS_REPORTS"
     python3 -m harness certify --gpu -- --durations=0 --benchmark-json="$HARNESS_REPORTS/benchmark.json" "$@" ;;
   bg)  # BG_STAGE=all for certify --gpu; default: the GPU tier alone
-    rm -f "$HS/gpu-tier.done"
+    rm -f "$DONE"
     args=$(printf '%q ' "$@")
-    setsid nohup bash -c "start=\$(date +%s); scripts/gpu_runner.sh ${BG_STAGE:-gpu} $args > '$HS/gpu-tier.log' 2>&1; echo \"exit \$? after \$((\$(date +%s) - start)) s\" > '$HS/gpu-tier.done'" </dev/null >/dev/null 2>&1 &
-    echo "${BG_STAGE:-gpu} started in the background: log $HS/gpu-tier.log" ;;
+    setsid nohup bash -c "start=\$(date +%s); scripts/gpu_runner.sh ${BG_STAGE:-gpu} $args > '$LOG' 2>&1; echo \"exit \$? after \$((\$(date +%s) - start)) s\" > '$DONE'" </dev/null >/dev/null 2>&1 &
+    echo "${BG_STAGE:-gpu}${LEG:+ (leg $LEG)} started in the background: log $LOG" ;;
   wait)
     limit="${1:-540}"; waited=0
-    while [ ! -f "$HS/gpu-tier.done" ] && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done
-    tail -c 3000 "$HS/gpu-tier.log"; echo; cat "$HS/gpu-tier.done" 2>/dev/null || echo "still running after ${waited} s"
+    while [ ! -f "$DONE" ] && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done
+    tail -c 3000 "$LOG"; echo; cat "$DONE" 2>/dev/null || echo "still running after ${waited} s"
     collect ;;
   collect) collect ;;
   run) assemble_model; "$@" ;;

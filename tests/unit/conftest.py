@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 SELF_TEST_MODULES = {
-    "test_arabic_norm", "test_bad_input", "test_blind_spot_checks", "test_cache", "test_catalog", "test_certify_scope",
+    "test_arabic_norm", "test_bad_input", "test_bundle", "test_blind_spot_checks", "test_cache", "test_catalog", "test_certify_scope",
     "test_dataset",
     "test_doctor", "test_experiment_judging", "test_experiment_stats", "test_failures_not_hidden",
     "test_fault_coverage", "test_gpu_records_replayed", "test_llama_cpp_build", "test_lora_quant_specs",
