@@ -96,6 +96,16 @@ def check_llamacpp(m: dict) -> tuple[str, dict]:
     return verdict_if(ok, "pass"), evidence
 
 
+# trained_moved_over_merge_error (base vs trained over merged vs trained, max |logit|): a merge at rounding distance
+# measures ~100 (tiny, bf16: 93-122); a merge that drops the adapter measures 1.
+MERGE_FAITHFUL_RATIO = 10.0
+# Unsloth's merged_16bit of an on-the-fly QLoRA model carries the adapter but adds q = W16 − dequant(W4): 5.0 (H100,
+# 2026-11-28: 88.0 / 17.5), 7.9 (H200, 2026-11-28: 117 / 14.8) and 7.6 (the same H200, 1,200 steps: 108 / 14.3) in the
+# three recorded GPU runs. Half the lowest of them, well above a dropped adapter's 1: below it the merge is read as
+# not carrying the adapter.
+MERGE_CARRIES_ADAPTER_RATIO = 2.5
+
+
 def check_merge(m: dict) -> tuple[str, dict]:
     """m (harness.merge_check): merged_vs_trained_max_abs, base_vs_trained_max_abs (max |logit| differences over
     held-out prompts), merged_top1_agreement; or error."""
@@ -106,10 +116,14 @@ def check_merge(m: dict) -> tuple[str, dict]:
     if math.isnan(merge_err) or math.isnan(moved):  # NaN logits: `merge_err > 0` is False and read as a perfect merge
         evidence["trained_moved_over_merge_error"] = math.nan
         return "fail", evidence
-    evidence["trained_moved_over_merge_error"] = moved / merge_err if merge_err > 0 else float("inf")
+    ratio = evidence["trained_moved_over_merge_error"] = moved / merge_err if merge_err > 0 else float("inf")
     # Faithful: the merge is at rounding distance from the trained model and training moved it much further than that
-    # (a no-op merge is the base: merge error == training's move).
-    return verdict_if(evidence["trained_moved_over_merge_error"] >= 10.0, "pass"), evidence
+    # (a no-op merge is the base: merge error == training's move, ratio 1). Between the two: the adapter is in the merge
+    # but the merged weights are not the ones training ran on (Unsloth folds it into the pristine 16-bit weights, not
+    # their NF4 dequantization: the handbook's "export the trained model" holds only up to that term): corrected.
+    if ratio >= MERGE_FAITHFUL_RATIO:
+        return "pass", evidence
+    return ("corrected" if ratio >= MERGE_CARRIES_ADAPTER_RATIO else "fail"), evidence
 
 
 def check_e2e(m: dict) -> tuple[str, dict]:
@@ -218,10 +232,10 @@ CLAIMS = [
            "gemma3-270m": (ge("top1_agreement", 0.8), ge("greedy_agreement", 0.6)),
            "gpu": (ge("top1_agreement", 0.9), ge("greedy_agreement", 0.8))},
           sources=("reports/examples/cpu-2026-11-27-epyc/results.json", "reports/examples/legs-2026-11-26/control-results.json", "reports/examples/h200-2026-11-26-certify/results.json", "reports/examples/h200-2026-11-26-tier/results-gguf-llamacpp.json")),
-    Claim("MERGE-IS-TRAINED", SECTION, "cpu", "Export: Use model.save_pretrained_gguf(...)",
+    Claim("MERGE-IS-TRAINED", SECTION, "both", "Export: Use model.save_pretrained_gguf(...)",
           "the merged 16-bit checkpoint an export is made from is the trained model: its logits sit at rounding distance "
           "from the in-memory adapter model's, far from the base's", "pass",
-          check_merge, (ge("trained_moved_over_merge_error", 10.0),),
+          check_merge, (),
           # tiny (hf backend, 60 steps, merged into a bf16 base as Unsloth's merged_16bit does), 8 held-out prompts:
           # merged vs trained 0.0111 (bf16 rounding), base vs trained 1.352, ratio 122 (reports/examples/
           # cpu-2026-11-27-epyc; the same with the test file alone since the hf backend seeds its LoRA init: unseeded,
@@ -232,11 +246,17 @@ CLAIMS = [
           # Unsloth's merged_16bit does not reproduce the 4-bit model that was trained and evaluated: for a 16-bit
           # source loaded with load_in_4bit (on-the-fly QLoRA, as here) merge_and_overwrite_lora folds the adapter into
           # the pristine W16 while training saw dequant(W4), adding the quantization error q = W16 − dequant(W4)
-          # (unsloth-zoo PR #810 describes this and special-cases Falcon-H1 only). Whether that costs held-out accuracy
-          # is not measured yet (the export's own held-out score, issue #15 spot 1); GPU bounds wait for it, the tier
-          # stays cpu.
+          # (unsloth-zoo PR #810 describes this and special-cases Falcon-H1 only). Second GPU readings (H200,
+          # reports/examples/h200x2-2026-11-28-bigpools): 14.8 vs 117 (ratio 7.9), top-1 agreement 0.908; 1,200 steps 14.3
+          # vs 108 (7.6), 0.878. So on the GPU
+          # the recorded verdict is `corrected` (the adapter is in the merge, the merged weights are not the trained
+          # ones): Unsloth merging into dequantized weights would measure >= 10 there and turn it red as `pass`, a merge
+          # that drops the adapter (~1; planted on the GPU: tests/faults/faults_gpu.py) as `fail`. Whether the term
+          # costs held-out accuracy is not measured yet (the export's own held-out score, issue #15 spot 1).
           {"tiny": (le("merged_vs_trained_max_abs", 0.05),)},
-          sources=("reports/examples/cpu-2026-11-27-epyc/results.json",)),
+          context_expected={"gpu": "corrected"},
+          sources=("reports/examples/cpu-2026-11-27-epyc/results.json", "reports/examples/h100-2026-11-28-dataset-v2/run-unsloth-finetune.json",
+                   "reports/examples/h200x2-2026-11-28-bigpools/run-unsloth-e2e.json")),
     Claim("E2E-REFERENCE", SECTION, "both", "This guide maps the mathematical theory directly to the code snippets you are using in your training script.",
           "the full reference fine-tune runs end to end: every figure recorded, the loss falls by the recorded factor, the export written", "pass",
           check_e2e, (eq("missing_figures", []), eq("export_recorded", True)),

@@ -48,6 +48,16 @@ def test_reference_finetune_end_to_end(e2e, certify):
 
 @pytest.mark.uses_runs("e2e")
 @pytest.mark.gpu_phase(1)
+@pytest.mark.claim("MERGE-IS-TRAINED")
+def test_the_merged_checkpoint_is_the_trained_model(e2e, certify):
+    """Unsloth's merged 16-bit folder (what both GGUF exports are made from) against the in-memory 4-bit adapter model
+    that was trained and evaluated: logits on held-out prompts (harness.merge_check, run by the fine-tune itself)."""
+    certify("MERGE-IS-TRAINED", e2e.get("merge_check") or {"error": "the run recorded no merge_check (no merged folder)"},
+            "gpu")
+
+
+@pytest.mark.uses_runs("e2e")
+@pytest.mark.gpu_phase(1)
 @pytest.mark.claim("GGUF-Q8-EXPORT", "GGUF-Q8-ERROR", "GGUF-LLAMACPP")
 def test_unsloth_q8_0_export_offline_is_verified(e2e, dataset, certify, run_extras):
     """save_pretrained_gguf(Q8_0) with the vendored llama.cpp: layout, error bound, same model as our exporter, llama.cpp."""

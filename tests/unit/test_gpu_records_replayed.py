@@ -186,3 +186,21 @@ def test_baseline_is_recorded_only_with_a_reason(tmp_path, monkeypatch):
     now = output_baseline.paired({"dataset_fingerprint": "abc", "outcomes": [{"id": "p1", "cluster": "c", "exact": False}]})
     assert (now["worse"], now["clusters_worse"], now["difference"]) == (1, 1, -1) and 0.45 < now["p_value"] < 0.55
     assert output_baseline.paired({"dataset_fingerprint": "zzz", "outcomes": []})["pairs"] == 0
+
+
+MERGE_RECORDS = [p for p in RECORDS + FINETUNE_RECORDS if json.loads(p.read_text()).get("merge_check")]
+
+
+@pytest.mark.parametrize("path", MERGE_RECORDS, ids=lambda p: p.parent.name + "/" + p.stem)
+def test_recorded_merges_are_as_recorded_and_a_dropped_adapter_is_red(path):
+    """MERGE-IS-TRAINED [gpu] on each stored Unsloth merge: `corrected` as recorded (the adapter is in the merged
+    16-bit checkpoint, the quantization term q = W16 − dequant(W4) with it). Real changes: the merge drops the adapter
+    (unsloth #869/#1929/#2142: merged == base, so merged vs trained == base vs trained) -> fail; Unsloth merging into
+    the dequantized weights (merged at rounding distance, as on the CPU) -> pass, red too: the truth moved."""
+    merge = json.loads(path.read_text())["merge_check"]
+    assert not outcome("MERGE-IS-TRAINED", merge).regression, outcome("MERGE-IS-TRAINED", merge).explain()
+    dropped = {**merge, "merged_vs_trained_max_abs": merge["base_vs_trained_max_abs"]}
+    assert outcome("MERGE-IS-TRAINED", dropped).verdict == "fail" and outcome("MERGE-IS-TRAINED", dropped).regression
+    faithful = {**merge, "merged_vs_trained_max_abs": merge["base_vs_trained_max_abs"] / 100}
+    assert outcome("MERGE-IS-TRAINED", faithful).verdict == "pass" and outcome("MERGE-IS-TRAINED", faithful).regression
+    assert not outcome("MERGE-IS-TRAINED", faithful, "default").regression  # pass is the recorded truth off the GPU
