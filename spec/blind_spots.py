@@ -130,13 +130,35 @@ def check_nf4_serialized(m: dict) -> tuple[str, dict]:
     return verdict_if(ok, "pass"), evidence
 
 
+def layers_reach_unsloth(layer_functions: dict | None, autograd_function: str | None) -> bool | None:
+    """Whether every decoder layer's checkpoint call ends in Unsloth's offloading checkpoint: the layer calls
+    unsloth_checkpoint itself, or torch's reentrant checkpoint while torch.utils.checkpoint.CheckpointFunction is
+    unsloth_zoo's UnslothCheckpointFunction (how Unsloth 2026.10.9 routes it: transformers binds torch's own
+    `checkpoint` on the layers, and its reentrant path applies the module-global CheckpointFunction). A layer bound to
+    `checkpoint(use_reentrant=False)` bypasses it (transformers #43203, fixed in unsloth_zoo). None: not measured."""
+    if not layer_functions or autograd_function is None:
+        return None
+
+    def reaches(name: str) -> bool:
+        if "unsloth" in name.lower():
+            return True
+        return (name.startswith("torch.utils.checkpoint.checkpoint") and "use_reentrant=False" not in name
+                and autograd_function.startswith("Unsloth"))
+
+    return all(reaches(str(name)) for name in layer_functions)
+
+
 def check_fallback_boundary(m: dict) -> tuple[str, dict]:
     """m: recipe_max_seq_length, functions ({max_seq_length: the checkpoint function installed}) at the recipe's length
-    and one either side, layer_functions (what the decoder layers call). The recipe's 512 was chosen to keep Unsloth's
-    offloaded checkpoint (harness/recipe.py): it must be active at 512 and 513 and fall back at 511."""
+    and one either side, layer_functions (what the decoder layers call) and autograd_functions (torch's
+    CheckpointFunction then). The recipe's 512 was chosen to keep Unsloth's offloaded checkpoint (harness/recipe.py): it
+    must be installed at 512 and 513, and fall back at 511; and the layers must reach it (layers_reach_unsloth): an
+    installed function the layers do not call offloads nothing."""
     n = m["recipe_max_seq_length"]
     evidence = dict(m)
     for k in (n - 1, n, n + 1):
         evidence[f"unsloth_at_{k}"] = "unsloth" in str(m["functions"].get(str(k), ""))
+        evidence[f"layers_reach_unsloth_at_{k}"] = layers_reach_unsloth(
+            (m.get("layer_functions") or {}).get(str(k)), (m.get("autograd_functions") or {}).get(str(k)))
     ok = not evidence[f"unsloth_at_{n - 1}"] and evidence[f"unsloth_at_{n}"] and evidence[f"unsloth_at_{n + 1}"]
     return verdict_if(ok, "pass"), evidence

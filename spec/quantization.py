@@ -272,9 +272,16 @@ CLAIMS += [
     Claim("GC-FALLBACK-BOUNDARY", SECTION, "gpu", 'use_gradient_checkpointing = "unsloth"',
           "at the recipe's max_seq_length 512 the unsloth mode installs its offloaded checkpoint (and at 513); at 511 it "
           "falls back to standard checkpointing", "pass",
-          # PROVISIONAL: written from the recipe's assumption (harness/recipe.py: "keeps Unsloth's offloaded checkpointing
-          # active (it falls back below 512)") and GC-FALLBACK's stored probes at 256 and 4096; not yet measured at
-          # 511/512/513 (tests/gpu/test_blind_spots_gpu.py). Re-record from the first GPU run.
-          check_fallback_boundary, (eq("unsloth_at_511", False), eq("unsloth_at_512", True), eq("unsloth_at_513", True)),
-          sources=("reports/examples/h200-2026-11-26-certify/results.json",)),
+          # Measured on an H200 (reports/examples/h200x2-2026-11-28-bigpools/results-gpu-tier.json): torch's checkpoint
+          # at 511, unsloth_zoo's unsloth_checkpoint at 512 and 513, the 18 layers bound to torch.utils.checkpoint.
+          # checkpoint at all three. The layers-reach bounds (added after that run; the probe already measured the
+          # CheckpointFunction, the test did not pass it on): at 512/513 Unsloth swaps CheckpointFunction for
+          # UnslothCheckpointFunction (unsloth_zoo patch_unsloth_smart_gradient_checkpointing), which the 4096 probe saw
+          # the layers apply (18 UnslothCheckpointFunctionBackward nodes); at 511 nothing is patched. A layer bound to
+          # checkpoint(use_reentrant=False) (transformers #43203; fault gpu-layers-bypass-unsloth-checkpoint) breaks them
+          # while the installed function still reads unsloth_checkpoint.
+          check_fallback_boundary, (eq("unsloth_at_511", False), eq("unsloth_at_512", True), eq("unsloth_at_513", True),
+                                    eq("layers_reach_unsloth_at_511", False), eq("layers_reach_unsloth_at_512", True),
+                                    eq("layers_reach_unsloth_at_513", True)),
+          sources=("reports/examples/h200x2-2026-11-28-bigpools/results-gpu-tier.json",)),
 ]

@@ -44,5 +44,6 @@ def test_unsloth_checkpointing_at_the_recipes_max_seq_length(perf_model, certify
     certify("GC-FALLBACK-BOUNDARY", {"recipe_max_seq_length": HANDBOOK.max_seq_length, "model": perf_model[0],
                                      "functions": {str(n): p["checkpoint_function"] for n, p in probes.items()},
                                      "layer_functions": {str(n): p.get("layer_checkpoint_functions") for n, p in probes.items()},
+                                     "autograd_functions": {str(n): p.get("checkpoint_autograd_function") for n, p in probes.items()},
                                      "errors": {str(n): p.get("errors") for n, p in probes.items() if p.get("errors")}},
             "gpu")

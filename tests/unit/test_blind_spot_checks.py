@@ -68,13 +68,34 @@ def test_rows_dropped_by_truncation_are_red():
     assert evaluate(spec.CLAIMS["ROWS-TRUNCATION"], cut, "tiny").regression
 
 
+STANDARD, OFFLOADED = "torch.utils.checkpoint.checkpoint", "unsloth_zoo.gradient_checkpointing.unsloth_checkpoint"
+
+
+def boundary_probes(at_512=OFFLOADED, layer_fn_at_512=STANDARD) -> dict:
+    """GC-FALLBACK-BOUNDARY's measurements as the H200 recorded them (bigpools, 2026-11-28): 18 layers bound to torch's
+    checkpoint at each length, Unsloth's CheckpointFunction swapped in where unsloth_checkpoint is installed."""
+    functions = {"511": STANDARD, "512": at_512, "513": OFFLOADED}
+    autograd = {k: "UnslothCheckpointFunction" if "unsloth" in v else "CheckpointFunction" for k, v in functions.items()}
+    layers = {"511": {STANDARD: 18}, "512": {layer_fn_at_512: 18}, "513": {STANDARD: 18}}
+    return {"recipe_max_seq_length": 512, "functions": functions, "layer_functions": layers, "autograd_functions": autograd}
+
+
 def test_the_fallback_moved_to_the_recipes_length_is_red():
     """Unsloth falling back at max_seq_length <= 512 instead of < 512: the recipe loses its offloaded checkpoint."""
-    standard, offloaded = "torch.utils.checkpoint.checkpoint", "unsloth_zoo.gradient_checkpointing.unsloth_checkpoint"
-
     def judged(at_512):
-        return evaluate(spec.CLAIMS["GC-FALLBACK-BOUNDARY"], {"recipe_max_seq_length": 512, "functions": {
-            "511": standard, "512": at_512, "513": offloaded}}, "gpu")
+        return evaluate(spec.CLAIMS["GC-FALLBACK-BOUNDARY"], boundary_probes(at_512), "gpu")
 
-    assert not judged(offloaded).regression
-    assert judged(standard).regression
+    assert not judged(OFFLOADED).regression
+    assert judged(STANDARD).regression
+
+
+def test_layers_that_bypass_the_installed_checkpoint_are_red():
+    """transformers #43203: the layers bound to checkpoint(use_reentrant=False), whose non-reentrant path never applies
+    CheckpointFunction, so Unsloth's offload is installed and never called (the installed function still reads
+    unsloth_checkpoint: the function check alone stays green)."""
+    bypass = boundary_probes(layer_fn_at_512=f"{STANDARD}(use_reentrant=False)")
+    outcome = evaluate(spec.CLAIMS["GC-FALLBACK-BOUNDARY"], bypass, "gpu")
+    assert outcome.evidence["unsloth_at_512"] is True and outcome.evidence["layers_reach_unsloth_at_512"] is False
+    assert outcome.regression
+    unmeasured = {**boundary_probes(), "autograd_functions": {}}  # a probe that lost the measurement is not a pass
+    assert evaluate(spec.CLAIMS["GC-FALLBACK-BOUNDARY"], unmeasured, "gpu").regression
