@@ -69,19 +69,24 @@ def _apply_planted_fault(config) -> None:
             fault.apply()
 
 
-def apply_planted_fault_in_child() -> None:
+def apply_planted_fault_in_child(gpu: bool = False) -> None:
     """For the suite's child processes that run a library pytest never imports (llama-cpp-python, in a process of its
-    own): apply HARNESS_FAULT there when the fault is marked `child`. Outside a fault-injection run (no HARNESS_FAULT,
-    or no fault catalog beside this checkout) it does nothing."""
+    own; with gpu=True, Unsloth in the fine-tune and probe processes, called right after `import unsloth`): apply
+    HARNESS_FAULT there when the fault is marked `child` (and `gpu` as asked). Once per process. Outside a
+    fault-injection run (no HARNESS_FAULT, or no fault catalog beside this checkout) it does nothing."""
     fault_id = os.environ.get("HARNESS_FAULT")
-    if not fault_id:
+    if not fault_id or fault_id in _APPLIED_IN_CHILD:
         return
     root = Path(__file__).resolve().parents[1]
     if not (root / "tests" / "faults" / "catalog.py").is_file():
         return
     fault = load_fault_catalog(root).BY_ID.get(fault_id)
-    if fault is not None and getattr(fault, "child", False):
+    if fault is not None and getattr(fault, "child", False) and getattr(fault, "gpu", False) == gpu:
         fault.apply()
+        _APPLIED_IN_CHILD.add(fault_id)
+
+
+_APPLIED_IN_CHILD: set[str] = set()
 
 
 def pytest_addoption(parser):

@@ -30,6 +30,10 @@ def load_unsloth(model_dir: Path, recipe: Recipe = HANDBOOK, *, target_modules=N
     import unsloth  # noqa: F401  (must precede transformers/trl/peft patches)
     from unsloth import FastModel
 
+    from harness.pytest_plugin import apply_planted_fault_in_child
+
+    apply_planted_fault_in_child(gpu=True)  # a fault-injection run of the GPU tier (tests/faults/faults_gpu.py) only
+
     checkpointing = recipe.use_gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     model, tokenizer = FastModel.from_pretrained(
         model_name=str(model_dir), max_seq_length=max_seq_length or recipe.max_seq_length,

@@ -263,5 +263,8 @@ def _area_faults() -> list[Fault]:
 
 
 FAULTS += _area_faults()
-BY_ID = {f.id: f for f in FAULTS}
-assert len(BY_ID) == len(FAULTS), "fault ids must be unique"
+# The GPU tier's faults (faults_gpu.py) run on a CUDA runner only; FAULTS is what the CPU catalog run plants.
+GPU_FAULTS = [f for f in FAULTS if f.gpu]
+FAULTS = [f for f in FAULTS if not f.gpu]
+BY_ID = {f.id: f for f in FAULTS + GPU_FAULTS}
+assert len(BY_ID) == len(FAULTS) + len(GPU_FAULTS), "fault ids must be unique"

@@ -17,3 +17,6 @@ class Fault:
     # True: the patch targets a library that runs only in a child process of the suite (llama-cpp-python, kept out of
     # the pytest process): that child applies it (harness.pytest_plugin.apply_planted_fault_in_child), pytest does not.
     child: bool = False
+    # True: the patch targets Unsloth's own code paths and runs in the GPU tier only (applied by harness.train_unsloth
+    # right after `import unsloth`, in the fine-tune and probe processes); never in the CPU catalog run.
+    gpu: bool = False

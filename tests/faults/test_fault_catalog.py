@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from catalog import FAULTS  # noqa: E402
+from catalog import FAULTS, GPU_FAULTS  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,16 +21,20 @@ FAULT_TIMEOUT_S = 900
 WORKERS = 2 if (os.cpu_count() or 1) > 2 else 1
 
 
-def run_fault(fault, out: Path) -> dict:
+def run_fault(fault, out: Path, extra_args: tuple[str, ...] = (), extra_env: dict | None = None,
+              timeout: int = FAULT_TIMEOUT_S, plant: bool = True) -> dict:
     # The measurement cache off: a planted runtime patch stands for a library upgrade, whose new version would
     # be a new cache key (harness.measure_cache); a cached result must not hide it.
-    env = {**os.environ, "HARNESS_FAULT": fault.id, "HARNESS_REPORTS": str(out / fault.id), "HARNESS_MEASUREMENT_CACHE": "0"}
+    env = {**os.environ, "HARNESS_REPORTS": str(out / fault.id), "HARNESS_MEASUREMENT_CACHE": "0", **(extra_env or {})}
+    env.pop("HARNESS_FAULT", None)
+    if plant:  # (the GPU faults' control run plants nothing)
+        env["HARNESS_FAULT"] = fault.id
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *fault.tests], cwd=ROOT,
-                              env=env, capture_output=True, text=True, timeout=FAULT_TIMEOUT_S)
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra_args, *fault.tests],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:  # named as this fault's outcome, not a traceback that hides which fault it was
         return {"id": fault.id, "description": fault.description, "expected_claim": fault.expected_claim,
-                "caught": False, "red_claims": [], "error": f"its run did not finish in {FAULT_TIMEOUT_S} s"}
+                "caught": False, "red_claims": [], "error": f"its run did not finish in {timeout} s"}
     try:
         results = json.loads((out / fault.id / "latest" / "results.json").read_text())
     except (OSError, ValueError):
@@ -50,4 +54,37 @@ def test_every_planted_fault_is_caught_by_its_claim(tmp_path, run_extras):
     run_extras["faults"] = {"planted": len(FAULTS), "caught": caught, "faults": outcomes,
                             "claims_covered": sorted({f.expected_claim for f in FAULTS})}
     missed = [(o["id"], o.get("red_claims"), o.get("error", "")[-300:]) for o in outcomes if not o["caught"]]
+    assert missed == []
+
+
+# A GPU fault run: the reference fine-tune at the recipe's steps (MERGE-IS-TRAINED compares how far training moved the
+# model with the merge's error, so a shortened run would not be the recorded truth), scored on few held-out prompts.
+GPU_FAULT_ENV = {"HARNESS_E2E_EVAL_LIMIT": "64", "HARNESS_GPU_PARALLEL": "1"}
+GPU_FAULT_TIMEOUT_S = 1800
+
+
+@pytest.mark.gpu
+def test_every_gpu_fault_is_caught_by_its_claim(tmp_path, run_extras):
+    """Each planted regression in Unsloth's own code paths (tests/faults/faults_gpu.py) turns its claim red in a fresh
+    `pytest -m gpu` of its tests, while one clean run of the same tests (the control) leaves those claims as recorded:
+    a claim red in the control would count every fault on it as caught. The runs share the GPU (each ~4 GiB)."""
+    from fault import Fault
+
+    assert len(GPU_FAULTS) >= 4
+    tests = tuple(dict.fromkeys(t for f in GPU_FAULTS for t in f.tests))
+    control = Fault("control", "-", "no fault", "-", tests, lambda: None)
+    workers = int(os.environ.get("HARNESS_GPU_FAULT_WORKERS") or len(GPU_FAULTS) + 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        outcomes = list(pool.map(lambda f: run_fault(f, tmp_path, ("-m", "gpu"), GPU_FAULT_ENV, GPU_FAULT_TIMEOUT_S,
+                                                     plant=f is not control), [control, *GPU_FAULTS]))
+    clean, faulted = outcomes[0], outcomes[1:]
+    for o in faulted:
+        o["red_in_control"] = o["expected_claim"] in clean["red_claims"]
+        o["caught"] = o["caught"] and not o["red_in_control"]
+    caught = sum(o["caught"] for o in faulted)
+    run_extras["gpu_faults"] = {"planted": len(faulted), "caught": caught, "control_red_claims": clean["red_claims"],
+                                "control_error": clean.get("error"), "faults": faulted}
+    assert "error" not in clean, f"the control run broke: {clean['error'][-800:]}"
+    missed = [(o["id"], o.get("red_claims"), o.get("red_in_control"), o.get("error", "")[-300:]) for o in faulted
+              if not o["caught"]]
     assert missed == []

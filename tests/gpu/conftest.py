@@ -20,6 +20,9 @@ import pytest
 from harness.recipe import EXPERIMENT_SEEDS, HANDBOOK
 
 E2E_STEPS = int(os.environ.get("HARNESS_E2E_STEPS") or HANDBOOK.max_steps)
+# Held-out conversations the reference run generates from (the recipe's by default); the GPU fault runs use fewer
+# (tests/faults/test_fault_catalog.py): their claims read the merge, the masks and the export, not the score.
+E2E_EVAL_LIMIT = os.environ.get("HARNESS_E2E_EVAL_LIMIT")
 SEEDS = [int(s) for s in os.environ.get("HARNESS_EXPERIMENT_SEEDS", "").split(",") if s] or list(EXPERIMENT_SEEDS)
 GIB_PER_RUN = 6  # a 270M QLoRA run with generation batch 16 and expandable segments: ~3-5 GiB at its peak
 VRAM_GRID_RESERVE_GIB = 32  # the grid's largest cell, 4096×8 without checkpointing, needs ~27 GiB
@@ -84,7 +87,8 @@ def gpu_runs(request, tmp_path_factory):
         runs.e2e_dir = Path(os.environ.get("HARNESS_E2E_OUT") or tmp_path_factory.mktemp("e2e"))
         runs.queue.add("e2e", runs.e2e_dir, [sys.executable, "-m", "harness", "finetune", "--model", model,
                                              "--backend", "unsloth", "--out", str(runs.e2e_dir),
-                                             "--max-steps", str(E2E_STEPS)])
+                                             "--max-steps", str(E2E_STEPS),
+                                             *(["--eval-limit", E2E_EVAL_LIMIT] if E2E_EVAL_LIMIT else [])])
     if "experiments" in wanted:
         runs.experiments_root = Path(os.environ.get("HARNESS_EXPERIMENTS_DIR") or tmp_path_factory.mktemp("experiments"))
         runs.experiment_runs = queue_arms(runs.queue, runs.experiments_root, all_arms(), SEEDS, model=model,
