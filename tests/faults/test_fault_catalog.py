@@ -75,8 +75,11 @@ def test_every_gpu_fault_is_caught_by_its_claim(tmp_path, run_extras):
     control = Fault("control", "-", "no fault", "-", tests, lambda: None)
     workers = int(os.environ.get("HARNESS_GPU_FAULT_WORKERS") or len(GPU_FAULTS) + 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        outcomes = list(pool.map(lambda f: run_fault(f, tmp_path, ("-m", "gpu"), GPU_FAULT_ENV, GPU_FAULT_TIMEOUT_S,
-                                                     plant=f is not control), [control, *GPU_FAULTS]))
+        # each run's reference fine-tune in a folder of its own (the runner's HARNESS_E2E_OUT is one shared folder)
+        outcomes = list(pool.map(lambda f: run_fault(f, tmp_path, ("-m", "gpu"), {
+            **GPU_FAULT_ENV, "HARNESS_E2E_OUT": str(tmp_path / f.id / "e2e"),
+            "HARNESS_EXPERIMENTS_DIR": str(tmp_path / f.id / "experiments")}, GPU_FAULT_TIMEOUT_S, plant=f is not control),
+            [control, *GPU_FAULTS]))
     clean, faulted = outcomes[0], outcomes[1:]
     for o in faulted:
         o["red_in_control"] = o["expected_claim"] in clean["red_claims"]
