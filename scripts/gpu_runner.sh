@@ -9,6 +9,9 @@
 #   scripts/gpu_runner.sh bg [pytest …]    the same, detached (survives the calling shell); then:
 #   scripts/gpu_runner.sh wait SECONDS     wait for the detached run (or SECONDS), print the log's tail, collect
 #   scripts/gpu_runner.sh collect          copy the report, run record and benchmark JSON into $OUT
+#   scripts/gpu_runner.sh poll SECONDS     wait for every detached run (or SECONDS), then pack each run's files so far into
+#                                          $OUT/<leg>.tar.xz: every poll brings back what exists, so a machine lost
+#                                          between calls (it goes cold 30 s after one) loses only the last interval
 #   scripts/gpu_runner.sh run CMD …        any command with the bundle and the model in place
 #
 # LEG=<leg> (a GPU leg of the release matrix, e.g. unsloth-2026.10.1): put .carry/leg-<leg>.tar.xz (`python -m harness
@@ -16,8 +19,9 @@
 # records, log and Unsloth's compiled code apart, so that two legs can run at once on two GPUs
 # (CUDA_VISIBLE_DEVICES). `collect` then packs the leg's files into $OUT/<leg>.tar.xz (a call brings back 8 files).
 set -uo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
-HS=/tmp/handbook-site
+HS="${HANDBOOK_SITE:-/tmp/handbook-site}"
 mkdir -p "$HS"
 if [ -f .carry/gpu-bundle.tar.xz ] && [ ! -d "$HS/site" ]; then
   tar -xJf .carry/gpu-bundle.tar.xz -C "$HS" && echo "bundle unpacked: $(du -sm "$HS/site" | cut -f1) MB"
@@ -88,8 +92,8 @@ assemble_model() {
 
 collect() {
   [ -n "${OUT:-}" ] || return 0
-  local dest="$OUT"
-  [ -n "$LEG" ] && dest="$HS/collect$TAG" && rm -rf "$dest" && mkdir -p "$dest"
+  local dest="$OUT" pack="${PACK_AS:-$LEG}"
+  [ -n "$pack" ] && dest="$HS/collect-$pack" && rm -rf "$dest" && mkdir -p "$dest"
   local latest="$HARNESS_REPORTS/latest"
   for f in results.json index.html; do [ -f "$latest/$f" ] && cp "$latest/$f" "$dest/"; done
   [ -f "$HARNESS_REPORTS/benchmark.json" ] && cp "$HARNESS_REPORTS/benchmark.json" "$dest/"
@@ -98,7 +102,7 @@ collect() {
   [ -f "$LOG" ] && tail -c 2000000 "$LOG" > "$dest/gpu-tier-log.txt"
   local cpu_log; cpu_log=$(ls -t "$HARNESS_REPORTS"/*.cpu.log 2>/dev/null | head -1)
   [ -n "$cpu_log" ] && tail -c 1000000 "$cpu_log" > "$dest/cpu-tier-log.txt"
-  [ -n "$LEG" ] && tar -cJf "$OUT/$LEG.tar.xz" -C "$dest" . && echo "packed $OUT/$LEG.tar.xz: $(ls "$dest" | tr '\n' ' ')"
+  [ -n "$pack" ] && tar -cJf "$OUT/$pack.tar.xz" -C "$dest" . && echo "packed $OUT/$pack.tar.xz: $(ls "$dest" | tr '\n' ' ')"
   ls -la "$OUT"
 }
 
@@ -118,7 +122,22 @@ case "$stage" in
     rm -f "$DONE"
     args=$(printf '%q ' "$@")
     setsid nohup bash -c "start=\$(date +%s); scripts/gpu_runner.sh ${BG_STAGE:-gpu} $args > '$LOG' 2>&1; echo \"exit \$? after \$((\$(date +%s) - start)) s\" > '$DONE'" </dev/null >/dev/null 2>&1 &
+    echo "${LEG:-${HARNESS_LEG:-control}} ${LEG}" >> "$HS/runs.started"  # for poll: the name to pack as, and the overlay
     echo "${BG_STAGE:-gpu}${LEG:+ (leg $LEG)} started in the background: log $LOG" ;;
+  poll)
+    limit="${1:-540}"; waited=0
+    pending() {
+      local name leg
+      while read -r name leg; do [ -f "$HS/gpu-tier${leg:+-$leg}.done" ] || return 0; done < "$HS/runs.started"
+      return 1
+    }
+    [ -f "$HS/runs.started" ] || { echo "no detached run was started (scripts/gpu_runner.sh bg)" >&2; exit 2; }
+    while pending && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done
+    while read -r name leg; do
+      echo "== $name: $(cat "$HS/gpu-tier${leg:+-$leg}.done" 2>/dev/null || echo "still running after ${waited} s")"
+      grep -v "it/s\]\|s/it\]\|batch/s\]" "$HS/gpu-tier${leg:+-$leg}.log" | tail -c 800; echo
+      LEG="$leg" PACK_AS="$name" "$SELF" collect | grep packed
+    done < "$HS/runs.started" ;;
   wait)
     limit="${1:-540}"; waited=0
     while [ ! -f "$DONE" ] && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done
