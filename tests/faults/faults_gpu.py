@@ -85,7 +85,9 @@ def retype_turn_markers(path, ids=TURN_MARKER_IDS) -> int:
     """Rewrite the GGUF at `path` in place so that `ids` are NORMAL tokens instead of CONTROL; returns how many changed."""
     import gguf
 
-    reader = gguf.GGUFReader(path, "r+")  # a writable memmap: the edits land in the file
+    from harness.gguf_verify import fast_reader_class
+
+    reader = fast_reader_class()(path, "r+")  # a writable memmap (and views of it): the edits land in the file
     field = reader.fields["tokenizer.ggml.token_type"]
     changed = 0
     for i in ids:

@@ -123,12 +123,13 @@ def test_the_token_type_fault_retypes_the_turn_markers(gpu_faults, zoo, tiny_ggu
     from unsloth_zoo import llama_cpp
 
     from harness.gguf_compare import metadata_diff
+    from harness.gguf_verify import read
 
     assert callable(llama_cpp.convert_to_gguf)  # what the fault wraps
     copy = tmp_path / "retyped.gguf"
     shutil.copyfile(tiny_gguf_converter, copy)
     assert gpu_faults.retype_turn_markers(copy) == 2
-    reader, original = gguf.GGUFReader(copy), gguf.GGUFReader(tiny_gguf_converter)
+    reader, original = read(copy), read(tiny_gguf_converter)
     field = reader.fields["tokenizer.ggml.token_type"]
     assert [int(field.parts[field.data[i]][0]) for i in gpu_faults.TURN_MARKER_IDS] == [int(gguf.TokenType.NORMAL)] * 2
     diff = metadata_diff(original, reader)
