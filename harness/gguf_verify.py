@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import subprocess
@@ -26,6 +28,7 @@ class GGUFVerifyError(RuntimeError):
     """A file that cannot be read as GGUF; the message says what to do."""
 
 
+@functools.lru_cache(maxsize=None)  # one class (gguf is imported on first use)
 def fast_reader_class():
     """gguf-py's GGUFReader, with its per-field reads on a plain ndarray view of the file instead of the np.memmap.
 
