@@ -30,9 +30,10 @@ def load_unsloth(model_dir: Path, recipe: Recipe = HANDBOOK, *, target_modules=N
     import unsloth  # noqa: F401  (must precede transformers/trl/peft patches)
     from unsloth import FastModel
 
-    from harness.pytest_plugin import apply_planted_fault_in_child
+    if os.environ.get("HARNESS_FAULT"):  # a fault-injection run of the GPU tier (tests/faults/faults_gpu.py) only;
+        from harness.pytest_plugin import apply_planted_fault_in_child  # (pytest is a test extra: imported only then)
 
-    apply_planted_fault_in_child(gpu=True)  # a fault-injection run of the GPU tier (tests/faults/faults_gpu.py) only
+        apply_planted_fault_in_child(gpu=True)
 
     checkpointing = recipe.use_gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     model, tokenizer = FastModel.from_pretrained(

@@ -132,11 +132,13 @@ case "$stage" in
       return 1
     }
     [ -f "$HS/runs.started" ] || { echo "no detached run was started (scripts/gpu_runner.sh bg)" >&2; exit 2; }
+    [ -n "${OUT:-}" ] || echo "OUT is not set: waiting only, nothing is packed" >&2
     while pending && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done
     while read -r name leg; do
       echo "== $name: $(cat "$HS/gpu-tier${leg:+-$leg}.done" 2>/dev/null || echo "still running after ${waited} s")"
       grep -v "it/s\]\|s/it\]\|batch/s\]" "$HS/gpu-tier${leg:+-$leg}.log" | tail -c 800; echo
-      LEG="$leg" PACK_AS="$name" "$SELF" collect | grep packed
+      # each run's own folders: the child sets them from LEG, not from this shell's (HARNESS_REPORTS is inherited)
+      env -u HARNESS_REPORTS LEG="$leg" PACK_AS="$name" "$SELF" collect </dev/null | grep packed
     done < "$HS/runs.started" ;;
   wait)
     limit="${1:-540}"; waited=0

@@ -113,6 +113,9 @@ def check_merge(m: dict) -> tuple[str, dict]:
     if m.get("error") or m.get("merged_vs_trained_max_abs") is None:
         return "fail", evidence
     merge_err, moved = m["merged_vs_trained_max_abs"], m["base_vs_trained_max_abs"]
+    if not m.get("prompts", 1) or not moved:  # nothing compared, or training moved nothing: the ratio says nothing
+        evidence["trained_moved_over_merge_error"] = None
+        return "fail", evidence
     if math.isnan(merge_err) or math.isnan(moved):  # NaN logits: `merge_err > 0` is False and read as a perfect merge
         evidence["trained_moved_over_merge_error"] = math.nan
         return "fail", evidence

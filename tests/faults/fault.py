@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 
 @dataclass(frozen=True)
@@ -20,3 +20,6 @@ class Fault:
     # True: the patch targets Unsloth's own code paths and runs in the GPU tier only (applied by harness.train_unsloth
     # right after `import unsloth`, in the fine-tune and probe processes); never in the CPU catalog run.
     gpu: bool = False
+    # For GPU faults: what the planted change must show in its claim's evidence (any context) for the red to count:
+    # a GPU run that crashes or fails an assertion before certify turns its claims red too, with no evidence.
+    shows: Optional[Callable[[dict], bool]] = None

@@ -41,8 +41,17 @@ def run_fault(fault, out: Path, extra_args: tuple[str, ...] = (), extra_env: dic
         return {"id": fault.id, "description": fault.description, "expected_claim": fault.expected_claim, "caught": False,
                 "red_claims": [], "error": proc.stdout[-500:] + proc.stderr[-500:]}
     red = [c["id"] for c in results["claims"] if c["regression"]]
-    return {"id": fault.id, "description": fault.description, "expected_claim": fault.expected_claim,
-            "caught": fault.expected_claim in red, "red_claims": red, "pytest_exit": proc.returncode}
+    caught = fault.expected_claim in red
+    outcome = {"id": fault.id, "description": fault.description, "expected_claim": fault.expected_claim,
+               "caught": caught, "red_claims": red, "pytest_exit": proc.returncode}
+    if getattr(fault, "shows", None) is not None:  # the red must carry the planted change's own evidence
+        evidence = next((c.get("evidence") or {} for c in results["claims"] if c["id"] == fault.expected_claim), {})
+        outcome["shows_the_fault"] = any(fault.shows(ev) for ev in evidence.values() if isinstance(ev, dict))
+        outcome["caught"] = caught and outcome["shows_the_fault"]
+        if caught and not outcome["shows_the_fault"]:
+            outcome["error"] = ("its claim is red without the fault's evidence (a crash or a failed assertion before "
+                                f"certify?): {proc.stdout[-400:]}")
+    return outcome
 
 
 def test_every_planted_fault_is_caught_by_its_claim(tmp_path, run_extras):
@@ -59,7 +68,10 @@ def test_every_planted_fault_is_caught_by_its_claim(tmp_path, run_extras):
 
 # A GPU fault run: the reference fine-tune at the recipe's steps (MERGE-IS-TRAINED compares how far training moved the
 # model with the merge's error, so a shortened run would not be the recorded truth), scored on few held-out prompts.
-GPU_FAULT_ENV = {"HARNESS_E2E_EVAL_LIMIT": "64", "HARNESS_GPU_PARALLEL": "1"}
+def _gpu_fault_env() -> dict:
+    from harness.recipe import HANDBOOK
+
+    return {"HARNESS_E2E_STEPS": str(HANDBOOK.max_steps), "HARNESS_E2E_EVAL_LIMIT": "64", "HARNESS_GPU_PARALLEL": "1"}
 GPU_FAULT_TIMEOUT_S = 1800
 
 
@@ -67,7 +79,8 @@ GPU_FAULT_TIMEOUT_S = 1800
 def test_every_gpu_fault_is_caught_by_its_claim(tmp_path, run_extras):
     """Each planted regression in Unsloth's own code paths (tests/faults/faults_gpu.py) turns its claim red in a fresh
     `pytest -m gpu` of its tests, while one clean run of the same tests (the control) leaves those claims as recorded:
-    a claim red in the control would count every fault on it as caught. The runs share the GPU (each ~4 GiB)."""
+    a claim red in the control would count every fault on it as caught, and the red must carry the fault's own
+    evidence (Fault.shows): a run that broke before certify is red with none. The runs share the GPU (each ~4 GiB)."""
     from fault import Fault
 
     assert len(GPU_FAULTS) >= 4
@@ -77,7 +90,7 @@ def test_every_gpu_fault_is_caught_by_its_claim(tmp_path, run_extras):
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # each run's reference fine-tune in a folder of its own (the runner's HARNESS_E2E_OUT is one shared folder)
         outcomes = list(pool.map(lambda f: run_fault(f, tmp_path, ("-m", "gpu"), {
-            **GPU_FAULT_ENV, "HARNESS_E2E_OUT": str(tmp_path / f.id / "e2e"),
+            **_gpu_fault_env(), "HARNESS_E2E_OUT": str(tmp_path / f.id / "e2e"),
             "HARNESS_EXPERIMENTS_DIR": str(tmp_path / f.id / "experiments")}, GPU_FAULT_TIMEOUT_S, plant=f is not control),
             [control, *GPU_FAULTS]))
     clean, faulted = outcomes[0], outcomes[1:]

@@ -58,3 +58,31 @@ def test_a_changed_detector_threshold_turns_check_overfit_red(monkeypatch):
     assert not judged().regression
     monkeypatch.setattr(overfit, "PLATEAU_LEVEL", 0.06)
     assert judged().regression
+
+
+def test_gpu_faults_count_only_with_their_own_evidence():
+    """A GPU fault is caught only when its claim's evidence shows the planted change (Fault.shows): never on the
+    evidence a clean GPU run recorded (reports/examples/h200x2-2026-11-28-bigpools), nor on none (a run that broke
+    before certify), always on the change itself."""
+    import json
+
+    import spec
+    from spec.core import evaluate
+
+    examples = FAULTS_DIR.parents[1] / "reports" / "examples" / "h200x2-2026-11-28-bigpools"
+    recorded = {c["id"]: c["evidence"] for c in json.loads((examples / "results-gpu-tier.json").read_text())["claims"]}
+    merge = json.loads((examples / "run-unsloth-e2e.json").read_text())["merge_check"]
+    recorded["MERGE-IS-TRAINED"] = {"gpu": evaluate(spec.CLAIMS["MERGE-IS-TRAINED"], merge, "gpu").evidence}
+    clean_boundary = {"unsloth_at_512": True, "layers_reach_unsloth_at_512": True}
+    recorded["GC-FALLBACK-BOUNDARY"] = {"gpu": {**recorded["GC-FALLBACK-BOUNDARY"]["gpu"], **clean_boundary}}
+    planted = {"MERGE-IS-TRAINED": {"trained_moved_over_merge_error": 1.0},
+               "GC-FALLBACK-BOUNDARY": {"unsloth_at_512": True, "layers_reach_unsloth_at_512": False},
+               "MASK-USER-TURNS": {"wrongly_trained": 26, "masked_positions_trained_in_batches": 0},
+               "GGUF-Q8-EXPORT": {"token_table_entries_differing": 2}}
+    gpu_faults = _catalog().GPU_FAULTS
+    assert {f.expected_claim for f in gpu_faults} == set(planted)
+    for fault in gpu_faults:
+        assert fault.shows is not None, fault.id
+        assert not any(fault.shows(ev) for ev in recorded[fault.expected_claim].values()), fault.id
+        assert not fault.shows({}), fault.id
+        assert fault.shows(planted[fault.expected_claim]), fault.id
