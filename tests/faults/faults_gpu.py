@@ -1,10 +1,11 @@
 """Planted regressions in Unsloth's own code paths, for the GPU tier (issue #15, "GPU-side faults").
 
-Each is applied in the process that runs Unsloth (harness.train_unsloth.load_unsloth calls
+Each is applied in every process that loads Unsloth (harness.train_unsloth.load_unsloth calls
 harness.pytest_plugin.apply_planted_fault_in_child(gpu=True) right after `import unsloth`, before the model is
-loaded): the reference fine-tune (`python -m harness finetune --backend unsloth`) and the checkpointing probes
-(`python -m harness.gpu_probe`). Patch points read from unsloth 2026.10.9 / unsloth_zoo 2026.10.9 / transformers 5.17.0
-(tests/unit/test_gpu_fault_points.py checks on the CPU that each still reaches the code it models). Each patch is
+loaded): the reference fine-tune (`python -m harness finetune --backend unsloth`), the checkpointing probes
+(`python -m harness.gpu_probe`), and the pytest process itself where a selected test loads Unsloth there
+(tests/gpu/conftest.py's unsloth_model; none of these faults' tests does). Patch points read from unsloth 2026.10.9 / unsloth_zoo 2026.10.9 / transformers 5.17.0
+(tests/unit/test_gpu_fault_points.py checks the unsloth_zoo/transformers side of each on the CPU). Each patch is
 idempotent: load_unsloth can run more than once in a process.
 
 tests/faults/test_fault_catalog.py::test_every_gpu_fault_is_caught_by_its_claim runs them on a CUDA runner, each in
@@ -62,9 +63,11 @@ def _layers_bypass_unsloth_checkpoint():
 
 
 def _response_marker_one_short():
-    """unsloth_zoo's train_on_responses_only matches the response marker one token short (Gemma 3 marker-search
-    reports: unsloth #2117, #2734): "<start_of_turn>model" without its "\\n", so that newline becomes a trained label
-    in every model turn."""
+    """unsloth_zoo's train_on_responses_only searches the response marker one token short (Gemma 3 marker-search
+    reports: unsloth #2117, #2734). For "<start_of_turn>model\\n" its token finder returns the core [105, 4368]
+    (<start_of_turn>, model) with "\\n" (107) as an optional right part (unsloth_zoo 2026.10.9); the fault drops the
+    core's last token and the optional part, so the marker's "\\n" becomes a trained label in every model turn (24 CPU
+    conversations: 26 of 26 model turns, wrongly_trained 0 -> 26)."""
     from unsloth_zoo import dataset_utils
 
     if getattr(dataset_utils._find_common_token_ids, "_fault", False):
@@ -74,7 +77,7 @@ def _response_marker_one_short():
     def find(component, tokenizer, force_match=False):
         must, left, right = original(component, tokenizer, force_match)
         if component.strip().endswith("model") and len(must) > 1:
-            return must[:-1], left, []  # the bug: the last core token dropped, not kept as optional
+            return must[:-1], left, []  # the bug: the core's last token and the optional right part dropped
         return must, left, right
 
     find._fault = True

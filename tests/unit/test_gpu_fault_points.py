@@ -1,5 +1,5 @@
-"""The GPU tier's planted faults (tests/faults/faults_gpu.py) still reach the code they model, checked on the CPU with
-the installed unsloth_zoo and transformers: an upgrade that moves a patch point would otherwise leave a GPU fault run
+"""The GPU tier's planted faults (tests/faults/faults_gpu.py) still reach the code they model: their unsloth_zoo and
+transformers side, checked on the CPU with the installed versions (what Unsloth itself calls is GPU-only knowledge): an upgrade that moves a patch point would otherwise leave a GPU fault run
 planting nothing, and its claim 'not caught' for the wrong reason (or caught by a broken run). Each fault is applied
 under monkeypatch, which restores what it replaced."""
 
@@ -140,3 +140,24 @@ def test_the_token_type_fault_retypes_the_turn_markers(gpu_faults, zoo, tiny_ggu
     assert list(diff["array_entries_differ"]) == ["tokenizer.ggml.token_type"], diff
     assert diff["array_entries_differ"]["tokenizer.ggml.token_type"]["entries_differing"] == 2, diff
     assert not diff["values_differ"] and not diff["only_a"] and not diff["only_b"], diff
+
+
+def test_the_token_type_fault_wraps_unsloths_converter_call(gpu_faults, zoo, tiny_gguf_converter, tmp_path, monkeypatch):
+    """The wrapper around unsloth_zoo's convert_to_gguf retypes each file the converter reports ((files, is_vlm) in
+    2026.10.9) and returns its result unchanged; applied twice, it wraps once."""
+    from unsloth_zoo import llama_cpp
+
+    from harness.gguf_verify import read
+
+    copy = tmp_path / "converted.gguf"
+    shutil.copyfile(tiny_gguf_converter, copy)
+    monkeypatch.setattr(llama_cpp, "convert_to_gguf", lambda *a, **k: ([str(copy)], False))
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))  # the import hook it adds for unsloth.save goes with it
+    calls, retype = [], gpu_faults.retype_turn_markers
+    monkeypatch.setattr(gpu_faults, "retype_turn_markers", lambda path: calls.append(path) or retype(path))
+    gpu_faults._gguf_turn_markers_normal()
+    gpu_faults._gguf_turn_markers_normal()
+    assert llama_cpp.convert_to_gguf("model", "q8_0") == ([str(copy)], False)
+    assert calls == [str(copy)]  # wrapped once
+    field = read(copy).fields["tokenizer.ggml.token_type"]
+    assert [int(field.parts[field.data[i]][0]) for i in gpu_faults.TURN_MARKER_IDS] == [1, 1]  # NORMAL
