@@ -5,7 +5,7 @@ harness.pytest_plugin.apply_planted_fault_in_child(gpu=True) right after `import
 loaded): the reference fine-tune (`python -m harness finetune --backend unsloth`), the checkpointing probes
 (`python -m harness.gpu_probe`), and the pytest process itself where a selected test loads Unsloth there
 (tests/gpu/conftest.py's unsloth_model; none of these faults' tests does). Patch points read from unsloth 2026.10.9 / unsloth_zoo 2026.10.9 / transformers 5.17.0
-(tests/unit/test_gpu_fault_points.py checks the unsloth_zoo/transformers side of each on the CPU). Each patch is
+(tests/faults/test_gpu_fault_points.py checks the unsloth_zoo/transformers side of each on the CPU). Each patch is
 idempotent: load_unsloth can run more than once in a process.
 
 tests/faults/test_fault_catalog.py::test_every_gpu_fault_is_caught_by_its_claim runs them on a CUDA runner, each in
