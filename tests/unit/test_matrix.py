@@ -98,10 +98,77 @@ def test_flipped_verdict_shows_in_that_step(tmp_path):
             make_leg(tmp_path, "c", "1.16.0", scaling_fails)]
     data, page = build(tmp_path, legs)
     assert [s["status"] for s in data["steps"]] == ["changed", "safe"]
-    assert data["steps"][0]["changed"] == {"LORA-SCALING": {"verdict": ["corrected", "fail"], "evidence": []}}
+    assert data["steps"][0]["changed"] == {"LORA-SCALING": {"verdict": ["corrected", "fail"], "evidence": [],
+                                                            "regression": [False, True]}}
     assert [r["verdicts"] for r in data["claims"] if r["id"] == "LORA-SCALING"] == [
         {"a": "corrected", "b": "fail", "c": "fail"}]
     assert row_cells(page, "LORA-SCALING") == ["cell v-corrected", "cell v-fail changed", "cell v-fail"]
+
+
+def bounds_left(data):  # what the unsloth-2026.10.1 GPU leg showed: GC-VRAM stays "corrected", outside its bounds
+    claim(data, "LORA-SCALING").update(regression=True, violations=["[tiny] scale = 2.0 ± 0 (observed 1.0)"])
+
+
+def test_a_regression_under_an_unchanged_verdict_shows_in_that_step(tmp_path):
+    legs = [make_leg(tmp_path, "a", "1.14.0"), make_leg(tmp_path, "b", "1.15.0", bounds_left)]
+    data, page = build(tmp_path, legs)
+    assert data["steps"][0]["changed"] == {"LORA-SCALING": {"verdict": None, "evidence": [],
+                                                            "regression": [False, True]}}
+    assert [r.get("regressions") for r in data["claims"] if r["id"] == "LORA-SCALING"] == [["b"]]
+    assert row_cells(page, "LORA-SCALING") == ["cell v-corrected", "cell v-corrected regression changed"]
+    assert "regression: no → yes" in page
+
+
+def as_gpu(data, complete=True):
+    data["environment"]["gpu"] = {"name": "NVIDIA H200", "count": 1}
+    data["complete"] = complete
+
+
+def interrupted(data):
+    """A GPU run cut off after its first claims (the unsloth-2026.10.1 leg of 2026-11-28): the rest are skips without
+    evidence."""
+    as_gpu(data, complete=False)
+    for cid in ("E2E-REFERENCE", "RECIPE-FIDELITY", "MASK-USER-TURNS"):
+        claim(data, cid).update(verdict="skip", evidence={}, regression=False)
+
+
+def test_claims_an_interrupted_run_never_reached_are_not_compared(tmp_path):
+    legs = [make_leg(tmp_path, "a", "1.14.0", interrupted), make_leg(tmp_path, "b", "1.15.0", as_gpu)]
+    data, page = build(tmp_path, legs)
+    s = data["steps"][0]
+    assert s["status"] == "incomplete" and s["changed"] == {}
+    assert s["not_reached"] == {cid: ["a"] for cid in ("MASK-USER-TURNS", "RECIPE-FIDELITY", "E2E-REFERENCE")}
+    assert s["line"].startswith("no claim moved among those both legs reached; 3 claims not compared")
+    assert row_cells(page, "E2E-REFERENCE") == ["cell v-none not-reached", "cell v-pass"]
+    assert matrix.SAFE not in s["line"]
+    # a claim the interrupted leg did reach is compared as usual: plant a change there
+    legs.append(make_leg(tmp_path, "c", "1.16.0", lambda d: (interrupted(d), bounds_left(d))))
+    data, _ = build(tmp_path, legs)
+    assert [(x["to"], x["status"]) for x in data["steps"]] == [("b", "incomplete"), ("c", "changed")]
+    assert data["steps"][1]["line"] == ("changed: LORA-SCALING; 3 claims not compared: not reached in c "
+                                        "(incomplete run)")
+
+
+def test_timings_between_gpu_legs_are_noise_but_not_between_cpu_legs(tmp_path):
+    def timed(seconds, gpu):
+        def plant(data):
+            if gpu:
+                as_gpu(data)
+            claim(data, "E2E-REFERENCE")["evidence"]["tiny"]["step_seconds"] = seconds
+            claim(data, "LORA-RANK")["evidence"]["tiny"]["grid"] = [{"peak_allocated_mib": 1049.0 + seconds}]
+        return plant
+
+    gpu_legs = [make_leg(tmp_path, "g1", "1.14.0", timed(0.29, True)), make_leg(tmp_path, "g2", "1.15.0", timed(0.41, True))]
+    data, page = build(tmp_path, gpu_legs)
+    s = data["steps"][0]
+    assert s["noise"] == {"E2E-REFERENCE": [{"key": "tiny.step_seconds", "old": 0.29, "new": 0.41}]}
+    assert list(s["changed"]) == ["LORA-RANK"]  # a memory figure is not noise: bit-identical across GPU runs
+    assert "1 figure moved within GPU run-to-run noise" in page
+    (tmp_path / "cpu").mkdir()
+    cpu_legs = [make_leg(tmp_path / "cpu", "c1", "1.14.0", timed(0.29, False)),
+                make_leg(tmp_path / "cpu", "c2", "1.15.0", timed(0.41, False))]
+    data, _ = build(tmp_path / "cpu", cpu_legs)
+    assert set(data["steps"][0]["changed"]) == {"E2E-REFERENCE", "LORA-RANK"} and "noise" not in data["steps"][0]
 
 
 def test_leg_that_could_not_be_installed_is_a_column(tmp_path):
