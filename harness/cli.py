@@ -175,7 +175,7 @@ def cmd_record_output_baseline(args) -> int:
     from harness.output_baseline import record
 
     try:
-        path = record(args.run_json, args.reason)
+        path = record(args.run_json, args.reason, args.results)
     except (OSError, KeyError, ValueError) as exc:
         print(f"record-output-baseline: {exc}", file=sys.stderr)
         return 2
@@ -330,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "paired baseline (spec/baselines/); only with a written reason")
     s.add_argument("run_json", help="run.json of the reference fine-tune")
     s.add_argument("--reason", required=True, help="why the baseline is (re)recorded; goes into the file")
+    s.add_argument("--results", help="the results.json of the same run: its environment (versions, GPU, commit) is "
+                                     "recorded with the baseline when the run record names none")
     s.set_defaults(func=cmd_record_output_baseline)
     s = sub.add_parser("diff", help="compare two runs (results.json or report folders); exit 1 on a new regression or a claim checked before and skipped now")
     s.add_argument("old")

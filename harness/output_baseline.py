@@ -99,17 +99,31 @@ def paired(eval_result: dict) -> dict:
             "baseline_exact_match": base["exact_match"]}
 
 
-def record(run_json: Path, reason: str) -> Path:
-    """Write the baseline of a run record's held-out eval (spec/baselines/check-output-<fingerprint>.json)."""
+ENVIRONMENT_KEYS = ("packages", "gpu", "python", "platform", "git_commit", "source_digest", "leg")
+
+
+def record(run_json: Path, reason: str, results: Path | None = None) -> Path:
+    """Write the baseline of a run record's held-out eval (spec/baselines/check-output-<fingerprint>.json), with the
+    environment it came from: the run record's, else that of the results.json of the same run (`results`; a
+    reference fine-tune's run.json records no versions, the GPU tier's results.json does). A baseline that cannot name
+    its versions is refused: a golden value is only as good as the environment block next to it."""
     if not reason.strip():
         raise ValueError("a baseline is recorded only with a written reason (--reason)")
     run = json.loads(Path(run_json).read_text())
     e = run["eval"]
+    environment = run.get("environment")
+    if environment is None and results is not None:
+        data = json.loads(Path(results).read_text())
+        env = data.get("environment") or {}
+        environment = {k: env[k] for k in ENVIRONMENT_KEYS if k in env} | {"run": data.get("run")}
+    if not environment:
+        raise ValueError(f"{run_json} names no environment: pass --results with the results.json of the same run "
+                         "(the GPU tier writes it beside the run record)")
     data = {"dataset_fingerprint": e["dataset_fingerprint"], "exact_match": e["exact_match"],
             "outcomes": {o["id"]: o["exact"] for o in e["outcomes"]}, "reason": reason,
             "recorded": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "from_run": str(run_json), "model": run.get("model"), "backend": run.get("backend"),
-            "environment": run.get("environment")}
+            "environment": environment}
     path = path_for(e["dataset_fingerprint"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")

@@ -181,8 +181,15 @@ def test_baseline_is_recorded_only_with_a_reason(tmp_path, monkeypatch):
     (tmp_path / "run.json").write_text(json.dumps(run))
     with pytest.raises(ValueError):
         output_baseline.record(tmp_path / "run.json", " ")
-    path = output_baseline.record(tmp_path / "run.json", "dataset v2 recorded on an H100")
+    with pytest.raises(ValueError, match="names no environment"):  # a golden value without its versions
+        output_baseline.record(tmp_path / "run.json", "dataset v2 recorded on an H100")
+    env = {"packages": {"unsloth": "2026.10.9", "trl": "1.15.0"}, "gpu": {"name": "NVIDIA H100"}, "git_commit": "1952f57",
+           "hostname": "runner-7"}
+    (tmp_path / "results.json").write_text(json.dumps({"run": "20261128-141053", "environment": env}))
+    path = output_baseline.record(tmp_path / "run.json", "dataset v2 recorded on an H100", tmp_path / "results.json")
     assert json.loads(path.read_text())["outcomes"] == {"p1": True}
+    assert json.loads(path.read_text())["environment"] == {"packages": env["packages"], "gpu": env["gpu"],
+                                                           "git_commit": "1952f57", "run": "20261128-141053"}
     now = output_baseline.paired({"dataset_fingerprint": "abc", "outcomes": [{"id": "p1", "cluster": "c", "exact": False}]})
     assert (now["worse"], now["clusters_worse"], now["difference"]) == (1, 1, -1) and 0.45 < now["p_value"] < 0.55
     assert output_baseline.paired({"dataset_fingerprint": "zzz", "outcomes": []})["pairs"] == 0
