@@ -211,3 +211,28 @@ def test_recorded_merges_are_as_recorded_and_a_dropped_adapter_is_red(path):
     faithful = {**merge, "merged_vs_trained_max_abs": merge["base_vs_trained_max_abs"] / 100}
     assert outcome("MERGE-IS-TRAINED", faithful).verdict == "pass" and outcome("MERGE-IS-TRAINED", faithful).regression
     assert not outcome("MERGE-IS-TRAINED", faithful, "default").regression  # pass is the recorded truth off the GPU
+
+
+GPU_LEGS = ROOT / "reports" / "examples" / "h200x2-2026-11-28-gpu-legs" / "legs"
+
+
+def _leg_claim(leg: str, claim_id: str) -> dict:
+    data = json.loads((GPU_LEGS / leg / "results.json").read_text())
+    return next(c for c in data["claims"] if c["id"] == claim_id)
+
+
+def test_gc_vram_is_red_on_the_release_without_unsloths_fused_loss():
+    """GC-VRAM [gpu] replayed on the two GPU legs' stored grids (H200, 2026-11-28). The real change: unsloth_zoo
+    2026.10.1 has no fused_losses/fused_linear.py, so every mode materialises the fp32 logits (8 × 4096 × 262,144 × 4 B
+    = 32,768 MiB at 4096×8: peaks 33,577 / 34,137 / 66,535 MiB) and Unsloth's checkpointing saves 1.6 %, not 17.6 %:
+    all four recorded bounds are violated there, none at 2026.10.9."""
+    control = outcome("GC-VRAM", {"grid": _leg_claim("unsloth-2026.10.9", "GC-VRAM")["evidence"]["gpu"]["grid"],
+                                  "model": "gemma3-270m"})
+    assert (control.verdict, control.regression) == ("corrected", False), control.explain()
+    old = outcome("GC-VRAM", {"grid": _leg_claim("unsloth-2026.10.1", "GC-VRAM")["evidence"]["gpu"]["grid"],
+                              "model": "gemma3-270m"})
+    assert old.regression and len(old.violations) == 4, old.explain()
+    peaks = {row["mode"]: row["peak_allocated_mib"] for row in _leg_claim("unsloth-2026.10.1", "GC-VRAM")
+             ["evidence"]["gpu"]["grid"] if (row["seq"], row["batch"]) == (4096, 8)}
+    logits_mib = 8 * 4096 * 262_144 * 4 / 2**20
+    assert all(peak > logits_mib for peak in peaks.values()), peaks
