@@ -70,15 +70,11 @@ def _name(requirement: str) -> str:
 
 
 def read_pins(constraints: Path) -> dict[str, str]:
-    """{name: NAME==VERSION} from a leg's constraints file (constraints/<leg>.txt): one pin a line, '#' comments."""
-    pins = {}
-    for line in Path(constraints).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            if "==" not in line:
-                raise ValueError(f"{constraints}: {line!r} is not a pin (NAME==VERSION): a bundle holds exact versions")
-            pins[_name(line)] = line
-    return pins
+    """{normalized name: NAME==VERSION} from a leg's constraints file (constraints/<leg>.txt), read as the release
+    matrix reads it (harness.matrix.pins), strictly: a line that is not a pin is an error."""
+    from harness.matrix import pins
+
+    return {_name(name): f"{name}=={version}" for name, version in pins(constraints, strict=True).items()}
 
 
 def leg_requirements(pins: dict[str, str], overlay: bool, control_pins: dict[str, str] | None = None) -> list[str]:

@@ -471,13 +471,18 @@ def matrix_main(paths: list[str], out: str | Path = "reports/matrix", keep_order
 # --- recording a leg (CI) -------------------------------------------------------------------------------------
 
 
-def pins(constraints: Path) -> dict[str, str]:
+def pins(constraints: Path, strict: bool = False) -> dict[str, str]:
+    """{name as written: version} from a constraints file (one `NAME==VERSION` a line, '#' comments). Lenient by
+    default (a leg's record keeps what it can read); `strict` refuses any other line (a bundle holds exact versions:
+    harness.bundle.read_pins builds on this)."""
     out = {}
-    for line in constraints.read_text().splitlines():
+    for line in Path(constraints).read_text().splitlines():
         line = line.split("#")[0].strip()
         if "==" in line:
             name, version = line.split("==", 1)
             out[name.strip()] = version.strip()
+        elif line and strict:
+            raise ValueError(f"{constraints}: {line!r} is not a pin (NAME==VERSION): a bundle holds exact versions")
     return out
 
 
