@@ -279,11 +279,13 @@ CLAIMS += [
           # UnslothCheckpointFunction (unsloth_zoo patch_unsloth_smart_gradient_checkpointing), which the 4096 probe saw
           # the layers apply (18 UnslothCheckpointFunctionBackward nodes); at 511 nothing is patched. A layer bound to
           # checkpoint(use_reentrant=False) (transformers #43203; fault gpu-layers-bypass-unsloth-checkpoint) breaks them
-          # while the installed function still reads unsloth_checkpoint. PROVISIONAL: the layers-reach bounds are not yet
-          # measured at 511/512/513 (the first GPU run after 2026-11-28 reads them; re-record from it if the probe's
-          # CheckpointFunction there differs, with the cause).
+          # while the installed function still reads unsloth_checkpoint. The layers-reach bounds measured at
+          # 511/512/513 on two H200s (reports/examples/h200x2-2026-11-28-gpu-legs, both legs): autograd functions
+          # CheckpointFunction / UnslothCheckpointFunction / UnslothCheckpointFunction at unsloth 2026.10.9 and at
+          # 2026.10.1, so layers_reach_unsloth_at_511/512/513 = False/True/True as set.
           check_fallback_boundary, (eq("unsloth_at_511", False), eq("unsloth_at_512", True), eq("unsloth_at_513", True),
                                     eq("layers_reach_unsloth_at_511", False), eq("layers_reach_unsloth_at_512", True),
                                     eq("layers_reach_unsloth_at_513", True)),
-          sources=("reports/examples/h200x2-2026-11-28-bigpools/results-gpu-tier.json",)),
+          sources=("reports/examples/h200x2-2026-11-28-bigpools/results-gpu-tier.json",
+                   "reports/examples/h200x2-2026-11-28-gpu-legs/legs/unsloth-2026.10.9/results.json")),
 ]

@@ -236,3 +236,17 @@ def test_gc_vram_is_red_on_the_release_without_unsloths_fused_loss():
              ["evidence"]["gpu"]["grid"] if (row["seq"], row["batch"]) == (4096, 8)}
     logits_mib = 8 * 4096 * 262_144 * 4 / 2**20
     assert all(peak > logits_mib for peak in peaks.values()), peaks
+
+
+@pytest.mark.parametrize("leg", ["unsloth-2026.10.9", "unsloth-2026.10.1"])
+def test_the_fallback_boundary_as_both_gpu_legs_measured_it(leg):
+    """GC-FALLBACK-BOUNDARY [gpu] replayed on each GPU leg's probe (H200, 2026-11-28): the layers reach Unsloth's
+    checkpoint at 512 and 513, not at 511, in both releases. The real change that turns it red: layers bound to
+    checkpoint(use_reentrant=False) (transformers #43203), planted as torch's CheckpointFunction at 512."""
+    measured = {k: _leg_claim(leg, "GC-FALLBACK-BOUNDARY")["evidence"]["gpu"][k]
+                for k in ("recipe_max_seq_length", "functions", "layer_functions", "autograd_functions", "errors")}
+    result = outcome("GC-FALLBACK-BOUNDARY", measured)
+    assert (result.verdict, result.regression) == ("pass", False), result.explain()
+    bypass = copy.deepcopy(measured)
+    bypass["autograd_functions"]["512"] = "CheckpointFunction"
+    assert outcome("GC-FALLBACK-BOUNDARY", bypass).regression
