@@ -113,7 +113,8 @@ case "$stage" in
   gpu)
     start_llama_builds; wait_llama_builds; assemble_model
     mkdir -p "$HARNESS_REPORTS"
-    python3 -m pytest -m gpu -p no:cacheprovider -q --durations=0 --benchmark-json="$HARNESS_REPORTS/benchmark.json" "$@" ;;
+    # -v: each test's outcome is in the log as it ends, so a poll (or a lost machine) still names a failed test
+    python3 -m pytest -m gpu -p no:cacheprovider -v --durations=0 --benchmark-json="$HARNESS_REPORTS/benchmark.json" "$@" ;;
   all)  # every claim: certify --gpu (the CPU tier with CUDA hidden, then the GPU tier, one merged report)
     start_llama_builds; wait_llama_builds; assemble_model
     mkdir -p "$HARNESS_REPORTS"
