@@ -44,7 +44,10 @@ def fidelity(trainer, model, expected: dict, passed_args: dict) -> dict:
     notable = ("bf16", "fp16", "gradient_checkpointing", "max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon",
                "warmup_ratio", "packing", "padding_free", "completion_only_loss", "assistant_only_loss",
                "dataset_num_proc", "dataloader_drop_last", "group_by_length", "torch_compile")
-    silent = {k: getattr(args, k) for k in notable if hasattr(args, k) and k not in passed_args}
+    # warmup_ratio: deprecated in transformers 5.5 (None = unset; a value is copied into warmup_steps, which the recipe
+    # checks), gone by 5.17 (warmup_steps < 1 is the ratio). Its unset None is not a default the run trains with.
+    silent = {k: getattr(args, k) for k in notable if hasattr(args, k) and k not in passed_args
+              and not (k == "warmup_ratio" and getattr(args, k) is None)}
     changed = {k: {"passed": v, "trainer": getattr(args, k)} for k, v in passed_args.items()
                if hasattr(args, k) and getattr(args, k) != v and not callable(v)}
     return {"actual": actual, "mismatches": mismatches, "silent": {**silent, **{f"changed:{k}": v for k, v in changed.items()}},

@@ -194,7 +194,15 @@ def trl_truncated(trainer, cases: list[int], max_length: int | None) -> dict[int
         args = copy.copy(trainer.args)
         args.max_length = max_length
         rows = trainer._prepare_dataset(rows, trainer.processing_class, args, False, None, f"max_length={max_length}")
-    return {case: (list(ids), list(labels)) for case, ids, labels in zip(rows["case"], rows["input_ids"], rows["labels"])}
+    if "labels" in rows.column_names:
+        labels = rows["labels"]
+    else:
+        # trl 0.24.0 (measured 2026-11-28, the HF stack unsloth 2026.9.14 declares) keeps `assistant_masks` and builds
+        # the labels in its collator (DataCollatorForLanguageModeling: -100 where the mask is 0): read them by that
+        # rule. Reading a `labels` column that old TRL never writes crashed the check (ValueError), not TRL.
+        labels = [[i if m else -100 for i, m in zip(ids, mask)]
+                  for ids, mask in zip(rows["input_ids"], rows["assistant_masks"])]
+    return {case: (list(ids), list(lab)) for case, ids, lab in zip(rows["case"], rows["input_ids"], labels)}
 
 
 def merged_model_turns(tokenizer, ids: list[int]) -> set[int]:
