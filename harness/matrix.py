@@ -185,6 +185,21 @@ def not_reached(leg: dict, claim: dict | None) -> bool:
             and not claim.get("evidence"))
 
 
+def unreached(found: list[tuple[dict, dict | None]]) -> list[str]:
+    """The legs (of (leg, its record of one claim) pairs) whose interrupted run never reached the claim, where another
+    leg measured it; none where no leg did (nothing to compare)."""
+    if not any(_measured(claim) for _, claim in found):
+        return []
+    return [leg["name"] for leg, claim in found if not_reached(leg, claim)]
+
+
+def _noise_rule(cid: str, gpu: bool):
+    """Which figures of a claim move between runs at the same versions (GPU_NOISE_*): None between CPU legs."""
+    if not gpu:
+        return None
+    return (lambda key: True) if cid in GPU_NOISE_CLAIMS else (lambda key: bool(GPU_NOISE_KEYS.search(key)))
+
+
 def suite_code(leg: dict) -> str | None:
     """Which suite code a leg ran: the digest of its source files where recorded (harness.results.source_digest), else
     its commit. A commit alone is not enough: a leg run from a tree with uncommitted edits recorded the commit it sat
@@ -223,36 +238,34 @@ def step(old: dict, new: dict, rtol: float) -> dict:
         return out
     a, b = ({c["id"]: c for c in leg["claims"]} for leg in (old, new))
     gpu = "cpu" not in (old["hardware"], new["hardware"])
-    unreached = {}
+    not_compared = {}
     for cid in _claim_ids([old, new]):
-        missing = [leg["name"] for leg, claims in ((old, a), (new, b)) if not_reached(leg, claims.get(cid))]
-        if missing:
-            if any(_measured(c) for c in (a.get(cid), b.get(cid))):  # else neither leg ran it: nothing to compare
-                unreached[cid] = missing
+        if any(not_reached(leg, claims.get(cid)) for leg, claims in ((old, a), (new, b))):
+            missing = unreached([(old, a.get(cid)), (new, b.get(cid))])
+            if missing:
+                not_compared[cid] = missing
             continue
-        noise = (lambda key: True) if gpu and cid in GPU_NOISE_CLAIMS else \
-            (lambda key: bool(GPU_NOISE_KEYS.search(key))) if gpu else None
-        change = claim_changes(a.get(cid), b.get(cid), rtol, noise)
+        change = claim_changes(a.get(cid), b.get(cid), rtol, _noise_rule(cid, gpu))
         if change and set(change) == {"noise"}:
             out.setdefault("noise", {})[cid] = change["noise"]
         elif change:
             out["changed"][cid] = change
-    if unreached:
-        out["not_reached"] = unreached
+    if not_compared:
+        out["not_reached"] = not_compared
     tests = test_changes(old.get("tests"), new.get("tests"))
     if tests:
         out["tests"] = tests
     failing = (tests or {}).get("newly_failing") or []
     extra = [f"{len(failing)} test{'s' if len(failing) != 1 else ''} newly failing"] if failing else []
-    if unreached:
-        incomplete = sorted({name for names in unreached.values() for name in names})
-        extra.append(f"{len(unreached)} claim{'s' if len(unreached) != 1 else ''} not compared: not reached in "
+    if not_compared:
+        incomplete = sorted({name for names in not_compared.values() for name in names})
+        extra.append(f"{len(not_compared)} claim{'s' if len(not_compared) != 1 else ''} not compared: not reached in "
                      f"{', '.join(incomplete)} (incomplete run)")
     if out["changed"]:
         out.update(status="changed", line="changed: " + ", ".join(out["changed"]) + "".join(f"; {e}" for e in extra))
     elif failing:
         out.update(status="tests failed", line="no claim moved, but " + "; ".join(extra))
-    elif unreached:
+    elif not_compared:
         out.update(status="incomplete", line="no claim moved among those both legs reached; " + extra[-1])
     else:
         out.update(status="safe", line=SAFE)
@@ -311,12 +324,11 @@ def build(paths: list[str | Path], keep_order: bool = False, rtol: float = REL_T
         row = {"id": cid, "section": first.get("section"), "tier": first.get("tier"),
                "verdicts": {name: (c or {}).get("verdict") for name, c in found.items()}}
         regressions = [name for name, c in found.items() if (c or {}).get("regression")]
-        unreached = [leg["name"] for leg in legs if not_reached(leg, found[leg["name"]])
-                     and any(_measured(c) for c in found.values())]
+        missing = unreached([(leg, found[leg["name"]]) for leg in legs])
         if regressions:
             row["regressions"] = regressions  # fails its recorded expectation (the report's red) whatever its verdict
-        if unreached:
-            row["not_reached"] = unreached
+        if missing:
+            row["not_reached"] = missing
         rows.append(row)
     columns = [{k: v for k, v in leg.items() if k != "claims"} for leg in legs]
     return {"schema": SCHEMA, "rel_tolerance": rtol, "legs": columns, "claims": rows, "steps": steps}

@@ -2,6 +2,7 @@
 green on what was recorded, red on each planted change (the real change named in each test)."""
 
 import copy
+import functools
 import json
 from pathlib import Path
 
@@ -216,9 +217,13 @@ def test_recorded_merges_are_as_recorded_and_a_dropped_adapter_is_red(path):
 GPU_LEGS = ROOT / "reports" / "examples" / "h200x2-2026-11-28-gpu-legs" / "legs"
 
 
+@functools.lru_cache(maxsize=None)
+def _leg_results(leg: str) -> dict:
+    return json.loads((GPU_LEGS / leg / "results.json").read_text())
+
+
 def _leg_claim(leg: str, claim_id: str) -> dict:
-    data = json.loads((GPU_LEGS / leg / "results.json").read_text())
-    return next(c for c in data["claims"] if c["id"] == claim_id)
+    return copy.deepcopy(next(c for c in _leg_results(leg)["claims"] if c["id"] == claim_id))
 
 
 def test_gc_vram_is_red_on_the_release_without_unsloths_fused_loss():
