@@ -40,3 +40,26 @@ def test_an_unset_deprecated_warmup_ratio_is_not_a_silent_default_but_a_set_one_
     assert "warmup_ratio" not in _fidelity_with(warmup_ratio=None)["silent"]
     assert _fidelity_with(warmup_ratio=0.1)["silent"]["warmup_ratio"] == 0.1
     assert _fidelity_with(max_grad_norm=None)["silent"]["max_grad_norm"] is None  # other None values stay visible
+
+
+def _accumulation_as_recorded(leg: str) -> dict:
+    import json
+    from pathlib import Path
+
+    path = (Path(__file__).resolve().parents[2] / "reports/examples/legs-2026-11-28-hf-stack-a229e7c/legs" / leg
+            / "results.json")
+    claim = next(c for c in json.loads(path.read_text())["claims"] if c["id"] == "ACCUM-EQUIVALENCE")
+    return claim["evidence"]["tiny"]
+
+
+def test_accumulation_is_red_where_transformers_divides_the_loss_twice():
+    """ACCUM-EQUIVALENCE replayed on the two stored legs: transformers 5.5.3 hands Accelerate num_steps =
+    gradient_accumulation_steps while the Trainer divides the loss too (the accumulated gradient is half: relative L2
+    0.5); 5.5.4 passes num_steps=1 and the two gradients agree."""
+    import spec
+    from spec.core import evaluate
+
+    double = evaluate(spec.CLAIMS["ACCUM-EQUIVALENCE"], _accumulation_as_recorded("transformers-5.5.3"), "tiny")
+    assert double.regression and double.evidence["grad_rel_l2"] == pytest.approx(0.5, abs=1e-6), double.explain()
+    fixed = evaluate(spec.CLAIMS["ACCUM-EQUIVALENCE"], _accumulation_as_recorded("transformers-5.5.4"), "tiny")
+    assert not fixed.regression, fixed.explain()
