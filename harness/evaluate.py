@@ -26,15 +26,27 @@ def length_order(lengths: list[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
+def prompt_ids(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
+    """The token ids a held-out prompt is answered from (the chat template as text, then tokenized without added
+    specials: the template writes the one <bos>). GGUF-HELDOUT gives llama.cpp these same ids."""
+    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
 def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, batch_size: int | None = None,
-                     desc: str = "evaluate") -> list[str]:
+                     desc: str = "evaluate", stats: dict | None = None) -> list[str]:
     """Greedy answers to chat prompts (the conversation up to the last user turn), in the order of `prompts`.
 
     Why it is fast: the KV cache is on (`use_cache=True` passed to generate and set in the model's config for the
     call; training turns it off for gradient checkpointing, and without it each new token re-runs the whole
     prompt: the v1 eval took ~0.37 s per decoding step of 64 prompts on an H200), prompts are batched by length
     (sorted, so padding is small), and the GPU batch is 128. Left padding with its attention mask leaves greedy
-    answers equal to those of one prompt at a time (tests/unit/test_evaluate.py)."""
+    answers equal to those of one prompt at a time (tests/unit/test_evaluate.py).
+
+    stats: filled with where the time went (seconds, batches, decoding steps, generated tokens): the GPU tier's
+    evaluation of 2,240 prompts took 663 s on an H200 beside the probes (issue #13), which this tells apart."""
+    import time
+
     import torch
     from tqdm.auto import tqdm
 
@@ -43,8 +55,7 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     # vocabulary can take ~10 GiB at 64 prompts where a backend computes them for every position).
     batch_size = batch_size or int(os.environ.get("HARNESS_EVAL_BATCH") or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH))
     stop = [tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id]
-    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    ids = prompt_ids(tokenizer, prompts)
     order = length_order([len(x) for x in ids])
     configs = [c for c in (getattr(model, "config", None), getattr(model, "generation_config", None)) if c is not None]
     saved = [(c, getattr(c, "use_cache", _UNSET)) for c in configs]
@@ -53,6 +64,7 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     was_training = model.training
     model.eval()
     answers: list[str | None] = [None] * len(prompts)
+    started, steps, generated = time.perf_counter(), 0, 0
     try:
         for c in configs:
             c.use_cache = True
@@ -62,8 +74,10 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                 enc = tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt").to(device)
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                      eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
-                for i, text in zip(chunk, tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
-                                                                 skip_special_tokens=True)):
+                new = out[:, enc["input_ids"].shape[1]:]
+                steps += new.shape[1]
+                generated += int((new != tokenizer.pad_token_id).sum())
+                for i, text in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True)):
                     answers[i] = text
     finally:
         for c, value in saved:
@@ -73,6 +87,12 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                 c.use_cache = value
         tokenizer.padding_side = old_side
         model.train(was_training)
+    if stats is not None:
+        seconds = time.perf_counter() - started
+        stats.update({"prompts": len(prompts), "batch_size": batch_size, "batches": -(-len(prompts) // batch_size),
+                      "decoding_steps": steps, "generated_tokens": generated, "seconds": round(seconds, 3),
+                      "seconds_per_decoding_step": round(seconds / steps, 5) if steps else None,
+                      "device": str(device)})
     return answers
 
 
@@ -128,8 +148,9 @@ def evaluate_split(model, tokenizer, examples, limit: int, max_new_tokens: int =
     (outputs_file, relative to the run record beside it), its line count and sha256."""
     chosen = examples[:limit]
     prompts = [ex.messages[:-1] for ex in chosen]
-    outputs = generate_answers(model, tokenizer, prompts, max_new_tokens, desc=desc)
-    return evaluation(chosen, outputs, outputs_path, tokenizer=tokenizer)
+    stats: dict = {}
+    outputs = generate_answers(model, tokenizer, prompts, max_new_tokens, desc=desc, stats=stats)
+    return {**evaluation(chosen, outputs, outputs_path, tokenizer=tokenizer), "generation": stats}
 
 
 def evaluation(chosen, outputs: list[str], outputs_path: Path | None = None, *, tokenizer=None, **score_kwargs) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -154,7 +155,9 @@ class ReferenceFinetune:
 
         record = self.record
         with self.clock.phase("evaluate"):
+            started = time.perf_counter()
             record["val_loss"] = self.trainer.evaluate().get("eval_loss")
+            record["val_loss_seconds"] = round(time.perf_counter() - started, 3)  # the evaluate phase's parts (#13)
             record["eval"] = evaluate_split(self.trainer.model, self.tokenizer, self.data["test"], self.recipe.eval_limit,
                                             self.recipe.max_new_tokens, desc="evaluate fine-tuned",
                                             outputs_path=self.out_dir / "outputs-test.jsonl")
