@@ -243,9 +243,15 @@ def _failure(proc: subprocess.CompletedProcess) -> str:
     return f"failed: {proc.stderr.strip()[-300:]}"
 
 
-def llama_greedy(llm, ids: list[int], stop: set[int], max_new_tokens: int) -> list[int]:
-    """llama.cpp's greedy continuation of `ids`, without the stop token."""
-    llm.reset()
+def llama_greedy(llm, ids: list[int], stop: set[int], max_new_tokens: int, reuse_prefix: bool = False) -> list[int]:
+    """llama.cpp's greedy continuation of `ids`, without the stop token.
+
+    reuse_prefix: keep the KV cache of the longest prefix `ids` share with what was decoded before (llama-cpp-python's
+    generate does so unless reset first). The held-out prompts share a ~290-token developer turn of ~320: measured on
+    2 cores, 16 prompts of the embedded 270M took 14.9 s from a fresh cache each and 8.2 s reusing it, with the same
+    answers (GGUF-HELDOUT)."""
+    if not reuse_prefix:
+        llm.reset()
     out = []
     for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
         if token in stop or len(out) >= max_new_tokens:
@@ -258,9 +264,11 @@ def _llama_side(job: dict) -> dict:
     """In the child: llama.cpp's token ids for each text and greedy continuation of each prompt."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=job["path"], n_ctx=1024, verbose=False, seed=0, use_mmap=job["mmap"])
+    llm = llama_cpp.Llama(model_path=job["path"], n_ctx=1024, verbose=False, seed=0, use_mmap=job["mmap"],
+                          n_threads=job.get("threads"))  # None: llama-cpp-python's default, half the cores
     return {"tokens": [llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) for text in job["corpus"]],
-            "greedy": [llama_greedy(llm, ids, set(job["stop"]), job["max_new_tokens"]) for ids in job["prompt_ids"]]}
+            "greedy": [llama_greedy(llm, ids, set(job["stop"]), job["max_new_tokens"], job.get("reuse_prefix", False))
+                       for ids in job["prompt_ids"]]}
 
 
 def _job(path: Path, corpus: list[str], prompt_ids: list[list[int]], stop: set[int], max_new_tokens: int,

@@ -42,9 +42,9 @@ NOT_REACHED = "not reached"
 # 2026.10.9, one H200: apart from the experiments' own seeds, only the grid's step_seconds, the export's seconds and
 # the held-out scores of CHECK-OUTPUT moved; every peak-memory figure of GC-VRAM is bit-identical across all 8 stored
 # GPU runs at 2026.10.9, on H100 and H200). Their claims' verdicts and regressions are still compared: the claims judge
-# them with their own statistics (paired baseline, seeds).
+# them with their own statistics (paired baseline, seeds). GGUF-HELDOUT pairs the GGUF with those same held-out answers.
 GPU_NOISE_KEYS = re.compile(r"(^|[._])(seconds|step_time|tokens_per_second|runtime)$|(^|\.)phases(\.|$)")
-GPU_NOISE_CLAIMS = frozenset({"CHECK-OUTPUT", "LORA-MLP-ABLATION", "LR-WARMUP-STABILITY", "MASK-STABILITY"})
+GPU_NOISE_CLAIMS = frozenset({"CHECK-OUTPUT", "GGUF-HELDOUT", "LORA-MLP-ABLATION", "LR-WARMUP-STABILITY", "MASK-STABILITY"})
 
 
 # --- loading legs -------------------------------------------------------------------------------------------

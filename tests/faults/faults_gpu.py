@@ -153,7 +153,8 @@ def _gguf_turn_markers_normal():
 
 FAULTS = [
     Fault("gpu-merge-drops-adapter", "5", "Unsloth's 16-bit merge writes the base weights without the adapter",
-          "MERGE-IS-TRAINED", (f"{TIER}::test_the_merged_checkpoint_is_the_trained_model",), _merge_drops_adapter,
+          "MERGE-IS-TRAINED", (f"{TIER}::test_the_merged_checkpoint_is_the_trained_model",
+                               f"{TIER}::test_the_exported_gguf_answers_like_the_trained_model"), _merge_drops_adapter,
           child=True, gpu=True, shows=lambda ev: (ev.get("trained_moved_over_merge_error") or 99) < 2.5),
     Fault("gpu-layers-bypass-unsloth-checkpoint", "2",
           "the decoder layers call checkpoint(use_reentrant=False), bypassing Unsloth's offloaded checkpoint",

@@ -93,3 +93,27 @@ def test_unsloth_q8_0_export_offline_is_verified(e2e, dataset, certify, run_extr
                                   "reason": loads[unsloth_file.name][1]}, "gpu", soft=True)
     certify.check()
     assert loads[ours.name][0], f"llama.cpp decodes Google's GGUF but not this project's export: {loads[ours.name][1]}"
+
+
+@pytest.mark.uses_runs("e2e")
+@pytest.mark.gpu_phase(1)
+@pytest.mark.claim("GGUF-HELDOUT")
+def test_the_exported_gguf_answers_like_the_trained_model(e2e, dataset, certify, run_extras):
+    """Unsloth's Q8_0 GGUF in llama.cpp answers every held-out prompt the reference run scored; paired with the trained
+    model's stored answers (outputs-test.jsonl): the deployed file's score, not the merged folder's."""
+    from pathlib import Path
+
+    from harness.gguf_heldout import heldout_facts, trained_rows
+    from harness.output_baseline import fingerprint
+
+    art, out_dir = e2e.get("artifacts") or {}, Path(e2e["out_dir"])
+    assert art.get("gguf_unsloth"), f"Unsloth's export wrote no GGUF: {art.get('gguf_unsloth_error')}"
+    outputs = out_dir / e2e["eval"]["outputs_file"]
+    scored = trained_rows(outputs)
+    examples = [ex for ex in dataset["test"] if ex.id in scored]
+    # ids alone could name other prompts (another dataset build numbers its items the same way)
+    assert fingerprint(examples) == e2e["eval"]["dataset_fingerprint"], "the reference run scored other prompts"
+    facts = heldout_facts(Path(art["gguf_unsloth"]), Path(art["merged"]), examples, outputs,
+                          e2e["recipe"]["max_new_tokens"], out_path=out_dir / "outputs-test-gguf.jsonl")
+    run_extras["gguf_heldout"] = {k: v for k, v in facts.items() if k != "differences"}
+    certify("GGUF-HELDOUT", facts, "gpu")

@@ -1,0 +1,133 @@
+"""GGUF-HELDOUT: the exported GGUF itself, read by llama.cpp, answers the held-out requests, scored like the trained model.
+
+Why: every other export check compares the GGUF with the merged folder it was made from (GGUF-Q8-ERROR, GGUF-LLAMACPP),
+and MERGE-IS-TRAINED compares that folder's logits with the trained model's. What a user deploys is the GGUF, and what
+they were told is the trained model's held-out score: this measures the GGUF on the same prompts, from the same token
+ids (harness.evaluate.prompt_ids), greedy, and pairs each answer with the trained model's stored one (the reference
+run's outputs-test.jsonl). A merge that drops the adapter (unsloth #869, #1929, #2142) scores the base model's ~0 here.
+
+llama.cpp runs in child processes (never beside torch/CUDA: harness.gguf_verify.llama_outputs), the prompts split over
+several children of a few threads each: a 270M model decodes one sequence at a time, so more processes use more cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness.gguf_verify import GGUFVerifyError, _failure, _job, use_mmap
+
+# Measured on 2 cores (the embedded 270M, 16 held-out prompts of ~320 tokens, 32 new tokens each): one child of 4
+# threads 15.5 s, of 2 threads 8.2 s with the shared prefix's KV cache reused (14.9 s without; the same answers).
+THREADS_PER_WORKER = 2
+
+
+def workers_default() -> int:
+    """$HARNESS_LLAMA_WORKERS, else one child per THREADS_PER_WORKER cores (1 to 8)."""
+    env = os.environ.get("HARNESS_LLAMA_WORKERS")
+    return int(env) if env else max(1, min(8, (os.cpu_count() or 1) // THREADS_PER_WORKER))
+
+
+def llama_answers(path: Path, prompt_ids: list[list[int]], stop: set[int], max_new_tokens: int,
+                  workers: int | None = None, timeout: int = 1800) -> list[list[int]]:
+    """llama.cpp's greedy continuation (token ids, stop excluded) of each prompt, in order, from `workers` children."""
+    workers = max(1, min(workers or workers_default(), len(prompt_ids) or 1))
+    shards = [prompt_ids[i::workers] for i in range(workers)]
+    procs = []
+    for shard in shards:
+        job = tempfile.TemporaryFile("w+")  # the job as a file on stdin: communicate() then reads both pipes at once
+        json.dump({**_job(path, [], shard, stop, max_new_tokens, use_mmap()), "threads": THREADS_PER_WORKER,
+                   "reuse_prefix": True}, job)
+        job.seek(0)
+        procs.append(subprocess.Popen([sys.executable, "-m", "harness.gguf_verify"], stdin=job, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+        job.close()
+    results, deadline = [], time.monotonic() + timeout
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            if proc.returncode != 0:
+                from harness.doctor import require_llama_cpp
+
+                require_llama_cpp()  # a reader that fails on Google's own GGUF too: an environment problem
+                raise GGUFVerifyError(f"llama.cpp {_failure(subprocess.CompletedProcess([], proc.returncode, out, err))} "
+                                      f"answering held-out prompts from {path}")
+            results.append(json.loads(out.strip().splitlines()[-1])["greedy"])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    answers: list[list[int]] = [[] for _ in prompt_ids]
+    for w, shard in enumerate(results):
+        for j, tokens in enumerate(shard):
+            answers[w + j * workers] = tokens
+    return answers
+
+
+def trained_rows(outputs_jsonl: Path) -> dict[str, dict]:
+    """The trained model's stored held-out outputs (harness.evaluate.output_rows), by item id."""
+    rows = [json.loads(line) for line in Path(outputs_jsonl).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["id"]: r for r in rows}
+
+
+def compare(examples, gguf_outputs: list[str], trained: dict[str, dict]) -> dict:
+    """GGUF-HELDOUT's evidence from the GGUF's answers to `examples` and the trained model's rows for the same ids:
+    both exact-match rates on the items both answered, the drop (trained − GGUF) with a 95 % bootstrap CI over held-out
+    combinations, the share of identical answers, and the paired one-sided test (is the GGUF worse?)."""
+    from harness.evaluate import evaluation
+    from harness.output_baseline import cluster_paired
+    from harness.scoring import cluster_bootstrap
+
+    scored = evaluation(examples, gguf_outputs)
+    gguf = {o["id"]: o for o in scored["outcomes"]}
+    shared = [ex.id for ex in examples if ex.id in trained]
+    if not shared:
+        return {"prompts": 0, "reason": "no held-out item of the trained model's outputs was answered by the GGUF"}
+    by_id = dict(zip((ex.id for ex in examples), gguf_outputs))
+    drops = [int(trained[i]["exact"]) - int(gguf[i]["exact"]) for i in shared]
+    clusters = [gguf[i]["cluster"] for i in shared]
+    ci = cluster_bootstrap(drops, clusters, seed="gguf-heldout")
+    n = len(shared)
+    paired = cluster_paired({i: trained[i]["exact"] for i in shared}, {i: gguf[i]["exact"] for i in shared},
+                            {i: gguf[i]["cluster"] for i in shared})
+    differing = [i for i in shared if by_id[i] != trained[i]["output"]]
+    return {
+        "prompts": n, "unmatched": len(examples) - n,
+        "gguf_exact_match": round(sum(gguf[i]["exact"] for i in shared) / n, 6),
+        "trained_exact_match": round(sum(trained[i]["exact"] for i in shared) / n, 6),
+        "exact_match_drop": round(sum(drops) / n, 6),
+        "exact_match_drop_ci95": list(ci[0]) if ci else None,
+        "answer_agreement": round(1 - len(differing) / n, 6),
+        "gguf_valid_json": scored.get("json_valid_rate"),
+        "paired": {k: paired[k] for k in ("method", "clusters", "clusters_worse", "clusters_better", "worse", "better",
+                                          "p_value")},
+        "differences": [{"request": trained[i]["request"], "expected": trained[i]["expected"],
+                         "trained": trained[i]["output"], "gguf": by_id[i]} for i in differing[:5]],
+    }
+
+
+def heldout_facts(gguf_path: Path, checkpoint: Path, examples, outputs_jsonl: Path, max_new_tokens: int = 64,
+                  out_path: Path | None = None) -> dict:
+    """GGUF-HELDOUT's measurement: the GGUF at `gguf_path` (exported from `checkpoint`, whose tokenizer builds the
+    prompts) answers `examples`; compared with the trained model's outputs in `outputs_jsonl`. `out_path`: where to
+    store every GGUF answer (JSONL rows as harness.evaluate.output_rows)."""
+    from harness.evaluate import output_rows, prompt_ids, write_outputs
+    from harness.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(checkpoint))
+    stop = {tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id}
+    started = time.perf_counter()
+    ids = prompt_ids(tokenizer, [ex.messages[:-1] for ex in examples])
+    tokens = llama_answers(gguf_path, ids, stop, max_new_tokens)
+    outputs = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    facts = compare(examples, outputs, trained_rows(outputs_jsonl))
+    facts["seconds"] = round(time.perf_counter() - started, 1)
+    facts["reader"] = f"llama.cpp (llama-cpp-python), {workers_default()} children × {THREADS_PER_WORKER} threads"
+    if out_path is not None:
+        facts.update(write_outputs(out_path, output_rows(examples, outputs)))
+    return facts
