@@ -35,9 +35,14 @@ done
 export PYTHONPATH="$HS/llama-site:$HS/site${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 export HARNESS_CACHE="$HS/cache" HARNESS_REPORTS="${HARNESS_REPORTS:-$HS/reports}"
-export HARNESS_EXPERIMENTS_DIR="$HS/experiments" HARNESS_E2E_OUT="$HS/e2e"
-LEG="${LEG:-}"
+export HARNESS_EXPERIMENTS_DIR="$HS/experiments" HARNESS_E2E_OUT="$HS/e2e" HARNESS_GPU_FAULT_OUT="$HS/gpu-faults"
+LEG="${LEG:-}" RUN_NAME="${RUN_NAME:-}"
 TAG=""
+if [ -n "$RUN_NAME" ] && [ -z "$LEG" ]; then  # a second run on the main stack (e.g. the GPU fault catalog): its own folders
+  TAG="-$RUN_NAME"
+  export HARNESS_REPORTS="$HS/reports$TAG" HARNESS_EXPERIMENTS_DIR="$HS/experiments$TAG" HARNESS_E2E_OUT="$HS/e2e$TAG"
+  export HARNESS_GPU_FAULT_OUT="$HS/gpu-faults$TAG"
+fi
 if [ -n "$LEG" ]; then
   TAG="-$LEG"
   if [ ! -d "$HS/leg$TAG/site" ]; then
@@ -46,6 +51,7 @@ if [ -n "$LEG" ]; then
   fi
   export PYTHONPATH="$HS/leg$TAG/site:$PYTHONPATH" HARNESS_LEG="$LEG"
   export HARNESS_REPORTS="$HS/reports$TAG" HARNESS_EXPERIMENTS_DIR="$HS/experiments$TAG" HARNESS_E2E_OUT="$HS/e2e$TAG"
+  export HARNESS_GPU_FAULT_OUT="$HS/gpu-faults$TAG"
 fi
 # Unsloth compiles patched modules into ./unsloth_compiled_cache by default: one place per leg, not the checkout's
 export UNSLOTH_COMPILE_LOCATION="$HS/unsloth-compiled${TAG:--control}"
@@ -92,13 +98,21 @@ assemble_model() {
 
 collect() {
   [ -n "${OUT:-}" ] || return 0
-  local dest="$OUT" pack="${PACK_AS:-$LEG}"
+  local dest="$OUT" pack="${PACK_AS:-${LEG:-$RUN_NAME}}"
   [ -n "$pack" ] && dest="$HS/collect-$pack" && rm -rf "$dest" && mkdir -p "$dest"
   local latest="$HARNESS_REPORTS/latest"
   for f in results.json index.html; do [ -f "$latest/$f" ] && cp "$latest/$f" "$dest/"; done
   [ -f "$HARNESS_REPORTS/benchmark.json" ] && cp "$HARNESS_REPORTS/benchmark.json" "$dest/"
   [ -f "$HARNESS_E2E_OUT/run.json" ] && cp "$HARNESS_E2E_OUT/run.json" "$dest/run-unsloth-e2e.json"
   for f in "$HARNESS_E2E_OUT"/outputs-*.jsonl; do [ -f "$f" ] && cp "$f" "$dest/"; done  # every output of the reference run
+  # the GPU fault catalog (tests/faults/test_fault_catalog.py -m gpu --faults): each finished run's outcome and results
+  for f in "$HARNESS_GPU_FAULT_OUT"/outcome-*.json; do [ -f "$f" ] && cp "$f" "$dest/gpu-fault-$(basename "$f")"; done
+  for f in "$HARNESS_GPU_FAULT_OUT"/*/latest/results.json; do
+    [ -f "$f" ] && cp "$f" "$dest/gpu-fault-results-$(basename "$(dirname "$(dirname "$f")")").json"
+  done
+  for f in "$HARNESS_GPU_FAULT_OUT"/*/e2e/run.json; do
+    [ -f "$f" ] && cp "$f" "$dest/gpu-fault-run-$(basename "$(dirname "$(dirname "$f")")").json"
+  done
   [ -f "$LOG" ] && tail -c 2000000 "$LOG" > "$dest/gpu-tier-log.txt"
   local cpu_log; cpu_log=$(ls -t "$HARNESS_REPORTS"/*.cpu.log 2>/dev/null | head -1)
   [ -n "$cpu_log" ] && tail -c 1000000 "$cpu_log" > "$dest/cpu-tier-log.txt"
@@ -123,23 +137,27 @@ case "$stage" in
     rm -f "$DONE"
     args=$(printf '%q ' "$@")
     setsid nohup bash -c "start=\$(date +%s); scripts/gpu_runner.sh ${BG_STAGE:-gpu} $args > '$LOG' 2>&1; echo \"exit \$? after \$((\$(date +%s) - start)) s\" > '$DONE'" </dev/null >/dev/null 2>&1 &
-    echo "${LEG:-${HARNESS_LEG:-control}} ${LEG}" >> "$HS/runs.started"  # for poll: the name to pack as, and the overlay
+    echo "${LEG:-${RUN_NAME:-${HARNESS_LEG:-control}}} ${LEG:--} ${RUN_NAME:--}" >> "$HS/runs.started"  # for poll: the name to pack as, the overlay, the run
     echo "${BG_STAGE:-gpu}${LEG:+ (leg $LEG)} started in the background: log $LOG" ;;
   poll)
     limit="${1:-540}"; waited=0
+    # runs.started: "name leg run", "-" for none (an older line has no run); LEG wins over RUN_NAME, as above
+    tag_of() { if [ -n "$1" ] && [ "$1" != - ]; then echo "-$1"; elif [ -n "$2" ] && [ "$2" != - ]; then echo "-$2"; fi; }
     pending() {
-      local name leg
-      while read -r name leg; do [ -f "$HS/gpu-tier${leg:+-$leg}.done" ] || return 0; done < "$HS/runs.started"
+      local name leg run
+      while read -r name leg run; do [ -f "$HS/gpu-tier$(tag_of "$leg" "$run").done" ] || return 0; done < "$HS/runs.started"
       return 1
     }
     [ -f "$HS/runs.started" ] || { echo "no detached run was started (scripts/gpu_runner.sh bg)" >&2; exit 2; }
     [ -n "${OUT:-}" ] || echo "OUT is not set: waiting only, nothing is packed" >&2
     while pending && [ "$waited" -lt "$limit" ]; do sleep 10; waited=$((waited + 10)); done
-    while read -r name leg; do
-      echo "== $name: $(cat "$HS/gpu-tier${leg:+-$leg}.done" 2>/dev/null || echo "still running after ${waited} s")"
-      grep -v "it/s\]\|s/it\]\|batch/s\]" "$HS/gpu-tier${leg:+-$leg}.log" | tail -c 800; echo
-      # each run's own folders: the child sets them from LEG, not from this shell's (HARNESS_REPORTS is inherited)
-      env -u HARNESS_REPORTS LEG="$leg" PACK_AS="$name" "$SELF" collect </dev/null | grep packed
+    while read -r name leg run; do
+      tag=$(tag_of "$leg" "$run")
+      echo "== $name: $(cat "$HS/gpu-tier$tag.done" 2>/dev/null || echo "still running after ${waited} s")"
+      grep -v "it/s\]\|s/it\]\|batch/s\]" "$HS/gpu-tier$tag.log" | tail -c 800; echo
+      # each run's own folders: the child sets them from LEG/RUN_NAME, not from this shell's (they are inherited)
+      env -u HARNESS_REPORTS -u HARNESS_E2E_OUT -u HARNESS_GPU_FAULT_OUT -u HARNESS_EXPERIMENTS_DIR \
+        LEG="${leg#-}" RUN_NAME="${run#-}" PACK_AS="$name" "$SELF" collect </dev/null | grep packed
     done < "$HS/runs.started" ;;
   wait)
     limit="${1:-540}"; waited=0

@@ -87,12 +87,26 @@ def test_every_gpu_fault_is_caught_by_its_claim(tmp_path, run_extras):
     tests = tuple(dict.fromkeys(t for f in GPU_FAULTS for t in f.tests))
     control = Fault("control", "-", "no fault", "-", tests, lambda: None)
     workers = int(os.environ.get("HARNESS_GPU_FAULT_WORKERS") or len(GPU_FAULTS) + 1)
+    runs = [control, *GPU_FAULTS]
+    # $HARNESS_GPU_FAULT_DEVICES ("0,3"): the runs dealt round-robin over these GPUs; unset, all share the visible ones
+    devices = [d for d in os.environ.get("HARNESS_GPU_FAULT_DEVICES", "").split(",") if d.strip()]
+    placed = {f.id: ({"CUDA_VISIBLE_DEVICES": devices[i % len(devices)].strip()} if devices else {})
+              for i, f in enumerate(runs)}
+    # $HARNESS_GPU_FAULT_OUT (scripts/gpu_runner.sh sets it): the runs' folders where a poll can pack them, and each
+    # outcome written as its run ends, so that a machine taken away mid-catalog still returns the runs that finished
+    out = Path(os.environ.get("HARNESS_GPU_FAULT_OUT") or tmp_path)
+
+    def run(f):
+        outcome = run_fault(f, out, ("-m", "gpu"), {
+            **_gpu_fault_env(), "HARNESS_E2E_OUT": str(out / f.id / "e2e"), **placed[f.id],
+            "HARNESS_EXPERIMENTS_DIR": str(out / f.id / "experiments")}, GPU_FAULT_TIMEOUT_S, plant=f is not control)
+        (out / f"outcome-{f.id}.json").write_text(json.dumps(outcome, indent=1))
+        return outcome
+
+    out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # each run's reference fine-tune in a folder of its own (the runner's HARNESS_E2E_OUT is one shared folder)
-        outcomes = list(pool.map(lambda f: run_fault(f, tmp_path, ("-m", "gpu"), {
-            **_gpu_fault_env(), "HARNESS_E2E_OUT": str(tmp_path / f.id / "e2e"),
-            "HARNESS_EXPERIMENTS_DIR": str(tmp_path / f.id / "experiments")}, GPU_FAULT_TIMEOUT_S, plant=f is not control),
-            [control, *GPU_FAULTS]))
+        outcomes = list(pool.map(run, runs))
     clean, faulted = outcomes[0], outcomes[1:]
     for o in faulted:
         o["red_in_control"] = o["expected_claim"] in clean["red_claims"]
