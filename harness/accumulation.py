@@ -80,22 +80,24 @@ class _Probe:
             handle.remove()
 
 
-def train_steps(source_dir: Path, recipe, conversations: list[list[dict]], out_dir: Path, steps: int) -> dict:
-    """The hf backend's trainer (as harness.finetune builds it, on the CPU) for `steps` optimizer steps of `recipe`.
-    Returns the first step's summed gradients, the lr of each optimizer step, micro-batches per step, the logged
-    pre-clipping gradient norms and the scheduler's step count."""
+def train_steps(source_dir: Path, recipe, conversations: list[list[dict]], out_dir: Path, steps: int,
+                backend: str = "hf") -> dict:
+    """`backend`'s trainer (as harness.finetune builds it: hf on the CPU, unsloth on CUDA) for `steps` optimizer steps of
+    `recipe`. Returns the first step's summed gradients, the lr of each optimizer step, micro-batches per step, the
+    logged pre-clipping gradient norms and the scheduler's step count."""
     from harness.backends import get
     from harness.backends.sft import tokenize_conversations
     from harness.masking import reference_masker
 
-    impl = get("hf")
-    expected, _ = impl.expected(recipe, on_gpu=False)
+    impl = get(backend)
+    on_gpu = impl.needs_gpu
+    expected, _ = impl.expected(recipe, on_gpu=on_gpu)
     model, tokenizer = impl.load(Path(source_dir), recipe, expected)  # seeds the LoRA init with recipe.seed
     rows = impl.train_rows(tokenize_conversations(tokenizer, conversations, reference_masker(tokenizer),
                                                   recipe.max_seq_length))
     probe = _Probe(steps)
     built = impl.build_trainer(model, tokenizer, recipe, Path(out_dir), Path(source_dir), rows, None, "none",
-                               [probe.callback], False)
+                               [probe.callback], on_gpu)
     trainer = built.trainer
     # One trainable parameter's hook counts the backward passes (micro-batches).
     counter = next(p for p in trainer.model.parameters() if p.requires_grad)
@@ -106,7 +108,8 @@ def train_steps(source_dir: Path, recipe, conversations: list[list[dict]], out_d
         handle.remove()
         probe.detach()
     logged = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
-    return {"grads": probe.first_grads, "lrs": probe.lrs, "micro_batches": probe.micro_batches,
+    grads = {name: g.float().cpu() for name, g in probe.first_grads.items()}  # compared on the CPU, in float32 at least
+    return {"grads": grads, "lrs": probe.lrs, "micro_batches": probe.micro_batches,
             "grad_norms_logged": [float(g) for g in logged], "optimizer_steps": trainer.state.global_step,
             "scheduler_steps": int(trainer.lr_scheduler.last_epoch),
             "batch": recipe.per_device_train_batch_size, "accumulation": recipe.gradient_accumulation_steps}
@@ -147,13 +150,41 @@ def compare(full: dict, accumulated: dict, recipe) -> dict:
 
 
 def accumulation_facts(source_dir: Path, recipe, conversations: list[list[dict]], out_dir: Path, accumulation: int = 2,
-                       steps: int = 2) -> dict:
+                       steps: int = 2, backend: str = "hf") -> dict:
     """1 × batch len(conversations) vs `accumulation` × batch len/accumulation, same rows, `steps` optimizer steps."""
     rows = len(conversations)
     assert rows % accumulation == 0, "the rows must split into equal micro-batches"
     full = train_steps(source_dir, recipe.with_(per_device_train_batch_size=rows, gradient_accumulation_steps=1),
-                       conversations, Path(out_dir) / "full", steps)
+                       conversations, Path(out_dir) / "full", steps, backend)
     accumulated = train_steps(source_dir, recipe.with_(per_device_train_batch_size=rows // accumulation,
                                                        gradient_accumulation_steps=accumulation),
-                              conversations, Path(out_dir) / "accumulated", steps)
-    return compare(full, accumulated, recipe)
+                              conversations, Path(out_dir) / "accumulated", steps, backend)
+    return {**compare(full, accumulated, recipe), "device": "cuda" if backend != "hf" else "cpu"}
+
+
+def main(argv=None) -> int:
+    """`python -m harness.accumulation --backend unsloth --model DIR --out DIR`: ACCUM-EQUIVALENCE's measurement in a
+    process of its own (Unsloth patches transformers and torch once per process), as JSON on the last line."""
+    import argparse
+    import json
+
+    from harness.dataset import generate
+    from harness.recipe import HANDBOOK
+
+    parser = argparse.ArgumentParser(prog="python -m harness.accumulation", description=main.__doc__)
+    parser.add_argument("--backend", default="hf")
+    parser.add_argument("--model", required=True, help="the model's checkpoint folder")
+    parser.add_argument("--out", required=True, help="a folder for the two trainers' output_dir")
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--accumulation", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2)
+    args = parser.parse_args(argv)
+    conversations = [ex.messages for ex in generate(HANDBOOK.dataset_seed)["train"][:args.rows]]
+    facts = accumulation_facts(Path(args.model), HANDBOOK, conversations, Path(args.out), args.accumulation, args.steps,
+                               args.backend)
+    print(json.dumps({**facts, "backend": args.backend, "model": Path(args.model).name}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,7 +6,7 @@ import math
 
 from harness.recipe import HANDBOOK
 from spec import experiment_design as X
-from spec.blind_spots import ACCUM_GRAD_TOL, check_accumulation
+from spec.blind_spots import ACCUM_GRAD_TOL, ACCUM_GRAD_TOL_GPU, check_accumulation
 from spec.core import Claim, eq, ge, le, near, verdict_if
 
 SECTION = "4. Cosine schedule"
@@ -137,7 +137,7 @@ CLAIMS = [
 
 # Blind spots real bugs fell through (issue #15); their checks live in spec/blind_spots.py.
 CLAIMS += [
-    Claim("ACCUM-EQUIVALENCE", SECTION, "cpu", 'args = SFTConfig(learning_rate = 1e-3, lr_scheduler_type = "cosine", warmup_steps = 200)',
+    Claim("ACCUM-EQUIVALENCE", SECTION, "both", 'args = SFTConfig(learning_rate = 1e-3, lr_scheduler_type = "cosine", warmup_steps = 200)',
           "gradient accumulation is one big batch: 2 x batch 4 vs 1 x batch 8 on the same rows, the first optimizer step's "
           "gradient agrees to float32 rounding and the scheduler advances once per optimizer step", "pass",
           # The recipe accumulates 1 step; a user trading batch for accumulation must get the same training. Measured
@@ -146,8 +146,13 @@ CLAIMS += [
           # (η 1e-3, W 200, T 600); scheduler 2 steps for 2 optimizer steps;
           # 2 micro-batches per accumulated step. Scheduler stepped per micro-batch (fault accum-scheduler-per-micro-batch):
           # lr diff 1e-5, scheduler 4 steps for 2.
-          check_accumulation, (le("grad_rel_l2", ACCUM_GRAD_TOL), le("grad_norm_rel_diff", ACCUM_GRAD_TOL),
-                               eq("lr_max_abs_diff", 0.0), eq("scheduler_steps_minus_optimizer_steps", 0),
+          # On the GPU through Unsloth's own trainer (tests/gpu/test_blind_spots_gpu.py; Unsloth patches the
+          # accumulation's loss normalization itself and has fallen back for Gemma 3: unsloth #4725, #3344), with the
+          # bf16 tolerance ACCUM_GRAD_TOL_GPU, provisional until measured.
+          check_accumulation, (eq("lr_max_abs_diff", 0.0), eq("scheduler_steps_minus_optimizer_steps", 0),
                                eq("every_step_accumulated", True)),
-          sources=("derived: one batch's gradient is the sum over its rows; measured on tiny (tests/claims/test_accumulation.py)",)),
+          {"tiny": (le("grad_rel_l2", ACCUM_GRAD_TOL), le("grad_norm_rel_diff", ACCUM_GRAD_TOL)),
+           "gpu": (le("grad_rel_l2", ACCUM_GRAD_TOL_GPU), le("grad_norm_rel_diff", ACCUM_GRAD_TOL_GPU))},
+          sources=("derived: one batch's gradient is the sum over its rows; measured on tiny (tests/claims/test_accumulation.py)",
+                   "derived: bf16 unit roundoff for the GPU tolerance (provisional)")),
 ]

@@ -47,3 +47,16 @@ def test_unsloth_checkpointing_at_the_recipes_max_seq_length(perf_model, certify
                                      "autograd_functions": {str(n): p.get("checkpoint_autograd_function") for n, p in probes.items()},
                                      "errors": {str(n): p.get("errors") for n, p in probes.items() if p.get("errors")}},
             "gpu")
+
+
+@pytest.mark.claim("ACCUM-EQUIVALENCE")
+def test_unsloth_accumulated_micro_batches_are_one_batch(gemma_dir, tmp_path, certify):
+    """Unsloth's own trainer (its loss normalization for accumulation, its checkpointing, 4-bit base, bf16), twice on the
+    same 8 rows: 2 × batch 4 against 1 × batch 8; the first optimizer step's gradient, the logged gradient norm and
+    the lr of each optimizer step (harness.accumulation, in a process of its own)."""
+    proc = subprocess.run([sys.executable, "-m", "harness.accumulation", "--backend", "unsloth", "--model",
+                           str(gemma_dir), "--out", str(tmp_path)], capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ))
+    if proc.returncode != 0:
+        raise AssertionError(f"the accumulation probe failed:\n{proc.stderr[-3000:]}")
+    certify("ACCUM-EQUIVALENCE", json.loads(proc.stdout.strip().splitlines()[-1]), "gpu")
