@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -74,6 +75,17 @@ def build_unsloth_trainer(model, tokenizer, recipe: Recipe, out_dir: Path, train
     return trainer, kwargs, masking_seconds
 
 
+@contextlib.contextmanager
+def working_directory(path: Path):
+    """chdir to `path` for the block (the fine-tune's own process: nothing else runs in it meanwhile)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def export_unsloth_gguf(model, tokenizer, out_dir: Path, source_dir: Path) -> dict:
     """model.save_pretrained_gguf(dir, tokenizer, quantization_method="Q8_0"), offline; Unsloth writes `<dir>_gguf/`.
 
@@ -86,7 +98,7 @@ def export_unsloth_gguf(model, tokenizer, out_dir: Path, source_dir: Path) -> di
     from harness.gguf_export import export_q8_0
     from harness.llama_cpp_vendor import QUANTIZER, build_quantizer, find_tree
 
-    target = Path(out_dir) / "unsloth_export"
+    target = Path(out_dir).resolve() / "unsloth_export"
     artifacts: dict = {}
     tree = find_tree()
     if tree is None:
@@ -98,7 +110,12 @@ def export_unsloth_gguf(model, tokenizer, out_dir: Path, source_dir: Path) -> di
         artifacts["llama_cpp"] = os.environ.get("UNSLOTH_LLAMA_CPP_PATH")
         try:
             start = time.perf_counter()
-            model.save_pretrained_gguf(str(target), tokenizer, quantization_method="q8_0")
+            # In the run's own folder: Unsloth's converter writes `<model>.Q8_0.gguf` into the working directory, then
+            # moves it to `<target>_gguf/` (unsloth/save.py, 2026.10.9). Four fine-tunes exporting at once from one
+            # checkout (the GPU fault catalog, 2026-11-28) took each other's files: one run got another's model, three
+            # failed with "Conversion failed ... check disk space" or FileNotFoundError.
+            with working_directory(target.parent):
+                model.save_pretrained_gguf(str(target), tokenizer, quantization_method="q8_0")
             artifacts["gguf_unsloth_seconds"] = round(time.perf_counter() - start, 1)
             found = sorted(Path(str(target) + "_gguf").glob("*.gguf")) + sorted(target.glob("*.gguf"))
             artifacts["gguf_unsloth"] = str(found[0]) if found else None

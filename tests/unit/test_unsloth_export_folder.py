@@ -1,0 +1,44 @@
+"""Unsloth's GGUF export writes its converter output into the run's own folder, not the shared working directory.
+
+unsloth/save.py (2026.10.9) converts to `<model>.Q8_0.gguf` relative to the working directory and then moves the file
+into `<target>_gguf/`. On the GPU runner (2026-11-28) four fine-tunes of the GPU fault catalog exported at once from one
+checkout: one run moved another run's file (its GGUF was another model), three failed ("Conversion failed ... check
+disk space", FileNotFoundError). A fake model that converts the way Unsloth does shows where the file goes."""
+
+import os
+import shutil
+from pathlib import Path
+
+
+class UnslothLikeModel:
+    """save_pretrained_gguf as Unsloth does it: a relative file in the working directory, then moved."""
+
+    def __init__(self):
+        self.cwd_at_export = None
+
+    def save_pretrained_gguf(self, target, tokenizer, quantization_method):
+        self.cwd_at_export = os.getcwd()
+        Path(target).mkdir(parents=True, exist_ok=True)
+        Path("gemma3-270m.Q8_0.gguf").write_bytes(b"GGUF")  # relative: the working directory
+        Path(f"{target}_gguf").mkdir(exist_ok=True)
+        shutil.move("gemma3-270m.Q8_0.gguf", Path(f"{target}_gguf") / "gemma3-270m.Q8_0.gguf")
+
+
+def test_the_converter_writes_in_the_runs_folder(tmp_path, monkeypatch):
+    from harness import gguf_export, llama_cpp_vendor
+    from harness import train_unsloth
+
+    tree = tmp_path / "llama.cpp"
+    (tree / llama_cpp_vendor.QUANTIZER).parent.mkdir(parents=True)
+    (tree / llama_cpp_vendor.QUANTIZER).write_text("")
+    monkeypatch.setattr(llama_cpp_vendor, "find_tree", lambda: tree)
+    monkeypatch.setattr(gguf_export, "export_q8_0", lambda merged, out: out)
+    shared, run = tmp_path / "checkout", tmp_path / "run"
+    shared.mkdir(), run.mkdir()
+    monkeypatch.chdir(shared)
+    model = UnslothLikeModel()
+    artifacts = train_unsloth.export_unsloth_gguf(model, None, Path("../run"), tmp_path / "source")
+    assert model.cwd_at_export == str(run.resolve())  # not the checkout every concurrent run shares
+    assert os.getcwd() == str(shared)  # restored
+    assert artifacts["gguf_unsloth"] == str(run.resolve() / "unsloth_export_gguf" / "gemma3-270m.Q8_0.gguf")
+    assert list(shared.iterdir()) == []
