@@ -255,3 +255,38 @@ def test_the_fallback_boundary_as_both_gpu_legs_measured_it(leg):
     bypass = copy.deepcopy(measured)
     bypass["autograd_functions"]["512"] = "CheckpointFunction"
     assert outcome("GC-FALLBACK-BOUNDARY", bypass).regression
+
+
+H200X4 = ROOT / "reports" / "examples" / "h200x4-2026-11-28-gpu-faults"
+
+
+def _claim_evidence(results: Path, claim_id: str) -> dict:
+    claim = next(c for c in json.loads(results.read_text())["claims"] if c["id"] == claim_id)
+    return claim["evidence"]["gpu"]
+
+
+@pytest.mark.parametrize("leg", ["unsloth-2026.10.9", "unsloth-2026.9.14"])
+def test_accumulation_through_unsloth_is_green_on_both_stored_releases(leg):
+    """ACCUM-EQUIVALENCE through Unsloth's trainer on an H200 (2 × 4 vs 1 × 8, bf16): relative L2 0.013 / 0.022, norm
+    difference 0.0017 / 0.0006. Real changes, on the same readings: the 2024 mean of micro-batch means (transformers
+    #34191; 0.069 / 0.011 on these rows in float32), transformers 5.5.0-5.5.3's double division (gradient halved)."""
+    facts = _claim_evidence(H200X4 / "legs" / leg / "results.json", "ACCUM-EQUIVALENCE")
+    assert facts["device"] == "cuda" and facts["backend"] == "unsloth"
+    assert not outcome("ACCUM-EQUIVALENCE", facts).regression, outcome("ACCUM-EQUIVALENCE", facts).explain()
+    mean_of_means = {**facts, "grad_rel_l2": facts["grad_rel_l2"] + 0.069, "grad_norm_rel_diff": 0.011}
+    assert outcome("ACCUM-EQUIVALENCE", mean_of_means).regression
+    halved = {**facts, "grad_rel_l2": 0.5, "grad_norm_rel_diff": 0.5,
+              "grad_norm_accumulated": facts["grad_norm_full"] / 2}
+    assert outcome("ACCUM-EQUIVALENCE", halved).regression
+    per_micro_batch_lr = {**facts, "scheduler_steps_minus_optimizer_steps": 2}  # accelerate #963's shape
+    assert outcome("ACCUM-EQUIVALENCE", per_micro_batch_lr).regression
+
+
+def test_trl_0_24_does_not_batch_padding_free_a_silent_default_the_matrix_shows():
+    """The unsloth-2026.9.14 leg (transformers 5.5.0, trl 0.24.0) trains without padding-free batches, where trl 1.15.0
+    turns them on by default, and keeps the passed max_length 512: RECIPE-FIDELITY names both as moved defaults."""
+    record = json.loads((H200X4 / "leg-run-unsloth-2026.9.14.json").read_text())
+    silent = record["fidelity"]["silent"]
+    assert silent["padding_free"] is False and "changed:max_length" not in silent
+    result = outcome("RECIPE-FIDELITY", {**record["fidelity"], "backend": "unsloth"})
+    assert result.regression and any("padding_free" in v for v in result.violations)
