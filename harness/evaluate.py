@@ -16,8 +16,26 @@ from harness.scoring import parse_call
 from harness.scoring import score as _score
 
 CUDA_BATCH = 128
+CUDA_MIN_BATCH = 16
 CPU_BATCH = 16
 _UNSET = object()
+
+
+def cuda_batch(free_bytes: int, longest_prompt: int, vocab: int) -> int:
+    """The generation batch on a GPU: as many prompts as a quarter of the GPU's free memory holds of their prefill
+    logits in float32 (longest prompt × vocabulary × 4 B each: the worst case, a backend that computes them at every
+    position), a power of two from CUDA_MIN_BATCH to CUDA_BATCH; the rest of the memory stays with the runs beside it.
+
+    Why not a fixed 16: on an H200 beside the probes (2026-11-28) a decoding step of 16 prompts took 0.14 s, nearly
+    all of it per step and not per prompt (0.07 s once the CPU was less loaded), so 2,240 prompts cost 605 s in 4,313
+    steps; with 64 prompts a step, a quarter of the steps. 320-token prompts over Gemma 3's 262,144 entries: 320 MiB
+    each, so 64 where 80 GiB or more are free (an idle H200 has ~139), 32 from 40 GiB, else 16."""
+    per_prompt = max(1, longest_prompt) * max(1, vocab) * 4
+    fits = max(1, int(free_bytes * 0.25) // per_prompt)
+    batch = CUDA_MIN_BATCH
+    while batch * 2 <= min(fits, CUDA_BATCH):
+        batch *= 2
+    return batch
 
 
 def length_order(lengths: list[int]) -> list[int]:
@@ -40,8 +58,8 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     Why it is fast: the KV cache is on (`use_cache=True` passed to generate and set in the model's config for the
     call; training turns it off for gradient checkpointing, and without it each new token re-runs the whole
     prompt: the v1 eval took ~0.37 s per decoding step of 64 prompts on an H200), prompts are batched by length
-    (sorted, so padding is small), and the GPU batch is 128. Left padding with its attention mask leaves greedy
-    answers equal to those of one prompt at a time (tests/unit/test_evaluate.py).
+    (sorted, so padding is small), and the GPU batch is sized by free memory (cuda_batch). Left padding with its
+    attention mask leaves greedy answers equal to those of one prompt at a time (tests/unit/test_evaluate.py).
 
     stats: filled with where the time went (seconds, batches, decoding steps, generated tokens): the GPU tier's
     evaluation of 2,240 prompts took 663 s on an H200 beside the probes (issue #13), which this tells apart."""
@@ -51,12 +69,18 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
-    # $HARNESS_EVAL_BATCH: concurrent runs on one GPU use a smaller batch (the prefill's logits over a 262k
-    # vocabulary can take ~10 GiB at 64 prompts where a backend computes them for every position).
-    batch_size = batch_size or int(os.environ.get("HARNESS_EVAL_BATCH") or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH))
     stop = [tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id]
     ids = prompt_ids(tokenizer, prompts)
     order = length_order([len(x) for x in ids])
+    # $HARNESS_EVAL_BATCH fixes the batch; else on a GPU it is sized by the memory free now (cuda_batch), and halved
+    # on an out-of-memory error (the longest prompts come first, so that shows in the first batch)
+    if not batch_size and os.environ.get("HARNESS_EVAL_BATCH"):
+        batch_size = int(os.environ["HARNESS_EVAL_BATCH"])
+    if not batch_size and device.type == "cuda":
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer)
+        batch_size = cuda_batch(torch.cuda.mem_get_info(device)[0], max((len(x) for x in ids), default=1), vocab)
+    batch_size = batch_size or CPU_BATCH
+    first_batch, halvings, batches = batch_size, 0, 0
     configs = [c for c in (getattr(model, "config", None), getattr(model, "generation_config", None)) if c is not None]
     saved = [(c, getattr(c, "use_cache", _UNSET)) for c in configs]
     old_side = tokenizer.padding_side
@@ -68,12 +92,23 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     try:
         for c in configs:
             c.use_cache = True
-        with torch.no_grad():
-            for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+        with torch.no_grad(), tqdm(total=len(order), desc=desc, unit="prompt") as progress:
+            start = 0
+            while start < len(order):
                 chunk = order[start:start + batch_size]
                 enc = tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt").to(device)
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                     eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
+                try:
+                    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                         eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
+                except torch.cuda.OutOfMemoryError:
+                    if batch_size == 1:
+                        raise
+                    del enc
+                    torch.cuda.empty_cache()
+                    batch_size, halvings = batch_size // 2, halvings + 1
+                    continue
+                start, batches = start + len(chunk), batches + 1
+                progress.update(len(chunk))
                 new = out[:, enc["input_ids"].shape[1]:]
                 steps += new.shape[1]
                 generated += int((new != tokenizer.pad_token_id).sum())
@@ -89,7 +124,8 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
         model.train(was_training)
     if stats is not None:
         seconds = time.perf_counter() - started
-        stats.update({"prompts": len(prompts), "batch_size": batch_size, "batches": -(-len(prompts) // batch_size),
+        stats.update({"prompts": len(prompts), "batch_size": first_batch, "batch_size_last": batch_size,
+                      "out_of_memory_halvings": halvings, "batches": batches,
                       "decoding_steps": steps, "generated_tokens": generated, "seconds": round(seconds, 3),
                       "seconds_per_decoding_step": round(seconds / steps, 5) if steps else None,
                       "device": str(device)})

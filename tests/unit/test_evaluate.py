@@ -94,3 +94,41 @@ def test_without_outputs_path_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = evaluation([_example(0, "set_alarm", {"action": "set_alarm", "time": "07:30"}, False)], ["{}"], declared=DECLARED)
     assert "outputs_file" not in result and not list(tmp_path.iterdir())
+
+
+def test_the_gpu_batch_follows_the_free_memory():
+    """Quarter of the free memory over float32 prefill logits (320 tokens × 262,144 × 4 B = 320 MiB a prompt)."""
+    from harness.evaluate import CUDA_BATCH, CUDA_MIN_BATCH, cuda_batch
+
+    gib = 1 << 30
+    assert cuda_batch(139 * gib, 320, 262_144) == 64  # an idle H200
+    assert cuda_batch(80 * gib, 320, 262_144) == 64
+    assert cuda_batch(60 * gib, 320, 262_144) == 32
+    assert cuda_batch(10 * gib, 320, 262_144) == CUDA_MIN_BATCH  # the floor: an out-of-memory error halves it
+    assert cuda_batch(1000 * gib, 320, 262_144) == CUDA_BATCH
+
+
+def test_an_out_of_memory_batch_is_halved_and_no_answer_is_lost(tiny_dir, tokenizer, monkeypatch):
+    """A generate that runs out of memory above 2 prompts: the batch halves (8 → 4 → 2), the same prompts are retried,
+    every answer comes back in the caller's order and equals the one-by-one answer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness.evaluate import generate_answers
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
+    prompts = [[SYSTEM, {"role": "user", "content": r}] for r in REQUESTS[:5]]
+    generate = model.generate
+
+    def short_of_memory(**kw):
+        if kw["input_ids"].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (planted)")
+        return generate(**kw)
+
+    model.generate = short_of_memory
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    stats = {}
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=8, stats=stats)
+    model.generate = generate
+    assert answers == generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=1)
+    assert (stats["batch_size"], stats["batch_size_last"], stats["out_of_memory_halvings"], stats["batches"]) == (8, 2, 2, 3)
