@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.finetune import fidelity
 from harness.masking import trl_truncated
 
 
@@ -26,6 +25,8 @@ def test_trl_labels_are_read_from_the_assistant_mask_where_trl_keeps_no_labels()
 
 
 def _fidelity_with(**trainer_args):
+    from harness.finetune import fidelity  # imports torch and transformers: at call, not when the suite is collected
+
     args = SimpleNamespace(**{"learning_rate": 1e-3, "lr_scheduler_type": "cosine", "warmup_steps": 200,
                               "max_steps": 600, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
                               "max_length": 512, "seed": 3407, "gradient_checkpointing": True, "max_grad_norm": 1.0,
