@@ -159,7 +159,9 @@ def accumulation_facts(source_dir: Path, recipe, conversations: list[list[dict]]
     accumulated = train_steps(source_dir, recipe.with_(per_device_train_batch_size=rows // accumulation,
                                                        gradient_accumulation_steps=accumulation),
                               conversations, Path(out_dir) / "accumulated", steps, backend)
-    return {**compare(full, accumulated, recipe), "device": "cuda" if backend != "hf" else "cpu"}
+    from harness.backends import get
+
+    return {**compare(full, accumulated, recipe), "device": "cuda" if get(backend).needs_gpu else "cpu"}
 
 
 def main(argv=None) -> int:

@@ -21,8 +21,9 @@ CPU_BATCH = 16
 _UNSET = object()
 
 
-def cuda_batch(free_bytes: int, longest_prompt: int, vocab: int) -> int:
-    """The generation batch on a GPU: as many prompts as a quarter of the GPU's free memory holds of their prefill
+def cuda_batch(free_bytes: int, longest_prompt: int, vocab: int, share: float = 0.25) -> int:
+    """The generation batch on a GPU: as many prompts as `share` of the GPU's free memory (a quarter; runs sharing a GPU
+    split it: $HARNESS_EVAL_MEMORY_SHARE from harness.run_queue.shared_gpu_env) holds of their prefill
     logits in float32 (longest prompt × vocabulary × 4 B each: the worst case, a backend that computes them at every
     position), a power of two from CUDA_MIN_BATCH to CUDA_BATCH; the rest of the memory stays with the runs beside it.
 
@@ -31,7 +32,7 @@ def cuda_batch(free_bytes: int, longest_prompt: int, vocab: int) -> int:
     steps; with 64 prompts a step, a quarter of the steps. 320-token prompts over Gemma 3's 262,144 entries: 320 MiB
     each, so 64 where 80 GiB or more are free (an idle H200 has ~139), 32 from 40 GiB, else 16."""
     per_prompt = max(1, longest_prompt) * max(1, vocab) * 4
-    fits = max(1, int(free_bytes * 0.25) // per_prompt)
+    fits = max(1, int(free_bytes * share) // per_prompt)
     batch = CUDA_MIN_BATCH
     while batch * 2 <= min(fits, CUDA_BATCH):
         batch *= 2
@@ -78,7 +79,8 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
         batch_size = int(os.environ["HARNESS_EVAL_BATCH"])
     if not batch_size and device.type == "cuda":
         vocab = getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer)
-        batch_size = cuda_batch(torch.cuda.mem_get_info(device)[0], max((len(x) for x in ids), default=1), vocab)
+        share = float(os.environ.get("HARNESS_EVAL_MEMORY_SHARE") or 0.25)
+        batch_size = cuda_batch(torch.cuda.mem_get_info(device)[0], max((len(x) for x in ids), default=1), vocab, share)
     batch_size = batch_size or CPU_BATCH
     first_batch, halvings, batches = batch_size, 0, 0
     configs = [c for c in (getattr(model, "config", None), getattr(model, "generation_config", None)) if c is not None]
@@ -97,15 +99,18 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
             while start < len(order):
                 chunk = order[start:start + batch_size]
                 enc = tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt").to(device)
+                out_of_memory = False
                 try:
                     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                          eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
                 except torch.cuda.OutOfMemoryError:
-                    if batch_size == 1:
+                    if len(chunk) == 1:
                         raise
+                    out_of_memory = True
+                if out_of_memory:  # outside the handler: its traceback no longer holds the failed call's tensors
                     del enc
-                    torch.cuda.empty_cache()
-                    batch_size, halvings = batch_size // 2, halvings + 1
+                    torch.cuda.empty_cache()  # handed back to the runs beside this one
+                    batch_size, halvings = len(chunk) // 2, halvings + 1  # half of what failed, not of a larger cap
                     continue
                 start, batches = start + len(chunk), batches + 1
                 progress.update(len(chunk))

@@ -50,7 +50,12 @@ def llama_answers(path: Path, prompt_ids: list[list[int]], stop: set[int], max_n
     results, deadline = [], time.monotonic() + timeout
     try:
         for proc in procs:
-            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            try:
+                out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise _overloaded(f"llama.cpp answered the held-out prompts of {path.name} in no less than {timeout} s")
+            if proc.returncode == -9:  # killed from outside (the kernel's out-of-memory killer): the host, not the file
+                raise _overloaded(f"a llama.cpp child answering {path.name} was killed (signal 9)")
             if proc.returncode != 0:
                 from harness.doctor import require_llama_cpp
 
@@ -62,11 +67,21 @@ def llama_answers(path: Path, prompt_ids: list[list[int]], stop: set[int], max_n
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+                proc.wait()
     answers: list[list[int]] = [[] for _ in prompt_ids]
     for w, shard in enumerate(results):
         for j, tokens in enumerate(shard):
             answers[w + j * workers] = tokens
     return answers
+
+
+def _overloaded(detail: str):
+    """An environment problem (a skip with its cause and fix), never a verdict on the export."""
+    from harness.doctor import EnvironmentProblem, Health
+
+    return EnvironmentProblem(Health("llama.cpp", False, detail + ": the runner is overloaded",
+                                     "fewer children (HARNESS_LLAMA_WORKERS=1) or fewer runs at once on this host",
+                                     ("GGUF-HELDOUT",)))
 
 
 def trained_rows(outputs_jsonl: Path) -> dict[str, dict]:
@@ -86,6 +101,7 @@ def compare(examples, gguf_outputs: list[str], trained: dict[str, dict]) -> dict
     scored = evaluation(examples, gguf_outputs)
     gguf = {o["id"]: o for o in scored["outcomes"]}
     shared = [ex.id for ex in examples if ex.id in trained]
+    answered = {ex.id for ex in examples}
     if not shared:
         return {"prompts": 0, "reason": "no held-out item of the trained model's outputs was answered by the GGUF"}
     by_id = dict(zip((ex.id for ex in examples), gguf_outputs))
@@ -97,7 +113,8 @@ def compare(examples, gguf_outputs: list[str], trained: dict[str, dict]) -> dict
                             {i: gguf[i]["cluster"] for i in shared})
     differing = [i for i in shared if by_id[i] != trained[i]["output"]]
     return {
-        "prompts": n, "unmatched": len(examples) - n,
+        # both ways: prompts the GGUF answered that the trained model never scored, and the reverse
+        "prompts": n, "unmatched": len(examples) - n + len(set(trained) - answered),
         "gguf_exact_match": round(sum(gguf[i]["exact"] for i in shared) / n, 6),
         "trained_exact_match": round(sum(trained[i]["exact"] for i in shared) / n, 6),
         "exact_match_drop": round(sum(drops) / n, 6),
@@ -127,7 +144,8 @@ def heldout_facts(gguf_path: Path, checkpoint: Path, examples, outputs_jsonl: Pa
     outputs = tokenizer.batch_decode(tokens, skip_special_tokens=True)
     facts = compare(examples, outputs, trained_rows(outputs_jsonl))
     facts["seconds"] = round(time.perf_counter() - started, 1)
-    facts["reader"] = f"llama.cpp (llama-cpp-python), {workers_default()} children × {THREADS_PER_WORKER} threads"
+    facts["reader"] = (f"llama.cpp (llama-cpp-python), {max(1, min(workers_default(), len(ids)))} children × "
+                       f"{THREADS_PER_WORKER} threads")
     if out_path is not None:
         facts.update(write_outputs(out_path, output_rows(examples, outputs)))
     return facts

@@ -148,6 +148,7 @@ def find_tree() -> Path | None:
 
 def unsloth_env(tree: Path) -> dict[str, str]:
     """The variables that make Unsloth's GGUF export use this tree and never the network."""
+    tree = Path(tree).resolve()  # absolute: the export runs inside the run's folder (harness.train_unsloth)
     return {"UNSLOTH_LLAMA_CPP_PATH": str(tree), "UNSLOTH_LLAMA_CPP_SCRIPTS_DIR": str(tree),
             "UNSLOTH_LLAMA_CPP_OFFLINE": "1"}
 

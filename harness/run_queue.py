@@ -48,9 +48,11 @@ def visible_devices() -> list[str]:
 def shared_gpu_env(slots: int) -> dict:
     """Environment for runs sharing one GPU: about one CPU thread each (oversubscribed threads slowed 4 CPU runs
     on 2 cores ~10×) and expandable segments so their memory packs together. The generation batch is no longer fixed
-    at 16 here: harness.evaluate sizes it by the memory free when it starts (a quarter of it) and halves it on an
-    out-of-memory error."""
+    at 16 here: harness.evaluate sizes it by the memory free when it starts and halves it on an out-of-memory error;
+    each of the `slots` runs may count on its share of a quarter of that memory (a neighbour's training step has no
+    retry)."""
     return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // max(1, slots))),
+            "HARNESS_EVAL_MEMORY_SHARE": f"{0.25 / max(1, slots):.4f}",
             "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
 
 

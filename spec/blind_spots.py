@@ -21,7 +21,7 @@ ACCUM_GRAD_TOL = 1e-5
 # and gradient-norm difference 0.0017 / 0.0006 (unsloth 2026.10.9 / 2026.9.14). The provisional 0.02 set before any
 # GPU reading came from one bf16 operation's roundoff (2^-8) and sat inside that spread: a gradient through 18 layers
 # of bf16 differs in direction by 1-2 %, while its norm stays within 0.2 %. So the direction gets twice the largest
-# reading (0.045, still under the 2024 mean of means' 0.069) and the norm a bound of its own, 3x its largest reading
+# reading (0.045, still under the 2024 mean of means' 0.069) and the norm a bound of its own, ~3x its largest reading
 # (0.005, half the mean of means' 0.011); the double division (0.5) and per-micro-batch normalization (0.61) are far out.
 ACCUM_GRAD_TOL_GPU = 0.045
 ACCUM_NORM_TOL_GPU = 0.005

@@ -139,7 +139,8 @@ CLAIMS = [
 CLAIMS += [
     Claim("ACCUM-EQUIVALENCE", SECTION, "both", 'args = SFTConfig(learning_rate = 1e-3, lr_scheduler_type = "cosine", warmup_steps = 200)',
           "gradient accumulation is one big batch: 2 x batch 4 vs 1 x batch 8 on the same rows, the first optimizer step's "
-          "gradient agrees to float32 rounding and the scheduler advances once per optimizer step", "pass",
+          "gradient agrees to rounding (float32 on the CPU, bf16 through Unsloth on the GPU) and the scheduler advances "
+          "once per optimizer step", "pass",
           # The recipe accumulates 1 step; a user trading batch for accumulation must get the same training. Measured
           # on tiny (hf backend, 8 rows, 2 optimizer steps): gradient rel L2 2.1e-7 / 2.4e-7, logged grad norm rel
           # 1.0e-7 / 0.0 (dataset v1 / v2 rows; see ACCUM_GRAD_TOL); lrs [0.0, 5e-06] in both runs == the closed form

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -97,10 +98,16 @@ def test_every_gpu_fault_is_caught_by_its_claim(tmp_path, run_extras):
     out = Path(os.environ.get("HARNESS_GPU_FAULT_OUT") or tmp_path)
 
     def run(f):
+        # a warm runner keeps earlier catalogs' folders: a complete run.json there would be reused by the run queue, and
+        # a run that broke before its report would read the earlier results.json as its own
+        shutil.rmtree(out / f.id, ignore_errors=True)
+        (out / f"outcome-{f.id}.json").unlink(missing_ok=True)
         outcome = run_fault(f, out, ("-m", "gpu"), {
             **_gpu_fault_env(), "HARNESS_E2E_OUT": str(out / f.id / "e2e"), **placed[f.id],
             "HARNESS_EXPERIMENTS_DIR": str(out / f.id / "experiments")}, GPU_FAULT_TIMEOUT_S, plant=f is not control)
-        (out / f"outcome-{f.id}.json").write_text(json.dumps(outcome, indent=1))
+        tmp = out / f"outcome-{f.id}.json.tmp"  # whole or absent when a poll packs it
+        tmp.write_text(json.dumps(outcome, indent=1))
+        os.replace(tmp, out / f"outcome-{f.id}.json")
         return outcome
 
     out.mkdir(parents=True, exist_ok=True)

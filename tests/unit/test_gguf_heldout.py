@@ -64,6 +64,14 @@ def test_an_export_that_loses_a_tenth_is_not_the_handbooks_model():
     assert outcome.verdict == "corrected" and outcome.regression
 
 
+def test_a_trained_answer_the_gguf_never_gave_is_unmatched():
+    from harness.gguf_heldout import compare
+
+    examples = _examples(8)
+    facts = compare(examples[:7], [CALL] * 7, _trained(examples, lambda i: True))
+    assert facts["unmatched"] == 1 and evaluate(CLAIM, facts, "gpu").regression
+
+
 def test_nothing_paired_is_a_failure_not_a_pass():
     from harness.gguf_heldout import compare
 
