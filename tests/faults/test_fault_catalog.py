@@ -117,6 +117,9 @@ def test_every_gpu_fault_is_caught_by_its_claim(tmp_path, run_extras):
     clean, faulted = outcomes[0], outcomes[1:]
     for o in faulted:
         o["red_in_control"] = o["expected_claim"] in clean["red_claims"]
+        # other claims the fault turned red (green in the control): e.g. GGUF-HELDOUT on the merge fault, whose GGUF is
+        # then the base model; recorded beside the catch, which counts the fault's own claim only
+        o["also_red"] = sorted(set(o.get("red_claims") or ()) - {o["expected_claim"]} - set(clean["red_claims"]))
         o["caught"] = o["caught"] and not o["red_in_control"]
     caught = sum(o["caught"] for o in faulted)
     run_extras["gpu_faults"] = {"planted": len(faulted), "caught": caught, "control_red_claims": clean["red_claims"],

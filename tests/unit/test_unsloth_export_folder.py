@@ -42,3 +42,24 @@ def test_the_converter_writes_in_the_runs_folder(tmp_path, monkeypatch):
     assert os.getcwd() == str(shared)  # restored
     assert artifacts["gguf_unsloth"] == str(run.resolve() / "unsloth_export_gguf" / "gemma3-270m.Q8_0.gguf")
     assert list(shared.iterdir()) == []
+
+
+def test_a_missing_converter_is_an_environment_problem_for_the_gguf_tests(tmp_path, monkeypatch):
+    """The GPU tests that read Unsloth's GGUF (GGUF-Q8-EXPORT and its two siblings, GGUF-HELDOUT) skip with the fix when
+    the run wrote none because llama.cpp's converter is not vendored on the runner; any other missing export fails."""
+    import pytest
+
+    from harness import doctor
+    from harness.record_facts import unsloth_gguf
+
+    written = tmp_path / "m.Q8_0.gguf"
+    assert unsloth_gguf({"artifacts": {"gguf_unsloth": str(written)}}) == written
+    missing = {"artifacts": {"gguf_unsloth_error": "no vendored llama.cpp: run `python -m harness llama-cpp --build` first"}}
+    monkeypatch.setattr(doctor, "llama_cpp_converter", lambda: doctor.Health(
+        "llama.cpp converter", False, "llama.cpp's convert_hf_to_gguf.py is not vendored", "python -m harness llama-cpp"))
+    with pytest.raises(doctor.EnvironmentProblem, match="environment problem: llama.cpp converter.*fix: python -m harness"):
+        unsloth_gguf(missing)
+    # a healthy converter: Unsloth's export failing is the pipeline's own failure, with Unsloth's error in the message
+    monkeypatch.setattr(doctor, "llama_cpp_converter", lambda: doctor.Health("llama.cpp converter", True, "vendored"))
+    with pytest.raises(AssertionError, match="Conversion failed"):
+        unsloth_gguf({"artifacts": {"gguf_unsloth_error": "RuntimeError: Conversion failed"}})
