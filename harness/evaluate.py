@@ -39,6 +39,25 @@ def cuda_batch(free_bytes: int, longest_prompt: int, vocab: int, share: float = 
     return batch
 
 
+def measured_batch(current: int, peak_bytes: int, prompts: int, free_bytes: int, share: float, margin: float = 2.0) -> int:
+    """The batch after the first one, from what that batch really took: `peak_bytes` above the memory held before it
+    (torch.cuda.max_memory_allocated, this process only) for `prompts` prompts, the longest of all (length_order), so
+    no later batch needs more a prompt. As many as `share` of the memory free now holds at `margin` times the measured
+    cost a prompt (the allocator's rounding, a neighbour's growth), a power of two, never below `current` (which ran)
+    nor above CUDA_BATCH.
+
+    Why: cuda_batch sizes the first batch for the worst case (float32 logits at every prompt position, 320 MiB a
+    prompt). In the shared GPU tier each of 13 slots counts on 1/13 of a quarter of the free memory, so the worst case
+    held the batch at 16 for every held-out evaluation (0.13-0.15 s a decoding step of 16 prompts on an H200,
+    2026-11-28), while a batch of 64 stepped at 0.08-0.09 s (reports/examples/h200-2026-11-28-gguf-heldout)."""
+    per_prompt = max(1.0, peak_bytes / max(1, prompts)) * margin
+    fits = int(free_bytes * share // per_prompt)
+    batch = max(1, current)
+    while batch * 2 <= min(fits, CUDA_BATCH):
+        batch *= 2
+    return batch
+
+
 def length_order(lengths: list[int]) -> list[int]:
     """Indices of the prompts longest first: a batch then holds prompts of similar length (little left padding),
     and the largest batch comes first, so an out-of-memory shows at once rather than at the end. Stable for ties."""
@@ -77,12 +96,13 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     # on an out-of-memory error (the longest prompts come first, so that shows in the first batch)
     if not batch_size and os.environ.get("HARNESS_EVAL_BATCH"):
         batch_size = int(os.environ["HARNESS_EVAL_BATCH"])
-    if not batch_size and device.type == "cuda":
+    measure = not batch_size and device.type == "cuda"  # sized here: grown from the first batch's measured peak
+    share = float(os.environ.get("HARNESS_EVAL_MEMORY_SHARE") or 0.25)
+    if measure:
         vocab = getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer)
-        share = float(os.environ.get("HARNESS_EVAL_MEMORY_SHARE") or 0.25)
         batch_size = cuda_batch(torch.cuda.mem_get_info(device)[0], max((len(x) for x in ids), default=1), vocab, share)
     batch_size = batch_size or CPU_BATCH
-    first_batch, halvings, batches = batch_size, 0, 0
+    first_batch, halvings, batches, measured = batch_size, 0, 0, None
     configs = [c for c in (getattr(model, "config", None), getattr(model, "generation_config", None)) if c is not None]
     saved = [(c, getattr(c, "use_cache", _UNSET)) for c in configs]
     old_side = tokenizer.padding_side
@@ -100,6 +120,10 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                 chunk = order[start:start + batch_size]
                 enc = tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt").to(device)
                 out_of_memory = False
+                if measure and measured is None and not halvings:
+                    torch.cuda.synchronize(device)
+                    held = torch.cuda.memory_allocated(device)
+                    torch.cuda.reset_peak_memory_stats(device)
                 try:
                     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                          eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
@@ -114,6 +138,12 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                     continue
                 start, batches = start + len(chunk), batches + 1
                 progress.update(len(chunk))
+                if measure and measured is None and not halvings:  # (after an out-of-memory error: keep the halved batch)
+                    peak = torch.cuda.max_memory_allocated(device) - held
+                    grown = measured_batch(batch_size, peak, len(chunk), torch.cuda.mem_get_info(device)[0], share)
+                    measured = {"peak_bytes_first_batch": int(peak), "prompts_first_batch": len(chunk),
+                                "bytes_per_prompt": int(peak // max(1, len(chunk))), "grown_to": grown}
+                    batch_size = grown
                 new = out[:, enc["input_ids"].shape[1]:]
                 steps += new.shape[1]
                 generated += int((new != tokenizer.pad_token_id).sum())
@@ -130,7 +160,7 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     if stats is not None:
         seconds = time.perf_counter() - started
         stats.update({"prompts": len(prompts), "batch_size": first_batch, "batch_size_last": batch_size,
-                      "out_of_memory_halvings": halvings, "batches": batches,
+                      "out_of_memory_halvings": halvings, "batches": batches, "measured": measured,
                       "decoding_steps": steps, "generated_tokens": generated, "seconds": round(seconds, 3),
                       "seconds_per_decoding_step": round(seconds / steps, 5) if steps else None,
                       "device": str(device)})
