@@ -6,21 +6,19 @@ they were told is the trained model's held-out score: this measures the GGUF on 
 ids (harness.evaluate.prompt_ids), greedy, and pairs each answer with the trained model's stored one (the reference
 run's outputs-test.jsonl). A merge that drops the adapter (unsloth #869, #1929, #2142) scores the base model's ~0 here.
 
-llama.cpp runs in child processes (never beside torch/CUDA: harness.gguf_verify.llama_outputs), the prompts split over
-several children of a few threads each: a 270M model decodes one sequence at a time, so more processes use more cores.
+llama.cpp runs in child processes (never beside torch/CUDA: harness.gguf_verify.llama_outputs; started and judged by
+harness.gguf_verify.llama_children), the prompts split over several children of a few threads each: a 270M model decodes
+one sequence at a time, so more processes use more cores.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-from harness.gguf_verify import GGUFVerifyError, _failure, _job, use_mmap
+from harness.gguf_verify import _job, llama_children, use_mmap
 
 # Measured on 2 cores (the embedded 270M, 16 held-out prompts of ~320 tokens, 32 new tokens each): one child of 4
 # threads 15.5 s, of 2 threads 8.2 s with the shared prefix's KV cache reused (14.9 s without; the same answers).
@@ -35,53 +33,17 @@ def workers_default() -> int:
 
 def llama_answers(path: Path, prompt_ids: list[list[int]], stop: set[int], max_new_tokens: int,
                   workers: int | None = None, timeout: int = 1800) -> list[list[int]]:
-    """llama.cpp's greedy continuation (token ids, stop excluded) of each prompt, in order, from `workers` children."""
+    """llama.cpp's greedy continuation (token ids, stop excluded) of each prompt, in order, from `workers` children
+    (harness.gguf_verify.llama_children: a timeout or a child killed by signal 9 is an overloaded host)."""
     workers = max(1, min(workers or workers_default(), len(prompt_ids) or 1))
-    shards = [prompt_ids[i::workers] for i in range(workers)]
-    procs = []
-    for shard in shards:
-        job = tempfile.TemporaryFile("w+")  # the job as a file on stdin: communicate() then reads both pipes at once
-        json.dump({**_job(path, [], shard, stop, max_new_tokens, use_mmap()), "threads": THREADS_PER_WORKER,
-                   "reuse_prefix": True}, job)
-        job.seek(0)
-        procs.append(subprocess.Popen([sys.executable, "-m", "harness.gguf_verify"], stdin=job, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-        job.close()
-    results, deadline = [], time.monotonic() + timeout
-    try:
-        for proc in procs:
-            try:
-                out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                raise _overloaded(f"llama.cpp answered the held-out prompts of {path.name} in no less than {timeout} s")
-            if proc.returncode == -9:  # killed from outside (the kernel's out-of-memory killer): the host, not the file
-                raise _overloaded(f"a llama.cpp child answering {path.name} was killed (signal 9)")
-            if proc.returncode != 0:
-                from harness.doctor import require_llama_cpp
-
-                require_llama_cpp()  # a reader that fails on Google's own GGUF too: an environment problem
-                raise GGUFVerifyError(f"llama.cpp {_failure(subprocess.CompletedProcess([], proc.returncode, out, err))} "
-                                      f"answering held-out prompts from {path}")
-            results.append(json.loads(out.strip().splitlines()[-1])["greedy"])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    jobs = [{**_job(path, [], prompt_ids[w::workers], stop, max_new_tokens, use_mmap()), "threads": THREADS_PER_WORKER,
+             "reuse_prefix": True} for w in range(workers)]
+    outputs = llama_children(jobs, timeout, doing="answering the held-out prompts of", claims=("GGUF-HELDOUT",),
+                             overload_fix="fewer children (HARNESS_LLAMA_WORKERS=1) or fewer runs at once on this host")
     answers: list[list[int]] = [[] for _ in prompt_ids]
-    for w, shard in enumerate(results):
-        for j, tokens in enumerate(shard):
-            answers[w + j * workers] = tokens
+    for w, output in enumerate(outputs):  # the prompts were dealt round-robin: worker w had prompts w, w+workers, ...
+        answers[w::workers] = output["greedy"]
     return answers
-
-
-def _overloaded(detail: str):
-    """An environment problem (a skip with its cause and fix), never a verdict on the export."""
-    from harness.doctor import EnvironmentProblem, Health
-
-    return EnvironmentProblem(Health("llama.cpp", False, detail + ": the runner is overloaded",
-                                     "fewer children (HARNESS_LLAMA_WORKERS=1) or fewer runs at once on this host",
-                                     ("GGUF-HELDOUT",)))
 
 
 def trained_rows(outputs_jsonl: Path) -> dict[str, dict]:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -238,9 +243,14 @@ def build_problem() -> str:
 
 
 def _failure(proc: subprocess.CompletedProcess) -> str:
-    if proc.returncode < 0:
-        return f"crashed (signal {-proc.returncode})"
-    return f"failed: {proc.stderr.strip()[-300:]}"
+    return _exit_failure(proc.returncode, proc.stderr)
+
+
+def _exit_failure(returncode: int, stderr: str) -> str:
+    """How a failed child ended, for a message: the signal that killed it, else the end of its stderr."""
+    if returncode < 0:
+        return f"crashed (signal {-returncode})"
+    return f"failed: {stderr.strip()[-300:]}"
 
 
 def llama_greedy(llm, ids: list[int], stop: set[int], max_new_tokens: int, reuse_prefix: bool = False) -> list[int]:
@@ -279,28 +289,105 @@ def _job(path: Path, corpus: list[str], prompt_ids: list[list[int]], stop: set[i
             "max_new_tokens": max_new_tokens, "mmap": mmap}
 
 
+def _child_command() -> list[str]:
+    """The llama.cpp child: this module run as a script, a job on stdin, its outputs on the last line of stdout."""
+    return [sys.executable, "-m", "harness.gguf_verify"]
+
+
 def _llama_child(job: dict, timeout: int) -> subprocess.CompletedProcess:
-    """`python -m harness.gguf_verify` with the job on stdin: llama.cpp alone in a fresh process."""
-    return subprocess.run([sys.executable, "-m", "harness.gguf_verify"], input=json.dumps(job), capture_output=True,
-                          text=True, timeout=timeout)
+    """`python -m harness.gguf_verify` with the job on stdin: llama.cpp alone in a fresh process, its failure judged by
+    the caller: the doctor (on Google's own file any failure, a hang included, is the reader's) and llamacpp_loads (a
+    failed load is retried without mmap and returned as (False, why)). Other callers: llama_children."""
+    return subprocess.run(_child_command(), input=json.dumps(job), capture_output=True, text=True, timeout=timeout)
+
+
+POLL_S = 0.05  # how often llama_children looks for a finished child: nothing next to children that run for seconds
+
+
+def llama_children(jobs: list[dict], timeout: float, *, doing: str = "reading", claims: tuple[str, ...] = (),
+                   overload_fix: str = "fewer runs at once on this host") -> list[dict]:
+    """The outputs of each job (as _job builds it; "threads", "reuse_prefix" optional) from its own llama.cpp child, in
+    the jobs' order. The children run at once, within one `timeout` for all. `doing` (what a child does to its file)
+    and `claims` (the claims an overloaded host leaves unchecked) go into the messages.
+
+    Whose fault a failure is, the same for every caller:
+    - past the deadline, or killed by signal 9: the host's (EnvironmentProblem, reported as a skip). llama.cpp decodes
+      at most max_new_tokens per prompt, so a file it reads finishes in a time bounded by the job (16 held-out prompts
+      of the 270M: 8.2 s on 2 cores, against the default 1800 s), and a file it rejects fails while loading; missing
+      the deadline means a starved host. Nothing in llama.cpp sends signal 9: the kernel's out-of-memory killer or the
+      runner does. (Before this runner was shared, llama_outputs let subprocess.TimeoutExpired escape, a failing check
+      with no cause, and blamed the file for a signal 9; GGUF-HELDOUT already classified both as the host's.)
+    - any other failure: a reader that also fails on Google's own GGUF is an environment problem (require_llama_cpp
+      raises it); a healthy reader that fails on this file blames the file.
+    On any failure the other children are killed and waited for before the verdict: none outlives the call, and none
+    competes for the cores with the health check's own child."""
+    deadline = time.monotonic() + timeout
+    with contextlib.ExitStack() as files:
+        # stdin, stdout and stderr are files, never pipes: every child reads its whole job at once, and none blocks on
+        # a full pipe while the parent waits for another
+        children: list[tuple[subprocess.Popen, IO[str], IO[str]]] = []
+        failed = None  # (job index, exit status, or None past the deadline) of the first child seen failing
+        try:
+            for job in jobs:
+                stdin, stdout, stderr = (files.enter_context(tempfile.TemporaryFile("w+", errors="replace"))
+                                         for _ in range(3))
+                json.dump(job, stdin)
+                stdin.seek(0)
+                children.append((subprocess.Popen(_child_command(), stdin=stdin, stdout=stdout, stderr=stderr),
+                                 stdout, stderr))
+            running = list(range(len(children)))
+            while running and failed is None:
+                finished = [i for i in running if children[i][0].poll() is not None]
+                running = [i for i in running if i not in finished]
+                failed = next(((i, children[i][0].returncode) for i in finished if children[i][0].returncode), None)
+                if failed is None and running:
+                    if time.monotonic() >= deadline:
+                        failed = (running[0], None)
+                    else:
+                        time.sleep(POLL_S)
+        finally:
+            for proc, _, _ in children:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+        if failed is not None:
+            index, returncode = failed
+            path = Path(jobs[index]["path"])
+            if returncode is None:
+                raise _overloaded(f"llama.cpp {doing} {path.name} did not finish within {timeout} s", claims,
+                                  overload_fix)
+            if returncode == -signal.SIGKILL:
+                raise _overloaded(f"a llama.cpp child {doing} {path.name} was killed (signal 9)", claims, overload_fix)
+            from harness.doctor import require_llama_cpp
+
+            require_llama_cpp()
+            stderr = children[index][2]
+            stderr.seek(0)
+            raise GGUFVerifyError(f"llama.cpp {_exit_failure(returncode, stderr.read())} {doing} {path}, while it "
+                                  f"decodes Google's own GGUF: the file is at fault; check it alone with "
+                                  f"python -m harness verify-gguf {path}")
+        outputs = []
+        for _, stdout, _ in children:
+            stdout.seek(0)
+            outputs.append(json.loads(stdout.read().strip().splitlines()[-1]))
+        return outputs
+
+
+def _overloaded(detail: str, claims: tuple[str, ...], fix: str):
+    """An environment problem (a skip with its cause and fix), never a verdict on the file."""
+    from harness.doctor import EnvironmentProblem, Health
+
+    return EnvironmentProblem(Health("llama.cpp", False, detail + ": the runner is overloaded", fix, claims))
 
 
 def llama_outputs(path: Path, corpus: list[str], prompt_ids: list[list[int]], stop: set[int], max_new_tokens: int,
                   timeout: int = 1800) -> dict:
-    """{"tokens": [...], "greedy": [...]} from llama.cpp, computed in a child process.
+    """{"tokens": [...], "greedy": [...]} from llama.cpp, computed in a child process (llama_children: whose fault a
+    failure is).
 
     llama.cpp never shares a process with torch/CUDA here: on a GPU runner the pytest process (torch,
     Unsloth, CUDA loaded) died of SIGSEGV inside llama-cpp-python; a child's crash is an error instead."""
-    proc = _llama_child(_job(path, corpus, prompt_ids, stop, max_new_tokens, use_mmap()), timeout)
-    if proc.returncode != 0:
-        # Whose fault: a reader that also fails on Google's own GGUF is an environment problem (raised
-        # here, reported as skip); a healthy reader that fails on this file blames the file.
-        from harness.doctor import require_llama_cpp
-
-        require_llama_cpp()
-        raise GGUFVerifyError(f"llama.cpp {_failure(proc)} reading {path}, while it decodes Google's own GGUF: "
-                              f"the file is at fault; check it alone with python -m harness verify-gguf {path}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return llama_children([_job(path, corpus, prompt_ids, stop, max_new_tokens, use_mmap())], timeout)[0]
 
 
 def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], corpus: list[str],
@@ -359,5 +446,5 @@ def verify(path: Path, checkpoint: Path | None = None, llama: bool = True, promp
     return report
 
 
-if __name__ == "__main__":  # the child of llama_outputs: a job on stdin, the outputs on the last line of stdout
+if __name__ == "__main__":  # the child of llama_children and _llama_child: a job on stdin, outputs on the last line
     print(json.dumps(_llama_side(json.loads(sys.stdin.read()))))

@@ -3,8 +3,10 @@ a healthy reader that fails on an exported file still blames the file."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -142,3 +144,79 @@ def test_loading_a_file_with_a_crashing_reader_is_an_environment_problem(fake_ll
     doctor.llama_cpp.cache_clear()
     ok, why = llamacpp_loads(export)
     assert (ok, "export.gguf" in why) == (False, True)
+
+
+# A stand-in for the llama.cpp child (python -m harness.gguf_verify): the job's "path" says what it does.
+FAKE_LLAMA_CHILD = '''
+import json, os, signal, sys, time
+job = json.load(sys.stdin)
+if job["path"] == "hang":
+    time.sleep(60)
+elif job["path"] in ("sigkill", "sigsegv"):
+    os.kill(os.getpid(), getattr(signal, job["path"].upper()))
+print(json.dumps({"greedy": job["prompt_ids"]}))
+'''
+
+
+@pytest.fixture
+def fake_llama_children(monkeypatch):
+    """llama_children starts the fake child instead of llama.cpp's; every child it starts is recorded."""
+    from harness import gguf_verify
+
+    started = []
+
+    class Recorded(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(gguf_verify, "_child_command", lambda: [sys.executable, "-I", "-c", FAKE_LLAMA_CHILD])
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    return started
+
+
+def _jobs(*paths):
+    from harness.gguf_verify import _job
+
+    return [_job(Path(p), [], [[i]], set(), 1, True) for i, p in enumerate(paths)]
+
+
+def test_llama_children_past_the_deadline_are_an_overloaded_host_and_none_outlives_it(fake_llama_children):
+    from harness.gguf_verify import llama_children
+
+    started = time.monotonic()
+    with pytest.raises(doctor.EnvironmentProblem, match="llama.cpp reading hang did not finish within 1 s: the "
+                                                         "runner is overloaded"):
+        llama_children(_jobs("hang", "ok", "hang"), timeout=1)
+    assert time.monotonic() - started < 5
+    assert [p.returncode for p in fake_llama_children] == [-signal.SIGKILL, 0, -signal.SIGKILL]  # killed and reaped
+
+
+def test_a_llama_child_killed_by_signal_9_is_an_overloaded_host_and_its_siblings_are_killed(fake_llama_children):
+    from harness.gguf_verify import llama_children
+
+    started = time.monotonic()
+    with pytest.raises(doctor.EnvironmentProblem, match=r"a llama.cpp child reading sigkill was killed \(signal 9\)"):
+        llama_children(_jobs("hang", "sigkill"), timeout=60)
+    assert time.monotonic() - started < 5  # the verdict did not wait for the hung sibling
+    assert [p.returncode for p in fake_llama_children] == [-signal.SIGKILL, -signal.SIGKILL]
+
+
+def test_a_llama_child_crashing_with_a_healthy_reader_blames_the_file(fake_llama_children, monkeypatch):
+    """Any other failure consults the reader's health first (here healthy), after the siblings are gone."""
+    from harness.gguf_verify import GGUFVerifyError, llama_children
+
+    siblings_alive = []
+    monkeypatch.setattr(doctor, "require_llama_cpp",
+                        lambda: siblings_alive.append([p.returncode is None for p in fake_llama_children]))
+    with pytest.raises(GGUFVerifyError, match=r"llama.cpp crashed \(signal 11\) reading sigsegv, .* the file is at "
+                                              r"fault; check it alone with python -m harness verify-gguf sigsegv"):
+        llama_children(_jobs("hang", "sigsegv"), timeout=60)
+    assert siblings_alive == [[False, False]]
+
+
+def test_llama_children_return_each_jobs_outputs_in_order(fake_llama_children):
+    from harness.gguf_verify import llama_children
+
+    assert llama_children(_jobs("ok", "ok", "ok"), timeout=60) == [{"greedy": [[0]]}, {"greedy": [[1]]},
+                                                                    {"greedy": [[2]]}]

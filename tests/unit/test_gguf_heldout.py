@@ -103,3 +103,17 @@ def test_answers_from_several_llama_children_come_back_in_order(llama_cpp_reader
     one = llama_answers(tiny_gguf, ids, stop, max_new_tokens=4, workers=1)
     assert len(one) == 4 and all(len(a) <= 4 for a in one) and len({tuple(a) for a in one}) > 1
     assert llama_answers(tiny_gguf, ids, stop, max_new_tokens=4, workers=2) == one
+
+
+def test_answers_of_uneven_shards_come_back_in_order(monkeypatch, tmp_path):
+    """7 prompts over 3 children (3, 2 and 2 prompts): each child echoes its prompts as answers, which must come back
+    at their prompts' indices."""
+    import sys
+
+    from harness import gguf_verify
+    from harness.gguf_heldout import llama_answers
+
+    echo = "import json, sys; job = json.load(sys.stdin); print(json.dumps({'greedy': job['prompt_ids']}))"
+    monkeypatch.setattr(gguf_verify, "_child_command", lambda: [sys.executable, "-I", "-c", echo])
+    ids = [[i, i] for i in range(7)]
+    assert llama_answers(tmp_path / "x.gguf", ids, set(), 4, workers=3) == ids
