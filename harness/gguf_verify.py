@@ -381,13 +381,21 @@ def _overloaded(detail: str, claims: tuple[str, ...], fix: str):
 
 
 def llama_outputs(path: Path, corpus: list[str], prompt_ids: list[list[int]], stop: set[int], max_new_tokens: int,
-                  timeout: int = 1800) -> dict:
+                  timeout: int = 1800, reuse_prefix: bool = False) -> dict:
     """{"tokens": [...], "greedy": [...]} from llama.cpp, computed in a child process (llama_children: whose fault a
     failure is).
 
     llama.cpp never shares a process with torch/CUDA here: on a GPU runner the pytest process (torch,
     Unsloth, CUDA loaded) died of SIGSEGV inside llama-cpp-python; a child's crash is an error instead."""
-    return llama_children([_job(path, corpus, prompt_ids, stop, max_new_tokens, use_mmap())], timeout)[0]
+    return llama_children([{**_job(path, corpus, prompt_ids, stop, max_new_tokens, use_mmap()),
+                            "reuse_prefix": reuse_prefix, "threads": single_child_threads()}], timeout)[0]
+
+
+def single_child_threads() -> int:
+    """Threads for one llama.cpp child working alone: every core up to 4. llama-cpp-python's default decodes on half the
+    cores (1 of 2 here) and reads prompts on all (127 threads a child on a 64-core runner); a 270M model gains little
+    past 4 (GGUF-HELDOUT's children: 2 threads each, 8.2 s where one child of 4 took 15.5 s, on 2 cores)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], corpus: list[str],
@@ -399,7 +407,8 @@ def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], cor
     stop = {tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id}
     prompt_ids = [list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
                   for messages in prompts]
-    llama = llama_outputs(path, corpus, prompt_ids, stop, max_new_tokens)
+    # the held-out prompts share their developer turn: its KV cache is kept from one prompt to the next (llama_greedy)
+    llama = llama_outputs(path, corpus, prompt_ids, stop, max_new_tokens, reuse_prefix=True)
     mismatches, first = 0, None
     for text, a in zip(corpus, llama["tokens"]):
         b = tokenizer.encode(text, add_special_tokens=False)
