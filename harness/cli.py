@@ -36,6 +36,11 @@ def cmd_tokenize(args) -> int:
 def cmd_finetune(args) -> int:
     from harness.finetune import finetune
 
+    if os.environ.get("HARNESS_FAULT"):  # a fault-injection run of the suite (tests/slow/conftest.py's tiny run)
+        from harness.pytest_plugin import apply_planted_fault_in_finetune
+
+        apply_planted_fault_in_finetune()
+
     record = finetune(model=args.model, backend=args.backend, out_dir=args.out, max_steps=args.max_steps,
                       batch_size=args.batch_size, eval_limit=args.eval_limit,
                       report_to="wandb" if args.wandb else "none", export=not args.no_export,

@@ -89,6 +89,23 @@ def apply_planted_fault_in_child(gpu: bool = False) -> None:
 _APPLIED_IN_CHILD: set[str] = set()
 
 
+def apply_planted_fault_in_finetune() -> None:
+    """For a CPU fine-tune the suite runs in a child process (`python -m harness finetune`, started in the background by
+    tests/slow/conftest.py): that child stands in for the pytest process, so it applies HARNESS_FAULT whatever the
+    fault's target (never a GPU fault: those apply after `import unsloth`). Outside a fault-injection run it does
+    nothing."""
+    fault_id = os.environ.get("HARNESS_FAULT")
+    if not fault_id or fault_id in _APPLIED_IN_CHILD:
+        return
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "tests" / "faults" / "catalog.py").is_file():
+        return
+    fault = load_fault_catalog(root).BY_ID.get(fault_id)
+    if fault is not None and not getattr(fault, "gpu", False):
+        fault.apply()
+        _APPLIED_IN_CHILD.add(fault_id)
+
+
 def pytest_addoption(parser):
     group = parser.getgroup("handbook", "handbook claim suite")
     group.addoption("--model", default=os.environ.get("HARNESS_MODEL", "gemma3-270m"),

@@ -4,19 +4,18 @@ import json
 
 import pytest
 
+from finetune_tiny_run import EVAL, STEPS
 from spec.schedule import closed_form
 
 pytestmark = pytest.mark.slow
 
-STEPS, BATCH, EVAL = 60, 2, 16
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_dir, run_extras):
-    from harness.finetune import finetune
+def run(run_extras):
+    """`python -m harness finetune --model tiny --backend hf` at 60 steps, started at collection (tests/slow/conftest.py)."""
+    from finetune_tiny_run import record as tiny_record
 
-    record = finetune(model="tiny", backend="hf", out_dir=tmp_path_factory.mktemp("finetune"), max_steps=STEPS,
-                      batch_size=BATCH, eval_limit=EVAL)
+    record = tiny_record()
     run_extras["finetune"] = {k: record[k] for k in ("model", "backend", "steps", "phases", "throughput", "eval",
                                                      "base_eval", "val_loss", "declared_deviations")}
     return record

@@ -1,0 +1,40 @@
+"""The CPU tier's reference fine-tune in a child process, started as soon as collection ends (tests/slow/conftest.py),
+so the rest of the session runs beside it; tests/slow/test_finetune_tiny.py waits for its record.
+
+Why: in-process it was the slowest part of `certify` (40.7 s of 175.6 s on 2 cores, 2026-11-28), mostly single-threaded
+Python (60 steps of a hidden-64 model, 16 prompts generated twice), so the second core idled. The child is `python -m
+harness finetune` (the CLI users run) with one torch thread; a planted fault reaches it through HARNESS_FAULT
+(harness.pytest_plugin.apply_planted_fault_in_finetune)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+STEPS, BATCH, EVAL = 60, 2, 16
+_STATE: dict = {}
+
+
+def start(out: Path) -> None:
+    from harness.run_queue import RunQueue
+
+    queue = RunQueue(1, env={"OMP_NUM_THREADS": "1"}, desc="tiny fine-tune", poll_seconds=0.5)
+    queue.add("tiny", out, [sys.executable, "-m", "harness", "finetune", "--model", "tiny", "--backend", "hf",
+                            "--out", str(out), "--max-steps", str(STEPS), "--batch-size", str(BATCH),
+                            "--eval-limit", str(EVAL)])
+    _STATE.update(queue=queue.start(), out=Path(out))
+
+
+def stop() -> None:
+    if "queue" in _STATE:
+        _STATE.pop("queue").stop()
+
+
+def record() -> dict:
+    """The run's record once complete; AssertionError with its log's tail if it failed."""
+    if "queue" not in _STATE:
+        raise RuntimeError("the tiny fine-tune was not started at collection (tests/slow/conftest.py)")
+    outcome = _STATE["queue"].wait("tiny")["tiny"]
+    assert outcome.startswith("complete"), f"the tiny reference fine-tune failed ({_STATE['out']}/log.txt): {outcome}"
+    return json.loads((_STATE["out"] / "run.json").read_text())
