@@ -74,19 +74,7 @@ def apply_planted_fault_in_child(gpu: bool = False) -> None:
     own; with gpu=True, Unsloth in the fine-tune and probe processes, called right after `import unsloth`): apply
     HARNESS_FAULT there when the fault is marked `child` (and `gpu` as asked). Once per process. Outside a
     fault-injection run (no HARNESS_FAULT, or no fault catalog beside this checkout) it does nothing."""
-    fault_id = os.environ.get("HARNESS_FAULT")
-    if not fault_id or fault_id in _APPLIED_IN_CHILD:
-        return
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "tests" / "faults" / "catalog.py").is_file():
-        return
-    fault = load_fault_catalog(root).BY_ID.get(fault_id)
-    if fault is not None and getattr(fault, "child", False) and getattr(fault, "gpu", False) == gpu:
-        fault.apply()
-        _APPLIED_IN_CHILD.add(fault_id)
-
-
-_APPLIED_IN_CHILD: set[str] = set()
+    _apply_in_this_process(lambda f: getattr(f, "child", False) and getattr(f, "gpu", False) == gpu)
 
 
 def apply_planted_fault_in_finetune() -> None:
@@ -94,6 +82,14 @@ def apply_planted_fault_in_finetune() -> None:
     tests/slow/conftest.py): that child stands in for the pytest process, so it applies HARNESS_FAULT whatever the
     fault's target (never a GPU fault: those apply after `import unsloth`). Outside a fault-injection run it does
     nothing."""
+    _apply_in_this_process(lambda f: not getattr(f, "gpu", False))
+
+
+_APPLIED_IN_CHILD: set[str] = set()
+
+
+def _apply_in_this_process(wanted) -> None:
+    """HARNESS_FAULT's fault, once per process, where `wanted(fault)`."""
     fault_id = os.environ.get("HARNESS_FAULT")
     if not fault_id or fault_id in _APPLIED_IN_CHILD:
         return
@@ -101,7 +97,7 @@ def apply_planted_fault_in_finetune() -> None:
     if not (root / "tests" / "faults" / "catalog.py").is_file():
         return
     fault = load_fault_catalog(root).BY_ID.get(fault_id)
-    if fault is not None and not getattr(fault, "gpu", False):
+    if fault is not None and wanted(fault):
         fault.apply()
         _APPLIED_IN_CHILD.add(fault_id)
 
