@@ -34,7 +34,7 @@ def workers_default() -> int:
 def llama_answers(path: Path, prompt_ids: list[list[int]], stop: set[int], max_new_tokens: int,
                   workers: int | None = None, timeout: int = 1800) -> list[list[int]]:
     """llama.cpp's greedy continuation (token ids, stop excluded) of each prompt, in order, from `workers` children
-    (harness.gguf_verify.llama_children: a timeout or a child killed by signal 9 is an overloaded host)."""
+    (harness.gguf_verify.llama_children says whose fault a failed child is: a starved host's, the reader's or the file's)."""
     workers = max(1, min(workers or workers_default(), len(prompt_ids) or 1))
     jobs = [{**_job(path, [], prompt_ids[w::workers], stop, max_new_tokens, use_mmap()), "threads": THREADS_PER_WORKER,
              "reuse_prefix": True} for w in range(workers)]

@@ -311,14 +311,14 @@ def llama_children(jobs: list[dict], timeout: float, *, doing: str = "reading", 
     and `claims` (the claims an overloaded host leaves unchecked) go into the messages.
 
     Whose fault a failure is, the same for every caller:
-    - past the deadline, or killed by signal 9: the host's (EnvironmentProblem, reported as a skip). llama.cpp decodes
-      at most max_new_tokens per prompt, so a file it reads finishes in a time bounded by the job (16 held-out prompts
-      of the 270M: 8.2 s on 2 cores, against the default 1800 s), and a file it rejects fails while loading; missing
-      the deadline means a starved host. Nothing in llama.cpp sends signal 9: the kernel's out-of-memory killer or the
-      runner does. (Before this runner was shared, llama_outputs let subprocess.TimeoutExpired escape, a failing check
-      with no cause, and blamed the file for a signal 9; GGUF-HELDOUT already classified both as the host's.)
-    - any other failure: a reader that also fails on Google's own GGUF is an environment problem (require_llama_cpp
-      raises it); a healthy reader that fails on this file blames the file.
+    - past the deadline, or killed by signal 9, on a starved host (host_load above OVERLOADED_LOAD_PER_CORE): the
+      host's (EnvironmentProblem, reported as a skip). On a host that is not starved, the file's (below): llama.cpp
+      decodes at most max_new_tokens per prompt (16 held-out prompts of the 270M: 8.2 s on 2 cores, against the
+      default 1800 s), so only the file can make it run without end or blow up its memory. (llama_outputs once let
+      subprocess.TimeoutExpired escape, a failure with no cause; calling every timeout the host's would leave a file
+      that hangs llama.cpp forever unjudged.)
+    - a failure, or an exit with no output: exited 0 with no output counts as a failure; a reader that also fails on
+      Google's own GGUF is an environment problem (require_llama_cpp raises it); a healthy reader blames the file.
     On any failure the other children are killed and waited for before the verdict: none outlives the call, and none
     competes for the cores with the health check's own child."""
     deadline = time.monotonic() + timeout
@@ -350,27 +350,52 @@ def llama_children(jobs: list[dict], timeout: float, *, doing: str = "reading", 
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait()
+        outputs = []
+        for index, (_, stdout, _) in enumerate(children):
+            if failed is not None:
+                break
+            stdout.seek(0)
+            lines = stdout.read().strip().splitlines()
+            if not lines:  # exited 0 and wrote nothing: a failed child like any other
+                failed = (index, 0)
+            else:
+                outputs.append(json.loads(lines[-1]))
         if failed is not None:
             index, returncode = failed
             path = Path(jobs[index]["path"])
-            if returncode is None:
-                raise _overloaded(f"llama.cpp {doing} {path.name} did not finish within {timeout} s", claims,
-                                  overload_fix)
-            if returncode == -signal.SIGKILL:
-                raise _overloaded(f"a llama.cpp child {doing} {path.name} was killed (signal 9)", claims, overload_fix)
+            stderr = children[index][2]
+            stderr.seek(0)
+            if returncode is None or returncode == -signal.SIGKILL:
+                what = (f"did not finish within {timeout} s" if returncode is None else "was killed (signal 9)")
+                load, cores = host_load()
+                if load > OVERLOADED_LOAD_PER_CORE * cores:
+                    raise _overloaded(f"llama.cpp {doing} {path.name} {what} (load average {load:.1f} on {cores} "
+                                      f"cores)", claims, overload_fix)
+                why = f"{what} on a host that is not starved (load average {load:.1f} on {cores} cores)"
+            else:
+                why = _exit_failure(returncode, stderr.read()) if returncode else "wrote no output"
             from harness.doctor import require_llama_cpp
 
             require_llama_cpp()
-            stderr = children[index][2]
-            stderr.seek(0)
-            raise GGUFVerifyError(f"llama.cpp {_exit_failure(returncode, stderr.read())} {doing} {path}, while it "
-                                  f"decodes Google's own GGUF: the file is at fault; check it alone with "
-                                  f"python -m harness verify-gguf {path}")
-        outputs = []
-        for _, stdout, _ in children:
-            stdout.seek(0)
-            outputs.append(json.loads(stdout.read().strip().splitlines()[-1]))
+            raise GGUFVerifyError(f"llama.cpp {why} {doing} {path}, while it decodes Google's own GGUF: the file is at "
+                                  f"fault; check it alone with python -m harness verify-gguf {path}")
         return outputs
+
+
+# A timeout or a kill (the kernel's out-of-memory killer) is the host's when the host is starved: the 1-minute load
+# average above 2 runnable threads a core (8 held-out children on a 64-core runner beside three fine-tunes read 335,
+# 5.2 a core, 2026-11-28). Otherwise a reader healthy on Google's own GGUF that hangs or is killed on this file blames
+# the file: decoding is bounded by max_new_tokens, so only the file can make it take without end or blow up memory.
+OVERLOADED_LOAD_PER_CORE = 2.0
+
+
+def host_load() -> tuple[float, int]:
+    """The 1-minute load average and the cores this process may use."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return os.getloadavg()[0], max(1, cores)
 
 
 def _overloaded(detail: str, claims: tuple[str, ...], fix: str):
@@ -395,7 +420,7 @@ def single_child_threads() -> int:
     """Threads for one llama.cpp child working alone: every core up to 4. llama-cpp-python's default decodes on half the
     cores (1 of 2 here) and reads prompts on all (127 threads a child on a 64-core runner); a 270M model gains little
     past 4 (GGUF-HELDOUT's children: 2 threads each, 8.2 s where one child of 4 took 15.5 s, on 2 cores)."""
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(4, host_load()[1]))
 
 
 def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], corpus: list[str],

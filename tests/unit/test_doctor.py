@@ -154,6 +154,8 @@ if job["path"] == "hang":
     time.sleep(60)
 elif job["path"] in ("sigkill", "sigsegv"):
     os.kill(os.getpid(), getattr(signal, job["path"].upper()))
+elif job["path"] == "silent":
+    sys.exit(0)
 print(json.dumps({"greedy": job["prompt_ids"]}))
 '''
 
@@ -181,25 +183,63 @@ def _jobs(*paths):
     return [_job(Path(p), [], [[i]], set(), 1, True) for i, p in enumerate(paths)]
 
 
-def test_llama_children_past_the_deadline_are_an_overloaded_host_and_none_outlives_it(fake_llama_children):
+def _load(monkeypatch, per_core: float, cores: int = 2):
+    from harness import gguf_verify
+
+    monkeypatch.setattr(gguf_verify, "host_load", lambda: (per_core * cores, cores))
+
+
+def test_llama_children_past_the_deadline_on_a_starved_host_are_the_hosts_and_none_outlives_it(fake_llama_children,
+                                                                                               monkeypatch):
     from harness.gguf_verify import llama_children
 
+    _load(monkeypatch, 5.0)
     started = time.monotonic()
-    with pytest.raises(doctor.EnvironmentProblem, match="llama.cpp reading hang did not finish within 1 s: the "
-                                                         "runner is overloaded"):
+    with pytest.raises(doctor.EnvironmentProblem, match=r"llama.cpp reading hang did not finish within 1 s \(load "
+                                                         r"average 10.0 on 2 cores\): the runner is overloaded"):
         llama_children(_jobs("hang", "ok", "hang"), timeout=1)
     assert time.monotonic() - started < 5
     assert [p.returncode for p in fake_llama_children] == [-signal.SIGKILL, 0, -signal.SIGKILL]  # killed and reaped
 
 
-def test_a_llama_child_killed_by_signal_9_is_an_overloaded_host_and_its_siblings_are_killed(fake_llama_children):
+def test_a_llama_child_past_the_deadline_on_a_calm_host_blames_the_file(fake_llama_children, monkeypatch):
+    """A file that makes a healthy llama.cpp run without end is the file's fault, never a skip (a guard that sleeps)."""
+    from harness.gguf_verify import GGUFVerifyError, llama_children
+
+    _load(monkeypatch, 0.5)
+    monkeypatch.setattr(doctor, "require_llama_cpp", lambda: None)
+    with pytest.raises(GGUFVerifyError, match=r"did not finish within 1 s on a host that is not starved \(load average "
+                                              r"1.0 on 2 cores\) reading hang, .* the file is at fault"):
+        llama_children(_jobs("hang", "ok"), timeout=1)
+
+
+def test_a_llama_child_killed_by_signal_9_on_a_starved_host_is_the_hosts_and_its_siblings_are_killed(
+        fake_llama_children, monkeypatch):
     from harness.gguf_verify import llama_children
 
+    _load(monkeypatch, 3.0)
     started = time.monotonic()
-    with pytest.raises(doctor.EnvironmentProblem, match=r"a llama.cpp child reading sigkill was killed \(signal 9\)"):
+    with pytest.raises(doctor.EnvironmentProblem, match=r"llama.cpp reading sigkill was killed \(signal 9\)"):
         llama_children(_jobs("hang", "sigkill"), timeout=60)
     assert time.monotonic() - started < 5  # the verdict did not wait for the hung sibling
     assert [p.returncode for p in fake_llama_children] == [-signal.SIGKILL, -signal.SIGKILL]
+
+
+def test_a_llama_child_killed_by_signal_9_on_a_calm_host_blames_the_file(fake_llama_children, monkeypatch):
+    from harness.gguf_verify import GGUFVerifyError, llama_children
+
+    _load(monkeypatch, 0.5)
+    monkeypatch.setattr(doctor, "require_llama_cpp", lambda: None)
+    with pytest.raises(GGUFVerifyError, match=r"was killed \(signal 9\) on a host that is not starved"):
+        llama_children(_jobs("sigkill"), timeout=60)
+
+
+def test_a_llama_child_with_no_output_is_a_failure(fake_llama_children, monkeypatch):
+    from harness.gguf_verify import GGUFVerifyError, llama_children
+
+    monkeypatch.setattr(doctor, "require_llama_cpp", lambda: None)
+    with pytest.raises(GGUFVerifyError, match=r"llama.cpp wrote no output reading silent"):
+        llama_children(_jobs("ok", "silent"), timeout=60)
 
 
 def test_a_llama_child_crashing_with_a_healthy_reader_blames_the_file(fake_llama_children, monkeypatch):
