@@ -36,6 +36,11 @@ DROP_SDIST_TOP = {".git", "docs", "tests", "examples", "docker", "scripts"}
 DROP_SUFFIXES = {".mp4", ".png", ".jpg", ".jpeg", ".gif", ".wav", ".mp3", ".gguf", ".pack", ".webp", ".ico"}
 
 
+# What a run records when it found no vendored tree to export with (harness.train_unsloth): an environment problem of
+# the machine that ran it (harness.record_facts.unsloth_gguf), not of the export
+NO_TREE = "no vendored llama.cpp: run `python -m harness llama-cpp --build` first"
+
+
 class LlamaCppError(RuntimeError):
     """The vendored llama.cpp could not be fetched, unpacked or built; the message says what to do."""
 

@@ -43,16 +43,20 @@ def gguf_exists(record: dict) -> bool:
 
 
 def unsloth_gguf(record: dict) -> Path:
-    """The GGUF Unsloth's own export wrote, for the tests that read it. Where it wrote none because llama.cpp's converter
-    is not vendored on this machine (harness.train_unsloth.export_unsloth_gguf records that, the run goes on), the
-    claims on that file cannot be checked here: harness.doctor.EnvironmentProblem (a skip with the fix), not a failure.
+    """The GGUF Unsloth's own export wrote, for the tests that read it. Where the run wrote none because it found no
+    vendored llama.cpp tree (harness.train_unsloth records llama_cpp_vendor.NO_TREE and goes on), the claims on that
+    file cannot be checked: harness.doctor.EnvironmentProblem (a skip with the fix), not a failure. Judged from what
+    the run recorded, not from this machine now: a run reused from an earlier session is judged by its own cause.
     Any other missing export is the pipeline's: AssertionError with Unsloth's error."""
     art = record.get("artifacts") or {}
     if art.get("gguf_unsloth"):
         return Path(art["gguf_unsloth"])
-    from harness.doctor import EnvironmentProblem, llama_cpp_converter
+    from harness.llama_cpp_vendor import NO_TREE
 
-    health = llama_cpp_converter()
-    if health.ok is False:
-        raise EnvironmentProblem(health)
+    if art.get("gguf_unsloth_error") == NO_TREE:
+        from harness.doctor import EnvironmentProblem, Health
+
+        raise EnvironmentProblem(Health("llama.cpp converter", False, "the run found llama.cpp's converter not vendored",
+                                        "python -m harness llama-cpp --build (fetches the llama-cpp-python sdist from "
+                                        "PyPI once), then run the fine-tune again", ("GGUF-Q8-EXPORT", "GGUF-HELDOUT")))
     raise AssertionError(f"Unsloth's export wrote no GGUF: {art.get('gguf_unsloth_error')}")

@@ -96,13 +96,13 @@ def export_unsloth_gguf(model, tokenizer, out_dir: Path, source_dir: Path) -> di
     is recorded and the project's exporter writes the file from a separate 16-bit merge.
     """
     from harness.gguf_export import export_q8_0
-    from harness.llama_cpp_vendor import QUANTIZER, build_quantizer, find_tree
+    from harness.llama_cpp_vendor import NO_TREE, QUANTIZER, build_quantizer, find_tree
 
     target = Path(out_dir).resolve() / "unsloth_export"
     artifacts: dict = {}
     tree = find_tree()
     if tree is None:
-        artifacts["gguf_unsloth_error"] = "no vendored llama.cpp: run `python -m harness llama-cpp --build` first"
+        artifacts["gguf_unsloth_error"] = NO_TREE
     else:
         if not (tree / QUANTIZER).exists():
             artifacts["llama_quantize_build"] = build_quantizer(tree)
