@@ -50,7 +50,9 @@ def measured_batch(current: int, peak_bytes: int, prompts: int, free_bytes: int,
     prompt). In the shared GPU tier each of 13 slots counts on 1/13 of a quarter of the free memory, so the worst case
     held the batch at 16 for every held-out evaluation (0.13-0.15 s a decoding step of 16 prompts on an H200,
     2026-11-28), while a batch of 64 stepped at 0.08-0.09 s (reports/examples/h200-2026-11-28-gguf-heldout)."""
-    per_prompt = max(1.0, peak_bytes / max(1, prompts)) * margin
+    if peak_bytes <= 0:  # memory freed during the batch hid its cost: no measurement, no growth
+        return max(1, current)
+    per_prompt = peak_bytes / max(1, prompts) * margin
     fits = int(free_bytes * share // per_prompt)
     batch = max(1, current)
     while batch * 2 <= min(fits, CUDA_BATCH):
@@ -121,6 +123,9 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                 enc = tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt").to(device)
                 out_of_memory = False
                 if measure and measured is None and not halvings:
+                    import gc
+
+                    gc.collect()  # tensors left from training freed now, not during the batch (a peak below `held`)
                     torch.cuda.synchronize(device)
                     held = torch.cuda.memory_allocated(device)
                     torch.cuda.reset_peak_memory_stats(device)
@@ -138,18 +143,24 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                     continue
                 start, batches = start + len(chunk), batches + 1
                 progress.update(len(chunk))
-                if measure and measured is None and not halvings:  # (after an out-of-memory error: keep the halved batch)
-                    peak = torch.cuda.max_memory_allocated(device) - held
-                    grown = measured_batch(batch_size, peak, len(chunk), torch.cuda.mem_get_info(device)[0], share)
-                    measured = {"peak_bytes_first_batch": int(peak), "prompts_first_batch": len(chunk),
-                                "bytes_per_prompt": int(peak // max(1, len(chunk))), "grown_to": grown}
-                    batch_size = grown
                 new = out[:, enc["input_ids"].shape[1]:]
                 steps += new.shape[1]
                 generated += int((new != tokenizer.pad_token_id).sum())
+                if measure and measured is None and not halvings:  # (after an out-of-memory error: keep the halved batch)
+                    # a batch that stopped early held the KV cache of fewer tokens than a later one may: scaled up to
+                    # the longest prompt plus every new token
+                    longest = enc["input_ids"].shape[1]
+                    peak = (torch.cuda.max_memory_allocated(device) - held) * (longest + max_new_tokens) / (
+                        longest + max(1, new.shape[1]))
+                    grown = measured_batch(batch_size, int(peak), len(chunk), torch.cuda.mem_get_info(device)[0], share)
+                    measured = {"peak_bytes_first_batch_scaled": int(peak), "prompts_first_batch": len(chunk),
+                                "bytes_per_prompt": int(peak // max(1, len(chunk))), "grown_to": grown}
+                    batch_size = grown
                 for i, text in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True)):
                     answers[i] = text
     finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # what the batches reserved, handed back to the runs sharing the GPU
         for c, value in saved:
             if value is _UNSET:
                 vars(c).pop("use_cache", None)

@@ -121,6 +121,8 @@ def test_after_the_first_batch_the_gpu_batch_follows_its_measured_peak():
     assert measured_batch(16, 16 * 320 * mib, 16, 139 * gib, slot) == 16  # the worst case measured: no growth
     assert measured_batch(16, 16 * 320 * mib, 16, 1 * gib, slot) == 16  # never below the batch that ran
     assert measured_batch(16, 5 * 10 * mib, 5, 139 * gib, slot) == CUDA_BATCH  # a short first batch: per prompt
+    assert measured_batch(16, 0, 16, 139 * gib, slot) == 16  # nothing measured (memory freed during it): no growth
+    assert measured_batch(16, -mib, 16, 139 * gib, slot) == 16
     # the margin is a factor on the measured cost: at 1 (none) 2.67 GiB / 40 MiB = 68 → 64; at 2, 32
     assert measured_batch(16, 16 * 40 * mib, 16, 139 * gib, slot, margin=1.0) == 64
 
