@@ -34,12 +34,12 @@ def cmd_tokenize(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from harness.finetune import finetune
-
-    if os.environ.get("HARNESS_FAULT"):  # a fault-injection run of the suite (tests/slow/conftest.py's tiny run)
+    if os.environ.get("HARNESS_FAULT"):  # a fault-injection run of the suite (tests/slow/conftest.py's tiny run):
+        # planted before the libraries are imported, as pytest plants it before any test imports them
         from harness.pytest_plugin import apply_planted_fault_in_finetune
 
         apply_planted_fault_in_finetune()
+    from harness.finetune import finetune
 
     record = finetune(model=args.model, backend=args.backend, out_dir=args.out, max_steps=args.max_steps,
                       batch_size=args.batch_size, eval_limit=args.eval_limit,

@@ -80,9 +80,9 @@ def apply_planted_fault_in_child(gpu: bool = False) -> None:
 def apply_planted_fault_in_finetune() -> None:
     """For a CPU fine-tune the suite runs in a child process (`python -m harness finetune`, started in the background by
     tests/slow/conftest.py): that child stands in for the pytest process, so it applies HARNESS_FAULT whatever the
-    fault's target (never a GPU fault: those apply after `import unsloth`). Outside a fault-injection run it does
-    nothing."""
-    _apply_in_this_process(lambda f: not getattr(f, "gpu", False))
+    fault's target, as pytest would (never a `child` fault: llama-cpp-python's run in their own children; never a GPU
+    fault: those apply after `import unsloth`). Outside a fault-injection run it does nothing."""
+    _apply_in_this_process(lambda f: not getattr(f, "child", False) and not getattr(f, "gpu", False))
 
 
 _APPLIED_IN_CHILD: set[str] = set()

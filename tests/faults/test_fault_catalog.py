@@ -135,3 +135,6 @@ def test_every_gpu_fault_is_caught_by_its_claim(tmp_path, run_extras):
     missed = [(o["id"], o.get("red_claims"), o.get("red_in_control"), o.get("error", "")[-300:]) for o in faulted
               if not o["caught"]]
     assert missed == []
+    if chosen:  # every selected fault caught, but a partial catalog is not the catalog passing
+        pytest.skip(f"partial GPU fault catalog ($HARNESS_GPU_FAULTS): {len(selected)} of {len(GPU_FAULTS)} faults run, "
+                    f"all caught; unset it for the whole catalog")

@@ -17,13 +17,17 @@ _STATE: dict = {}
 
 
 def start(out: Path) -> None:
-    from harness.run_queue import RunQueue
+    """Queue and start the run; an error starting it is kept for record() to raise in the run's own tests."""
+    try:
+        from harness.run_queue import RunQueue
 
-    queue = RunQueue(1, env={"OMP_NUM_THREADS": "1"}, desc="tiny fine-tune", poll_seconds=0.5)
-    queue.add("tiny", out, [sys.executable, "-m", "harness", "finetune", "--model", "tiny", "--backend", "hf",
-                            "--out", str(out), "--max-steps", str(STEPS), "--batch-size", str(BATCH),
-                            "--eval-limit", str(EVAL)])
-    _STATE.update(queue=queue.start(), out=Path(out))
+        queue = RunQueue(1, env={"OMP_NUM_THREADS": "1"}, desc="tiny fine-tune", poll_seconds=0.5)
+        queue.add("tiny", out, [sys.executable, "-m", "harness", "finetune", "--model", "tiny", "--backend", "hf",
+                                "--out", str(out), "--max-steps", str(STEPS), "--batch-size", str(BATCH),
+                                "--eval-limit", str(EVAL)])
+        _STATE.update(queue=queue.start(), out=Path(out))
+    except Exception as exc:  # noqa: BLE001 (reported by the tests that need the run)
+        _STATE["error"] = exc
 
 
 def stop() -> None:
@@ -32,9 +36,23 @@ def stop() -> None:
 
 
 def record() -> dict:
-    """The run's record once complete; AssertionError with its log's tail if it failed."""
+    """The run's record once complete; AssertionError with its log's tail if it failed. Not started at collection
+    (a pytest-xdist worker, a runner that skipped the hook): started now."""
+    if "error" in _STATE:
+        raise RuntimeError(f"the tiny fine-tune could not be started: {_STATE['error']!r}") from _STATE["error"]
     if "queue" not in _STATE:
-        raise RuntimeError("the tiny fine-tune was not started at collection (tests/slow/conftest.py)")
+        import tempfile
+
+        start(Path(tempfile.mkdtemp(prefix="finetune-tiny-")))
+        return record()
     outcome = _STATE["queue"].wait("tiny")["tiny"]
     assert outcome.startswith("complete"), f"the tiny reference fine-tune failed ({_STATE['out']}/log.txt): {outcome}"
     return json.loads((_STATE["out"] / "run.json").read_text())
+
+
+def printed_summary() -> dict:
+    """The summary `python -m harness finetune` printed (the JSON before its last line, "run record: <path>")."""
+    text = (_STATE["out"] / "log.txt").read_text(errors="replace")
+    body, _, tail = text.rpartition("\nrun record: ")
+    assert tail.strip() == str(_STATE["out"] / "run.json"), f"the run printed no summary: {text[-500:]}"
+    return json.loads(body[body.rindex("\n{\n") + 1:])

@@ -22,12 +22,17 @@ def run(run_extras):
 
 
 def test_run_record_is_written_and_complete(run):
-    """run.json exists, is complete, and equals what finetune returned."""
+    """run.json exists, is complete, and holds what `python -m harness finetune` returned and printed."""
     from pathlib import Path
+
+    from finetune_tiny_run import printed_summary
 
     on_disk = json.loads((Path(run["out_dir"]) / "run.json").read_text())
     assert on_disk["complete"] is True
     assert len(on_disk["steps"]) == STEPS
+    printed = printed_summary()
+    assert {k: v for k, v in printed.items() if k != "eval"} == {k: on_disk.get(k) for k in printed if k != "eval"}
+    assert printed["eval"] == {k: on_disk["eval"][k] for k in printed["eval"]}
 
 
 def test_loss_falls(run):
