@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from harness.gguf_verify import _job, llama_children, use_mmap
+from harness.gguf_verify import _job, host_load, llama_children, use_mmap
 
 # Measured on 2 cores (the embedded 270M, 16 held-out prompts of ~320 tokens, 32 new tokens each): one child of 4
 # threads 15.5 s, of 2 threads 8.2 s with the shared prefix's KV cache reused (14.9 s without; the same answers).
@@ -28,7 +28,7 @@ THREADS_PER_WORKER = 2
 def workers_default() -> int:
     """$HARNESS_LLAMA_WORKERS, else one child per THREADS_PER_WORKER cores (1 to 8)."""
     env = os.environ.get("HARNESS_LLAMA_WORKERS")
-    return int(env) if env else max(1, min(8, (os.cpu_count() or 1) // THREADS_PER_WORKER))
+    return int(env) if env else max(1, min(8, host_load()[1] // THREADS_PER_WORKER))
 
 
 def llama_answers(path: Path, prompt_ids: list[list[int]], stop: set[int], max_new_tokens: int,
