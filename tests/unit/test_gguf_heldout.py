@@ -117,3 +117,67 @@ def test_answers_of_uneven_shards_come_back_in_order(monkeypatch, tmp_path):
     monkeypatch.setattr(gguf_verify, "_child_command", lambda: [sys.executable, "-I", "-c", echo])
     ids = [[i, i] for i in range(7)]
     assert llama_answers(tmp_path / "x.gguf", ids, set(), 4, workers=3) == ids
+
+
+def test_the_sample_takes_the_first_prompts_of_every_held_out_combination(dataset):
+    """The GPU tier's 2,240 held-out prompts (224 combinations × 10) → 448, two of each, in the split's order."""
+    from collections import Counter
+
+    from harness.gguf_heldout import PROMPTS_PER_COMBINATION, heldout_sample
+
+    test = dataset["test"]
+    sample = heldout_sample(test, PROMPTS_PER_COMBINATION)
+    per = Counter(ex.templates[-1] for ex in sample)
+    assert len(per) == len({ex.templates[-1] for ex in test}) and set(per.values()) == {PROMPTS_PER_COMBINATION}
+    position = {ex.id: i for i, ex in enumerate(test)}
+    assert [position[ex.id] for ex in sample] == sorted(position[ex.id] for ex in sample)
+    assert heldout_sample(test, PROMPTS_PER_COMBINATION) == sample  # the same prompts every run
+    assert heldout_sample(test, None) == list(test)
+    # the GPU fault runs score the first 64 prompts, 64 different combinations: the sample keeps all of them
+    assert heldout_sample(test[:64], PROMPTS_PER_COMBINATION) == list(test[:64])
+
+
+@pytest.mark.parametrize("value, expected", [("", 2), ("all", None), ("ALL", None), ("5", 5)])
+def test_the_share_read_comes_from_the_environment(monkeypatch, value, expected):
+    from harness.gguf_heldout import per_combination_default
+
+    monkeypatch.setenv("HARNESS_GGUF_HELDOUT_PER_COMBINATION", value)
+    assert per_combination_default() == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_a_share_that_is_not_a_count_says_what_to_write(monkeypatch, value):
+    from harness.gguf_heldout import per_combination_default
+
+    monkeypatch.setenv("HARNESS_GGUF_HELDOUT_PER_COMBINATION", value)
+    with pytest.raises(ValueError, match="'all'"):
+        per_combination_default()
+
+
+def _sampled_compare(lost_every, combinations=224, per=10):
+    """compare() on heldout_sample's share of a split like the tier's. The trained model is wrong on every item ≡ 3
+    (mod 10); the GGUF differs from it both ways, worse on items ≡ 0 (mod 40) and better on items ≡ 13 (mod 40): a
+    share of 1/20 differing (the H200 readings had 2 of 64, 1/32), and wrong besides on every `lost_every`-th item."""
+    from harness.gguf_heldout import PROMPTS_PER_COMBINATION, compare, heldout_sample
+
+    examples = [SimpleNamespace(**{**vars(ex), "templates": [f"combo-{i % combinations}"]})
+                for i, ex in enumerate(_examples(combinations * per))]
+    trained_right = lambda i: i % 10 != 3  # noqa: E731
+    differs = lambda i: i % 40 in (0, 13)  # noqa: E731
+    gguf_right = lambda i: (trained_right(i) != differs(i)) and not (lost_every and i % lost_every == 1)  # noqa: E731
+    trained = _trained(examples, trained_right)
+    sample = heldout_sample(examples, PROMPTS_PER_COMBINATION)
+    index = {ex.id: i for i, ex in enumerate(examples)}
+    outputs = [CALL if gguf_right(index[ex.id]) else WRONG for ex in sample]
+    return compare(sample, outputs, {ex.id: trained[ex.id] for ex in sample})
+
+
+def test_the_sample_passes_a_faithful_export_and_fails_one_that_loses_the_bounds_worth():
+    """The sample's power, planted: with answers that differ both ways (as measured), the 448 prompts pass a faithful
+    GGUF with room (CI's upper end well under the bound), and a GGUF that loses one item in 14 (0.07) does not pass."""
+    faithful = _sampled_compare(lost_every=0)
+    assert faithful["prompts"] == 448 and faithful["exact_match_drop_ci95"][1] < GGUF_HELDOUT_MAX_DROP / 2
+    assert evaluate(CLAIM, faithful, "gpu").verdict == "pass"
+    lossy = _sampled_compare(lost_every=14)
+    assert lossy["exact_match_drop"] > GGUF_HELDOUT_MAX_DROP
+    assert evaluate(CLAIM, lossy, "gpu").verdict != "pass"
