@@ -110,6 +110,9 @@ collect() {
   for f in "$HARNESS_GPU_FAULT_OUT"/*/latest/results.json; do
     [ -f "$f" ] && cp "$f" "$dest/gpu-fault-results-$(basename "$(dirname "$(dirname "$f")")").json"
   done
+  for f in "$HARNESS_GPU_FAULT_OUT"/*/pytest-log.txt; do  # each run's pytest output so far (progress bars dropped)
+    [ -f "$f" ] && grep -v "it/s\]\|s/it\]\|batch/s\]" "$f" | tail -c 300000 > "$dest/gpu-fault-log-$(basename "$(dirname "$f")").txt"
+  done
   for f in "$HARNESS_GPU_FAULT_OUT"/*/e2e/run.json; do
     [ -f "$f" ] && cp "$f" "$dest/gpu-fault-run-$(basename "$(dirname "$(dirname "$f")")").json"
   done

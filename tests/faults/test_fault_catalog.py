@@ -30,28 +30,35 @@ def run_fault(fault, out: Path, extra_args: tuple[str, ...] = (), extra_env: dic
     env.pop("HARNESS_FAULT", None)
     if plant:  # (the GPU faults' control run plants nothing)
         env["HARNESS_FAULT"] = fault.id
+    # The run's output goes to a file in its folder as it is written, not to a pipe read at the end: a GPU runner lost
+    # mid-catalog (2026-11-29: two runs 7+ min inside the GGUF export test) then still says where each run was.
+    log = out / fault.id / "pytest-log.txt"
+    log.parent.mkdir(parents=True, exist_ok=True)
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra_args, *fault.tests],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        with log.open("w", encoding="utf-8") as sink:
+            returncode = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra_args,
+                                         *fault.tests], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                        text=True, timeout=timeout).returncode
     except subprocess.TimeoutExpired:  # named as this fault's outcome, not a traceback that hides which fault it was
         return {"id": fault.id, "description": fault.description, "expected_claim": fault.expected_claim,
-                "caught": False, "red_claims": [], "error": f"its run did not finish in {timeout} s"}
+                "caught": False, "red_claims": [], "error": f"its run did not finish in {timeout} s ({log})"}
+    output = log.read_text(encoding="utf-8", errors="replace")
     try:
         results = json.loads((out / fault.id / "latest" / "results.json").read_text())
     except (OSError, ValueError):
         return {"id": fault.id, "description": fault.description, "expected_claim": fault.expected_claim, "caught": False,
-                "red_claims": [], "error": proc.stdout[-500:] + proc.stderr[-500:]}
+                "red_claims": [], "error": output[-1000:]}
     red = [c["id"] for c in results["claims"] if c["regression"]]
     caught = fault.expected_claim in red
     outcome = {"id": fault.id, "description": fault.description, "expected_claim": fault.expected_claim,
-               "caught": caught, "red_claims": red, "pytest_exit": proc.returncode}
+               "caught": caught, "red_claims": red, "pytest_exit": returncode}
     if getattr(fault, "shows", None) is not None:  # the red must carry the planted change's own evidence
         evidence = next((c.get("evidence") or {} for c in results["claims"] if c["id"] == fault.expected_claim), {})
         outcome["shows_the_fault"] = any(fault.shows(ev) for ev in evidence.values() if isinstance(ev, dict))
         outcome["caught"] = caught and outcome["shows_the_fault"]
         if caught and not outcome["shows_the_fault"]:
             outcome["error"] = ("its claim is red without the fault's evidence (a crash or a failed assertion before "
-                                f"certify?): {proc.stdout[-400:]}")
+                                f"certify?): {output[-400:]}")
     return outcome
 
 
@@ -108,7 +115,8 @@ def test_every_gpu_fault_is_caught_by_its_claim(tmp_path, run_extras):
         # a run that broke before its report would read the earlier results.json as its own
         shutil.rmtree(out / f.id, ignore_errors=True)
         (out / f"outcome-{f.id}.json").unlink(missing_ok=True)
-        outcome = run_fault(f, out, ("-m", "gpu"), {
+        # -v --durations=0: each test's end and time in the run's log as it happens (a poll packs the log)
+        outcome = run_fault(f, out, ("-m", "gpu", "-v", "--durations=0"), {
             **_gpu_fault_env(), "HARNESS_E2E_OUT": str(out / f.id / "e2e"), **placed[f.id],
             "HARNESS_EXPERIMENTS_DIR": str(out / f.id / "experiments")}, GPU_FAULT_TIMEOUT_S, plant=f is not control)
         tmp = out / f"outcome-{f.id}.json.tmp"  # whole or absent when a poll packs it
@@ -117,6 +125,10 @@ def test_every_gpu_fault_is_caught_by_its_claim(tmp_path, run_extras):
         return outcome
 
     out.mkdir(parents=True, exist_ok=True)
+    for f in GPU_FAULTS:  # a partial rerun: an earlier catalog's files of the faults not rerun would be packed as this one's
+        if f not in selected:
+            shutil.rmtree(out / f.id, ignore_errors=True)
+            (out / f"outcome-{f.id}.json").unlink(missing_ok=True)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # each run's reference fine-tune in a folder of its own (the runner's HARNESS_E2E_OUT is one shared folder)
         outcomes = list(pool.map(run, runs))
