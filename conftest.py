@@ -100,10 +100,11 @@ def llama_cpp_tree():
 
 @pytest.fixture(scope="session")
 def tiny_gguf_converter(llama_cpp_tree, tiny_dir, tmp_path_factory):
-    """The tiny checkpoint through llama.cpp's own convert_hf_to_gguf.py --outtype q8_0 (Unsloth's converter)."""
-    from harness.llama_cpp_vendor import convert
+    """The tiny checkpoint through llama.cpp's own convert_hf_to_gguf.py --outtype q8_0 (Unsloth's converter), made once
+    per distinct converter, checkpoint and libraries (harness.llama_cpp_vendor.convert_once)."""
+    from harness.llama_cpp_vendor import convert_once
 
-    return Path(convert(llama_cpp_tree, tiny_dir, tmp_path_factory.mktemp("gguf") / "tiny-converter-q8_0.gguf")["file"])
+    return Path(convert_once(llama_cpp_tree, tiny_dir, tmp_path_factory.mktemp("gguf") / "tiny-converter-q8_0.gguf")["file"])
 
 
 @pytest.fixture(scope="session")

@@ -62,6 +62,13 @@ def heldout_sample(examples, per_combination: int | None) -> list:
     return sample
 
 
+def threads_per_worker(workers: int) -> int:
+    """THREADS_PER_WORKER, fewer where `workers` children of that many would outnumber the cores: llama.cpp's threads
+    wait for each other spinning, so oversubscribed they crawl. Two children of 2 threads on 2 cores answered 4 prompts
+    of the tiny model in 5.3-9.4 s, one child in 0.8 s (2026-11-29)."""
+    return max(1, min(THREADS_PER_WORKER, host_load()[1] // max(1, workers)))
+
+
 def workers_default() -> int:
     """$HARNESS_LLAMA_WORKERS, else one child per THREADS_PER_WORKER cores (1 to 8)."""
     env = os.environ.get("HARNESS_LLAMA_WORKERS")
@@ -73,8 +80,8 @@ def llama_answers(path: Path, prompt_ids: list[list[int]], stop: set[int], max_n
     """llama.cpp's greedy continuation (token ids, stop excluded) of each prompt, in order, from `workers` children
     (harness.gguf_verify.llama_children says whose fault a failed child is: a starved host's, the reader's or the file's)."""
     workers = max(1, min(workers or workers_default(), len(prompt_ids) or 1))
-    jobs = [{**_job(path, [], prompt_ids[w::workers], stop, max_new_tokens, use_mmap()), "threads": THREADS_PER_WORKER,
-             "reuse_prefix": True} for w in range(workers)]
+    jobs = [{**_job(path, [], prompt_ids[w::workers], stop, max_new_tokens, use_mmap()),
+             "threads": threads_per_worker(workers), "reuse_prefix": True} for w in range(workers)]
     outputs = llama_children(jobs, timeout, doing="answering the held-out prompts of", claims=("GGUF-HELDOUT",),
                              overload_fix="fewer children (HARNESS_LLAMA_WORKERS=1) or fewer runs at once on this host")
     answers: list[list[int]] = [[] for _ in prompt_ids]
@@ -156,8 +163,8 @@ def heldout_facts(gguf_path: Path, checkpoint: Path, examples, outputs_jsonl: Pa
                        "combinations": len({ex.templates[-1] for ex in examples}),
                        "rule": f"the first {per_combination or 'every'} of each held-out combination, in test-split order"}
     facts["seconds"] = round(time.perf_counter() - started, 1)
-    facts["reader"] = (f"llama.cpp (llama-cpp-python), {max(1, min(workers_default(), len(ids)))} children × "
-                       f"{THREADS_PER_WORKER} threads")
+    children = max(1, min(workers_default(), len(ids)))
+    facts["reader"] = f"llama.cpp (llama-cpp-python), {children} children × {threads_per_worker(children)} threads"
     if out_path is not None:
         facts.update(write_outputs(out_path, output_rows(examples, outputs)))
     return facts

@@ -93,6 +93,11 @@ def cpu_signature() -> str:
     return f"{platform.machine()}:{','.join(wide)}"
 
 
+def entry_key(kind: str, inputs: dict) -> str:
+    """The cache key of a result of `kind` computed from `inputs` (also for cached files: harness.llama_cpp_vendor)."""
+    return _key(kind, inputs)
+
+
 def _key(kind: str, inputs: dict) -> str:
     text = json.dumps({"format": FORMAT, "kind": kind, "python": sys.version_info[:2], **inputs}, sort_keys=True,
                       default=str)

@@ -181,3 +181,13 @@ def test_the_sample_passes_a_faithful_export_and_fails_one_that_loses_the_bounds
     lossy = _sampled_compare(lost_every=14)
     assert lossy["exact_match_drop"] > GGUF_HELDOUT_MAX_DROP
     assert evaluate(CLAIM, lossy, "gpu").verdict != "pass"
+
+
+@pytest.mark.parametrize("cores, workers, threads", [(2, 1, 2), (2, 2, 1), (16, 8, 2), (16, 4, 2), (3, 2, 1), (1, 4, 1)])
+def test_the_children_never_outnumber_the_cores_with_their_threads(monkeypatch, cores, workers, threads):
+    """llama.cpp's threads spin while they wait for each other: 2 children × 2 threads on 2 cores took 5-9 s for what
+    one child did in 0.8 s."""
+    from harness import gguf_heldout
+
+    monkeypatch.setattr(gguf_heldout, "host_load", lambda: (0.0, cores))
+    assert gguf_heldout.threads_per_worker(workers) == threads

@@ -1,6 +1,7 @@
 """The measurement cache returns a stored result only for the same content, and never trusts a tampered entry."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,58 @@ def test_code_digest_follows_the_measuring_function_not_its_neighbours():
 
     assert mc.code_digest(measure_a) == mc.code_digest(measure_a) != mc.code_digest(measure_b)
     assert mc.code_digest(mc) != mc.code_digest(measure_a)  # a module counts whole
+
+
+def _fake_tree_and_checkpoint(tmp_path):
+    tree, checkpoint = tmp_path / "tree", tmp_path / "ckpt"
+    (tree / "gguf-py" / "gguf").mkdir(parents=True)
+    (tree / "conversion").mkdir()
+    (tree / "convert_hf_to_gguf.py").write_text("# converter")
+    (tree / "gguf-py" / "gguf" / "quants.py").write_text("# quants")
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    return tree, checkpoint
+
+
+@pytest.fixture
+def fake_convert(monkeypatch):
+    from harness import llama_cpp_vendor
+
+    calls = []
+
+    def convert(tree, checkpoint, out_file, outtype="q8_0"):
+        calls.append(out_file)
+        out_file.write_bytes((checkpoint / "model.safetensors").read_bytes() + outtype.encode())
+        return {"file": str(out_file), "seconds": 8.2, "converter": str(tree / "convert_hf_to_gguf.py")}
+
+    monkeypatch.setattr(llama_cpp_vendor, "convert", convert)
+    return calls
+
+
+def test_the_converters_file_is_made_once_per_content(cache, tmp_path, fake_convert):
+    """llama.cpp's converter (the reference the exporter is compared with) runs once for the same tree, checkpoint and
+    libraries; a changed weight file or converter source is a new file, and the cache off converts every time."""
+    from harness.llama_cpp_vendor import convert_once
+
+    tree, checkpoint = _fake_tree_and_checkpoint(tmp_path)
+    first = convert_once(tree, checkpoint, tmp_path / "a.gguf")
+    second = convert_once(tree, checkpoint, tmp_path / "b.gguf")
+    assert len(fake_convert) == 1 and (first["cached"], second["cached"]) == (False, True)
+    assert first["file"] == second["file"] and Path(second["file"]).read_bytes() == b"weightsq8_0"
+    assert second["seconds"] == 8.2  # the conversion's own time, not the cache hit's
+    (checkpoint / "model.safetensors").write_bytes(b"trained")  # another checkpoint
+    assert Path(convert_once(tree, checkpoint, tmp_path / "c.gguf")["file"]).read_bytes() == b"trainedq8_0"
+    (tree / "gguf-py" / "gguf" / "quants.py").write_text("# quants, rounding changed")  # another converter
+    convert_once(tree, checkpoint, tmp_path / "d.gguf")
+    assert len(fake_convert) == 3
+
+
+def test_the_converter_runs_every_time_with_the_cache_off(cache, tmp_path, fake_convert, monkeypatch):
+    from harness.llama_cpp_vendor import convert_once
+
+    monkeypatch.setenv(mc.ENV, "0")
+    tree, checkpoint = _fake_tree_and_checkpoint(tmp_path)
+    for name in ("a.gguf", "b.gguf"):
+        assert convert_once(tree, checkpoint, tmp_path / name)["file"] == str(tmp_path / name)
+    assert len(fake_convert) == 2
