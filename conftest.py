@@ -8,11 +8,22 @@ loads it: pytest skips the second registration under the same name.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 pytest_plugins = ["harness.pytest_plugin"]
+
+# OpenMP threads that wait sleep instead of spinning, unless the caller chose: for most of a CPU session the tiny
+# fine-tune runs beside the tests (tests/slow/finetune_tiny_run.py), so torch's threads here share the cores with it, and
+# a thread spinning at a barrier holds a core the other process needs. On 2 cores (2026-11-29) `certify` took 112.0 s
+# instead of 118.9 s, user CPU 177 s instead of 195 s, the same verdicts. llama.cpp's children get spinning back
+# (harness.gguf_verify._child_env): alone on their cores they decode faster so. Set before torch is imported (libgomp
+# reads it once, when it loads); OpenMP's wait policy changes when threads sleep, never what they compute.
+if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["HARNESS_OMP_PASSIVE_SET"] = "1"
 
 
 def _hypothesis_profiles() -> None:

@@ -294,11 +294,25 @@ def _child_command() -> list[str]:
     return [sys.executable, "-m", "harness.gguf_verify"]
 
 
+# Set by this repository's conftest.py where it made the test process's OpenMP threads sleep while they wait
+# (OMP_WAIT_POLICY=PASSIVE): llama.cpp's children then get the default back, spinning. A child decodes alone on its
+# cores and spinning is faster there: the 270M check took 12.7 s spinning, 17.2 s sleeping (2 cores, 2026-11-29).
+PASSIVE_SET_BY_SUITE = "HARNESS_OMP_PASSIVE_SET"
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    if env.pop(PASSIVE_SET_BY_SUITE, None):
+        env.pop("OMP_WAIT_POLICY", None)
+    return env
+
+
 def _llama_child(job: dict, timeout: int) -> subprocess.CompletedProcess:
     """`python -m harness.gguf_verify` with the job on stdin: llama.cpp alone in a fresh process, its failure judged by
     the caller: the doctor (on Google's own file any failure, a hang included, is the reader's) and llamacpp_loads (a
     failed load is retried without mmap and returned as (False, why)). Other callers: llama_children."""
-    return subprocess.run(_child_command(), input=json.dumps(job), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(_child_command(), input=json.dumps(job), capture_output=True, text=True, timeout=timeout,
+                          env=_child_env())
 
 
 POLL_S = 0.05  # how often llama_children looks for a finished child: nothing next to children that run for seconds
@@ -333,7 +347,8 @@ def llama_children(jobs: list[dict], timeout: float, *, doing: str = "reading", 
                                          for _ in range(3))
                 json.dump(job, stdin)
                 stdin.seek(0)
-                children.append((subprocess.Popen(_child_command(), stdin=stdin, stdout=stdout, stderr=stderr),
+                children.append((subprocess.Popen(_child_command(), stdin=stdin, stdout=stdout, stderr=stderr,
+                                                  env=_child_env()),
                                  stdout, stderr))
             running = list(range(len(children)))
             while running and failed is None:
