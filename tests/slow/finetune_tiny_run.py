@@ -40,17 +40,32 @@ def stop() -> None:
         _STATE.pop("queue").stop()
 
 
-def record() -> dict:
-    """The run's record once complete; AssertionError with its log's tail if it failed. Not started at collection
-    (a pytest-xdist worker, a runner that skipped the hook): started now."""
+# How long the run's tests wait for it: it took 59 s alone on 2 cores (2026-11-29); a hung child must fail its tests
+# with its log, not hold the session until CI's limit.
+RECORD_TIMEOUT_S = 900
+
+
+def record(timeout: float = RECORD_TIMEOUT_S) -> dict:
+    """The run's record once complete; AssertionError with its log's tail if it failed or did not finish within
+    `timeout` s (then it is stopped, and the run's later tests fail at once). Not started at collection (a pytest-xdist
+    worker, a runner that skipped the hook): started now."""
     if "error" in _STATE:
         raise RuntimeError(f"the tiny fine-tune could not be started: {_STATE['error']!r}") from _STATE["error"]
+    if "timed_out" in _STATE:
+        raise AssertionError(_STATE["timed_out"])
     if "queue" not in _STATE:
         import tempfile
 
         start(Path(tempfile.mkdtemp(prefix="finetune-tiny-")))
-        return record()
-    outcome = _STATE["queue"].wait("tiny")["tiny"]
+        return record(timeout)
+    try:
+        outcome = _STATE["queue"].wait("tiny", timeout=timeout)["tiny"]
+    except TimeoutError:
+        log = _STATE["out"] / "log.txt"
+        tail = log.read_text(errors="replace")[-800:] if log.is_file() else "(no log)"
+        _STATE["timed_out"] = f"the tiny reference fine-tune did not finish in {timeout} s ({log}); stopped:\n{tail}"
+        stop()
+        raise AssertionError(_STATE["timed_out"]) from None
     assert outcome.startswith("complete"), f"the tiny reference fine-tune failed ({_STATE['out']}/log.txt): {outcome}"
     return json.loads((_STATE["out"] / "run.json").read_text())
 
