@@ -319,10 +319,11 @@ POLL_S = 0.05  # how often llama_children looks for a finished child: nothing ne
 
 
 def llama_children(jobs: list[dict], timeout: float, *, doing: str = "reading", claims: tuple[str, ...] = (),
-                   overload_fix: str = "fewer runs at once on this host") -> list[dict]:
+                   overload_fix: str = "fewer runs at once on this host", command: list[str] | None = None) -> list[dict]:
     """The outputs of each job (as _job builds it; "threads", "reuse_prefix" optional) from its own llama.cpp child, in
     the jobs' order. The children run at once, within one `timeout` for all. `doing` (what a child does to its file)
-    and `claims` (the claims an overloaded host leaves unchecked) go into the messages.
+    and `claims` (the claims an overloaded host leaves unchecked) go into the messages. `command`: another child than
+    this module's (harness.llama_text's: a job with a "path", its output JSON on the last line of stdout).
 
     Whose fault a failure is, the same for every caller:
     - past the deadline, or killed by signal 9, on a starved host (host_load above OVERLOADED_LOAD_PER_CORE): the
@@ -347,7 +348,7 @@ def llama_children(jobs: list[dict], timeout: float, *, doing: str = "reading", 
                                          for _ in range(3))
                 json.dump(job, stdin)
                 stdin.seek(0)
-                children.append((subprocess.Popen(_child_command(), stdin=stdin, stdout=stdout, stderr=stderr,
+                children.append((subprocess.Popen(command or _child_command(), stdin=stdin, stdout=stdout, stderr=stderr,
                                                   env=_child_env()),
                                  stdout, stderr))
             running = list(range(len(children)))

@@ -16,7 +16,6 @@ faults that patch llama-cpp-python (harness.pytest_plugin.apply_planted_fault_in
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -126,19 +125,19 @@ def _child(job: dict) -> dict:
     return {"prompt_and_stop": _prompt_and_stop, "logits_at": _logits_at}[job["kind"]](llm, job)
 
 
+def child_command() -> list[str]:
+    return [sys.executable, "-m", "harness.llama_text"]
+
+
 def run_child(job: dict, timeout: int = 900) -> dict:
-    from harness.gguf_verify import GGUFVerifyError, _failure, use_mmap
+    """One job in a llama.cpp child of this module, judged as every llama.cpp child is
+    (harness.gguf_verify.llama_children: past the deadline or killed on a starved host, the host's; a reader failing
+    on Google's own GGUF, an environment problem; else the file's). It once had a rule of its own: a timeout escaped
+    as subprocess.TimeoutExpired, a failure with no cause."""
+    from harness.gguf_verify import llama_children, use_mmap
 
-    job = {"mmap": use_mmap(), **job}
-    proc = subprocess.run([sys.executable, "-m", "harness.llama_text"], input=json.dumps(job), capture_output=True,
-                          text=True, timeout=timeout)
-    if proc.returncode != 0:
-        from harness.doctor import require_llama_cpp
-
-        require_llama_cpp()  # a reader that fails on Google's own GGUF too: EnvironmentProblem, reported as a skip
-        raise GGUFVerifyError(f"llama.cpp {_failure(proc)} reading {job['path']}, while it decodes Google's own GGUF: "
-                              f"the file is at fault; check it alone with python -m harness verify-gguf {job['path']}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return llama_children([{"mmap": use_mmap(), **job}], timeout, doing=f"reading ({job['kind']})",
+                          claims=("GGUF-PROMPT-TEXT", "GGUF-EOS", "GGUF-SLIDING-WINDOW"), command=child_command())[0]
 
 
 # ---- the parent: measurements for the claims ---------------------------------------------------------

@@ -163,7 +163,7 @@ print(json.dumps({"greedy": job["prompt_ids"]}))
 @pytest.fixture
 def fake_llama_children(monkeypatch):
     """llama_children starts the fake child instead of llama.cpp's; every child it starts is recorded."""
-    from harness import gguf_verify
+    from harness import gguf_verify, llama_text
 
     started = []
 
@@ -172,7 +172,9 @@ def fake_llama_children(monkeypatch):
             super().__init__(*args, **kwargs)
             started.append(self)
 
-    monkeypatch.setattr(gguf_verify, "_child_command", lambda: [sys.executable, "-I", "-c", FAKE_LLAMA_CHILD])
+    fake = [sys.executable, "-I", "-c", FAKE_LLAMA_CHILD]
+    monkeypatch.setattr(gguf_verify, "_child_command", lambda: fake)
+    monkeypatch.setattr(llama_text, "child_command", lambda: fake)  # harness.llama_text's child: the same runner
     monkeypatch.setattr(subprocess, "Popen", Recorded)
     return started
 
@@ -260,3 +262,28 @@ def test_llama_children_return_each_jobs_outputs_in_order(fake_llama_children):
 
     assert llama_children(_jobs("ok", "ok", "ok"), timeout=60) == [{"greedy": [[0]]}, {"greedy": [[1]]},
                                                                     {"greedy": [[2]]}]
+
+
+@pytest.mark.parametrize("path, load_per_core, raised, message", [
+    ("hang", 0.5, "GGUFVerifyError", r"did not finish within 1 s on a host that is not starved .* the file is at fault"),
+    ("hang", 5.0, "EnvironmentProblem", r"did not finish within 1 s .*the runner is overloaded"),
+    ("sigsegv", 0.5, "GGUFVerifyError", r"crashed \(signal 11\) reading \(prompt_and_stop\) sigsegv"),
+])
+def test_the_text_prompt_child_is_judged_like_every_llama_child(fake_llama_children, monkeypatch, path, load_per_core,
+                                                                 raised, message):
+    """harness.llama_text (GGUF-PROMPT-TEXT, GGUF-EOS, GGUF-SLIDING-WINDOW) once let a timeout escape as
+    subprocess.TimeoutExpired; its child now goes through llama_children's rule."""
+    from harness import gguf_verify
+    from harness.llama_text import run_child
+
+    _load(monkeypatch, load_per_core)
+    monkeypatch.setattr(doctor, "require_llama_cpp", lambda: None)
+    error = {"GGUFVerifyError": gguf_verify.GGUFVerifyError, "EnvironmentProblem": doctor.EnvironmentProblem}[raised]
+    with pytest.raises(error, match=message):
+        run_child({"kind": "prompt_and_stop", "path": path, "prompt_ids": [[1]]}, timeout=1)
+
+
+def test_the_text_prompt_child_returns_its_output(fake_llama_children):
+    from harness.llama_text import run_child
+
+    assert run_child({"kind": "logits_at", "path": "ok", "prompt_ids": [[7]]}) == {"greedy": [[7]]}
