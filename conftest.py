@@ -20,8 +20,11 @@ pytest_plugins = ["harness.pytest_plugin"]
 # a thread spinning at a barrier holds a core the other process needs. On 2 cores (2026-11-29) `certify` took 112.0 s
 # instead of 118.9 s, user CPU 177 s instead of 195 s, the same verdicts. llama.cpp's children get spinning back
 # (harness.gguf_verify._child_env): alone on their cores they decode faster so. Set before torch is imported (libgomp
-# reads it once, when it loads); OpenMP's wait policy changes when threads sleep, never what they compute.
-if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
+# reads it once, when it loads); OpenMP's wait policy changes when threads sleep, never what they compute. Not on a
+# machine with an NVIDIA GPU: there every child process (fine-tunes, probes, the step timings' servers) would inherit
+# it and the GPU benchmarks' baselines would move without a word.
+_HAS_NVIDIA_GPU = Path("/proc/driver/nvidia/gpus").is_dir() or Path("/dev/nvidia0").exists()
+if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules and not _HAS_NVIDIA_GPU:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ["HARNESS_OMP_PASSIVE_SET"] = "1"
 

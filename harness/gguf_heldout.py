@@ -145,12 +145,18 @@ def heldout_facts(gguf_path: Path, checkpoint: Path, examples, outputs_jsonl: Pa
 
     if per_combination == "default":
         per_combination = per_combination_default()
+    elif per_combination == "all":
+        per_combination = None
+    if per_combination is not None and (not isinstance(per_combination, int) or per_combination < 1):
+        raise ValueError(f"per_combination={per_combination!r}: a whole number of prompts (1 or more), None or 'all'")
+    offered_ids = {ex.id for ex in examples}
     offered = len(examples)
     examples = heldout_sample(examples, per_combination)
     trained = trained_rows(outputs_jsonl)
     sampled = {ex.id for ex in examples}
-    # the trained model's rows outside the sample are not "unmatched": only those of sampled items count
-    trained_in_sample = {i: r for i, r in trained.items() if per_combination is None or i in sampled}
+    # rows of offered items left out of the sample are not "unmatched"; rows of items never offered still are (the
+    # trained model scored prompts this GGUF was not asked)
+    trained_in_sample = {i: r for i, r in trained.items() if i in sampled or i not in offered_ids}
 
     tokenizer = load_tokenizer(str(checkpoint))
     stop = {tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id}
@@ -159,9 +165,10 @@ def heldout_facts(gguf_path: Path, checkpoint: Path, examples, outputs_jsonl: Pa
     tokens = llama_answers(gguf_path, ids, stop, max_new_tokens)
     outputs = tokenizer.batch_decode(tokens, skip_special_tokens=True)
     facts = compare(examples, outputs, trained_in_sample)
-    facts["sample"] = {"per_combination": per_combination or "all", "prompts": len(examples), "of": offered,
+    facts["sample"] = {"per_combination": per_combination if per_combination is not None else "all", "prompts": len(examples), "of": offered,
                        "combinations": len({ex.templates[-1] for ex in examples}),
-                       "rule": f"the first {per_combination or 'every'} of each held-out combination, in test-split order"}
+                       "rule": (f"the first {per_combination} of each held-out combination, in test-split order"
+                                if per_combination else "every prompt the reference run scored")}
     facts["seconds"] = round(time.perf_counter() - started, 1)
     children = max(1, min(workers_default(), len(ids)))
     facts["reader"] = f"llama.cpp (llama-cpp-python), {children} children × {threads_per_worker(children)} threads"

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.cache import build_once, cache_root
+from harness.cache import build_once, cache_root, sha256_file
 from harness.llama_cpp_build import VERSION as SDIST_VERSION
 # Top-level entries the converter and the llama-quantize build read; the rest (docs, 75 MB of test
 # vocabularies in models/, examples, the web UI) is dropped.
@@ -203,17 +203,30 @@ def convert_once(tree: Path, checkpoint: Path, out_file: Path, outtype: str = "q
                   p.name for p in Path(checkpoint).iterdir() if p.is_file()))), "outtype": outtype,
               "versions": mc.versions("torch", "transformers", "numpy", "sentencepiece", "tokenizers", "safetensors",
                                       "protobuf"),
-              "cpu": mc.cpu_signature(), "code": mc.code_digest(convert)}
+              "cpu": mc.cpu_signature(), "code": mc.code_digest(convert),
+              # the converter writes the folder's name into the file where the config names no model
+              "dir_name": Path(checkpoint).name}
     key = mc.entry_key("llama-cpp-convert", inputs)[:32]
     name = "model.gguf"
     built: dict = {}
 
     def build(tmp: Path) -> None:
         built.update(convert(tree, checkpoint, tmp / name, outtype))
-        (tmp / "convert.json").write_text(json.dumps({"inputs": inputs, "seconds": built["seconds"]}, default=str))
+        (tmp / name).chmod(0o444)  # handed out for reading: a test that wrote to it would change every later run's
+        (tmp / "convert.json").write_text(json.dumps({"inputs": inputs, "seconds": built["seconds"],
+                                                      "sha256": sha256_file(tmp / name)}, default=str))
 
-    target = build_once(cache_root() / "llama-cpp-converted" / key, build,
-                        lambda d: (d / name).is_file() and (d / "convert.json").is_file())
+    def intact(folder: Path) -> bool:  # a file changed or cut short since it was made is made again
+        try:
+            record = json.loads((folder / "convert.json").read_text())
+            return (folder / name).is_file() and sha256_file(folder / name) == record["sha256"]
+        except (OSError, ValueError, KeyError):
+            return False
+
+    target = cache_root() / "llama-cpp-converted" / key
+    if target.exists() and not intact(target):
+        print(f"llama.cpp converter cache: {target} does not match its sha256: converting again", file=sys.stderr)
+    target = build_once(target, build, intact)
     seconds = json.loads((target / "convert.json").read_text())["seconds"]
     return {"file": str(target / name), "seconds": seconds, "converter": str(tree / "convert_hf_to_gguf.py"),
             "cached": not built}

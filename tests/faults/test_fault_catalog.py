@@ -36,12 +36,15 @@ def run_fault(fault, out: Path, extra_args: tuple[str, ...] = (), extra_env: dic
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         with log.open("w", encoding="utf-8") as sink:
-            returncode = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra_args,
+            # -q and -v move one counter: a run asked for -v gets no -q, so its log names each test as it ends
+            quiet = [] if "-v" in extra_args else ["-q"]
+            returncode = subprocess.run([sys.executable, "-m", "pytest", *quiet, "-p", "no:cacheprovider", *extra_args,
                                          *fault.tests], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
                                         text=True, timeout=timeout).returncode
     except subprocess.TimeoutExpired:  # named as this fault's outcome, not a traceback that hides which fault it was
         return {"id": fault.id, "description": fault.description, "expected_claim": fault.expected_claim,
-                "caught": False, "red_claims": [], "error": f"its run did not finish in {timeout} s ({log})"}
+                "caught": False, "red_claims": [],
+                "error": f"its run did not finish in {timeout} s ({log}): {log.read_text(errors='replace')[-1000:]}"}
     output = log.read_text(encoding="utf-8", errors="replace")
     try:
         results = json.loads((out / fault.id / "latest" / "results.json").read_text())

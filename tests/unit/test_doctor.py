@@ -174,7 +174,8 @@ def fake_llama_children(monkeypatch):
 
     fake = [sys.executable, "-I", "-c", FAKE_LLAMA_CHILD]
     monkeypatch.setattr(gguf_verify, "_child_command", lambda: fake)
-    monkeypatch.setattr(llama_text, "child_command", lambda: fake)  # harness.llama_text's child: the same runner
+    # harness.llama_text's child: the same fake, told apart by its last argument (which child a job went to)
+    monkeypatch.setattr(llama_text, "child_command", lambda: [*fake, "llama_text"])
     monkeypatch.setattr(subprocess, "Popen", Recorded)
     return started
 
@@ -287,3 +288,4 @@ def test_the_text_prompt_child_returns_its_output(fake_llama_children):
     from harness.llama_text import run_child
 
     assert run_child({"kind": "logits_at", "path": "ok", "prompt_ids": [[7]]}) == {"greedy": [[7]]}
+    assert [p.args[-1] for p in fake_llama_children] == ["llama_text"]  # its own child, not harness.gguf_verify's

@@ -110,8 +110,8 @@ def test_the_converters_file_is_made_once_per_content(cache, tmp_path, fake_conv
     assert len(fake_convert) == 1 and (first["cached"], second["cached"]) == (False, True)
     assert first["file"] == second["file"] and Path(second["file"]).read_bytes() == b"weightsq8_0"
     assert second["seconds"] == 8.2  # the conversion's own time, not the cache hit's
-    (checkpoint / "model.safetensors").write_bytes(b"trained")  # another checkpoint
-    assert Path(convert_once(tree, checkpoint, tmp_path / "c.gguf")["file"]).read_bytes() == b"trainedq8_0"
+    (checkpoint / "model.safetensors").write_bytes(b"trained weights")  # another checkpoint
+    assert Path(convert_once(tree, checkpoint, tmp_path / "c.gguf")["file"]).read_bytes() == b"trained weightsq8_0"
     (tree / "gguf-py" / "gguf" / "quants.py").write_text("# quants, rounding changed")  # another converter
     convert_once(tree, checkpoint, tmp_path / "d.gguf")
     assert len(fake_convert) == 3
@@ -125,3 +125,18 @@ def test_the_converter_runs_every_time_with_the_cache_off(cache, tmp_path, fake_
     for name in ("a.gguf", "b.gguf"):
         assert convert_once(tree, checkpoint, tmp_path / name)["file"] == str(tmp_path / name)
     assert len(fake_convert) == 2
+
+
+def test_a_converted_file_that_changed_is_made_again_and_is_handed_out_read_only(cache, tmp_path, fake_convert):
+    import os
+
+    from harness.llama_cpp_vendor import convert_once
+
+    tree, checkpoint = _fake_tree_and_checkpoint(tmp_path)
+    path = Path(convert_once(tree, checkpoint, tmp_path / "a.gguf")["file"])
+    assert not os.access(path, os.W_OK) or os.geteuid() == 0  # root may write anyway; the mode is what we set
+    assert path.stat().st_mode & 0o222 == 0
+    path.chmod(0o644)
+    path.write_bytes(b"cut sh")  # changed or cut short after it was made
+    again = convert_once(tree, checkpoint, tmp_path / "b.gguf")
+    assert len(fake_convert) == 2 and not again["cached"] and Path(again["file"]).read_bytes() == b"weightsq8_0"
