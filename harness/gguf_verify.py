@@ -169,7 +169,12 @@ def file_error(path: Path, checkpoint: Path) -> dict:
 def hf_greedy(checkpoint: Path, prompt_ids: list[list[int]], stop: set[int], pad_id: int, max_new_tokens: int) -> list:
     """transformers' float32 greedy continuations (stop tokens stripped), the reference llama.cpp is held to.
     Cached by checkpoint bytes, prompts, torch/transformers versions and the CPU's vector features (float32
-    kernels dispatch on them): 20 prompts of the 270M take ~27 s on 2 cores."""
+    kernels dispatch on them): 20 prompts of the 270M take ~27 s on 2 cores.
+
+    It runs in the calling process (pytest's, on a GPU runner beside the tier's fine-tunes and llama.cpp children)
+    on at most `single_child_threads()` threads: torch's default is every core, and two GPU fault runs each starting
+    16 spinning OpenMP threads on a 16-core runner shared with three fine-tunes sat 7+ min in the export test that
+    took 146 s with one run beside it (2026-11-29; the cause not measured, this is the first suspect)."""
     from harness import measure_cache as mc
 
     def generate() -> list:
@@ -178,14 +183,15 @@ def hf_greedy(checkpoint: Path, prompt_ids: list[list[int]], stop: set[int], pad
 
         model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
         outputs = []
-        for ids in prompt_ids:
-            with torch.no_grad():
-                out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=sorted(stop), pad_token_id=pad_id)
-            hf = out[0][len(ids):].tolist()
-            while hf and hf[-1] in stop:
-                hf.pop()
-            outputs.append(hf)
+        with torch_threads(single_child_threads()):
+            for ids in prompt_ids:
+                with torch.no_grad():
+                    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                         eos_token_id=sorted(stop), pad_token_id=pad_id)
+                hf = out[0][len(ids):].tolist()
+                while hf and hf[-1] in stop:
+                    hf.pop()
+                outputs.append(hf)
         return outputs
 
     inputs = {"checkpoint": mc.folder_digest(checkpoint, ("config.json", "generation_config.json", "model.safetensors")),
@@ -193,6 +199,19 @@ def hf_greedy(checkpoint: Path, prompt_ids: list[list[int]], stop: set[int], pad
               "versions": mc.versions("torch", "transformers"), "cpu": mc.cpu_signature(),
               "code": mc.code_digest(generate)}
     return mc.cached("hf-greedy", inputs, generate)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to `n` for the block, then back to what they were (it is process-wide)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def use_mmap() -> bool:

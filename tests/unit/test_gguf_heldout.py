@@ -192,3 +192,27 @@ def test_the_children_never_outnumber_the_cores_with_their_threads(monkeypatch, 
 
     monkeypatch.setattr(gguf_heldout, "host_load", lambda: (0.0, cores))
     assert gguf_heldout.threads_per_worker(workers) == threads
+
+
+def test_the_transformers_reference_runs_on_a_bounded_share_of_the_cores(tiny_dir, monkeypatch):
+    """hf_greedy (GGUF-LLAMACPP's reference) computes in the pytest process: on a 64-core runner it takes at most 4
+    torch threads (torch's default, every core, let two fault runs' OpenMP pools spin on one runner), and the
+    process's own setting is back afterwards. Planted: without the bound it would run on all 64."""
+    import torch
+
+    from harness import gguf_verify
+
+    monkeypatch.setenv("HARNESS_MEASUREMENT_CACHE", "0")
+    monkeypatch.setattr(gguf_verify, "host_load", lambda: (0.0, 64))
+    seen = []
+    real_generate = __import__("transformers").GenerationMixin.generate
+
+    def generate(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr("transformers.GenerationMixin.generate", generate)
+    before = torch.get_num_threads()
+    out = gguf_verify.hf_greedy(tiny_dir, [[2, 105, 2364, 107], [2, 105, 4368]], {106, 1}, 0, 3)
+    assert len(out) == 2 and seen == [4, 4]
+    assert torch.get_num_threads() == before
