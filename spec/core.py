@@ -146,7 +146,11 @@ class Outcome:
         return not self.verdict_as_recorded or bool(self.violations)
 
     def explain(self) -> str:
-        lines = [f"{self.claim_id} [{self.context}]: expected verdict {self.expected!r}, observed {self.verdict!r}"]
+        if self.verdict_as_recorded:  # "expected 'pass', observed 'pass'" above a violated bound read as no failure
+            lines = [f"{self.claim_id} [{self.context}]: verdict {self.verdict!r} as recorded, but the evidence left "
+                     f"{len(self.violations)} recorded bound(s)"]
+        else:
+            lines = [f"{self.claim_id} [{self.context}]: expected verdict {self.expected!r}, observed {self.verdict!r}"]
         lines += [f"  bound violated: {v}" for v in self.violations]
         lines += [f"  evidence {k} = {v!r}" for k, v in self.evidence.items() if not isinstance(v, (list, dict))]
         return "\n".join(lines)

@@ -32,3 +32,17 @@ def test_every_expectation_source_is_stored_or_derived():
     missing = [(c.id, s) for c in spec.CLAIMS.values() for s in c.sources
                if not s.startswith("derived: ") and not list(root.glob(s))]
     assert missing == []
+
+
+def test_a_moved_bound_under_a_recorded_verdict_is_explained_as_such():
+    """The GPU token-type fault (2026-11-29) printed "expected verdict 'pass', observed 'pass'" above its violated
+    bound: a reader saw no failure. A moved bound now says the verdict is as recorded and the evidence left a bound."""
+    from spec.core import Outcome
+
+    moved = Outcome("GGUF-Q8-EXPORT", "unsloth", "pass", "pass", {"token_table_entries_differing": 2},
+                    ["token_table_entries_differing == 0 (observed 2)"])
+    assert moved.regression
+    assert moved.explain().splitlines()[0] == ("GGUF-Q8-EXPORT [unsloth]: verdict 'pass' as recorded, but the evidence "
+                                               "left 1 recorded bound(s)")
+    flipped = Outcome("GGUF-Q8-EXPORT", "unsloth", "fail", "pass", {}, [])
+    assert "expected verdict 'pass', observed 'fail'" in flipped.explain()
