@@ -45,14 +45,19 @@ def visible_devices() -> list[str]:
         return []
 
 
-def shared_gpu_env(slots: int) -> dict:
-    """Environment for runs sharing one GPU: about one CPU thread each (oversubscribed threads slowed 4 CPU runs
-    on 2 cores ~10×) and expandable segments so their memory packs together. The generation batch is no longer fixed
-    at 16 here: harness.evaluate sizes it by the memory free when it starts and halves it on an out-of-memory error;
-    each of the `slots` runs may count on its share of a quarter of that memory (a neighbour's training step has no
-    retry)."""
+def shared_gpu_env(slots: int, on_this_gpu: int | None = None) -> dict:
+    """Environment for `slots` runs at once on the host (`on_this_gpu` of them on a run's GPU, all of them if None):
+    the cores shared among them (oversubscribed threads slowed 4 CPU runs on 2 cores ~10×) and expandable segments so
+    their memory packs together. The generation batch is no longer fixed at 16 here: harness.evaluate sizes it by the
+    memory free when it starts and halves it on an out-of-memory error; each run on a GPU may count on its share of a
+    quarter of that memory (a neighbour's training step has no retry).
+
+    The counts are the runs that can really be at once, not the queue's capacity: the reference run queued alone in a
+    13-slot queue (an H200, 2026-11-29) was given 1/13 of a quarter and one CPU thread, and its evaluation batch grew
+    only to 64 on an idle GPU."""
+    on_gpu = slots if on_this_gpu is None else on_this_gpu
     return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // max(1, slots))),
-            "HARNESS_EVAL_MEMORY_SHARE": f"{0.25 / max(1, slots):.4f}",
+            "HARNESS_EVAL_MEMORY_SHARE": f"{0.25 / max(1, on_gpu):.4f}",
             "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
 
 
@@ -82,7 +87,8 @@ class RunQueue:
             raise ValueError(f"no GPU slots in {devices!r}")
         self.slots = sum(self.devices.values()) if self.devices else max(1, slots)
         self.desc, self.poll_seconds = desc, poll_seconds
-        self.env = {**os.environ, **shared_gpu_env(self.slots), **(env or {})}
+        self.caller_env = dict(env or {})  # wins over shared_gpu_env's figures
+        self.env = dict(os.environ)
         self.placed: dict[str, str] = {}  # run name -> the GPU it ran on
         root = str(Path(__file__).resolve().parents[1])
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH")) if p)
@@ -100,6 +106,13 @@ class RunQueue:
             self.outcomes[name] = "complete (earlier)"
         else:
             self.runs.append(Run(name, Path(folder), list(cmd)))
+
+    def run_env(self, device: str | None = None) -> dict:
+        """A run's environment: at most min(slots, queued runs) run at once on the host, and on `device` at most
+        min(its slots, queued runs)."""
+        queued = max(1, len(self.runs))
+        on_gpu = min(self.devices[device], queued) if device is not None and self.devices else None
+        return {**self.env, **shared_gpu_env(min(self.slots, queued), on_gpu), **self.caller_env}
 
     def start(self) -> "RunQueue":
         self._thread = threading.Thread(target=self._drive, name=f"run-queue {self.desc}", daemon=True)
@@ -123,12 +136,12 @@ class RunQueue:
                     run.folder.mkdir(parents=True, exist_ok=True)
                     log = open(run.folder / "log.txt", "w")
                     self.started[run.name] = time.time()
-                    env = self.env
+                    env = self.run_env()
                     if self.devices:
                         busy = {d: sum(self.placed.get(n) == d for n in running) for d in self.devices}
                         device = max(self.devices, key=lambda d: self.devices[d] - busy[d])  # the most free slots
                         self.placed[run.name] = device
-                        env = {**self.env, "CUDA_VISIBLE_DEVICES": device}
+                        env = {**self.run_env(device), "CUDA_VISIBLE_DEVICES": device}
                     try:
                         proc = subprocess.Popen(run.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
                     except OSError as exc:

@@ -122,3 +122,45 @@ def test_gpu_tests_run_in_phase_order():
     assert first["test_gc_vram_grid"] < first["test_experiment_claims"] < first["test_training_step_time"]
     assert first["test_gc_vram_grid"] < first["test_reference_finetune_end_to_end"] < first["test_experiment_claims"]
     assert "test_performance" in ids[-1]
+
+
+def _records_env(folder: Path) -> list[str]:
+    script = (f"import json, os, pathlib; pathlib.Path({str(folder)!r}, 'run.json').write_text(json.dumps({{"
+              f"'complete': True, 'device': os.environ.get('CUDA_VISIBLE_DEVICES'), "
+              f"'share': os.environ['HARNESS_EVAL_MEMORY_SHARE'], 'threads': os.environ['OMP_NUM_THREADS']}}))")
+    return [sys.executable, "-c", script]
+
+
+@pytest.mark.parametrize("slots, devices, runs, share, at_once", [
+    (13, None, 1, {None: "0.2500"}, 1),  # the reference run queued alone: the whole quarter, every core
+    (13, None, 2, {None: "0.1250"}, 2),
+    (3, None, 6, {None: "0.0833"}, 3),
+    (1, {"0": 2, "3": 1}, 6, {"0": "0.1250", "3": "0.2500"}, 3),  # per GPU: its own slots
+    # two runs over two GPUs land one on each, but a GPU is counted as possibly holding both (placement follows free
+    # slots as runs end: an over-count only shrinks a batch, an under-count could starve a neighbour's training step)
+    (1, {"0": 13, "1": 13}, 2, {"0": "0.1250", "1": "0.1250"}, 2),
+])
+def test_runs_are_given_the_memory_and_cores_of_the_runs_really_at_once(tmp_path, slots, devices, runs, share, at_once):
+    """A run's share of the GPU memory (HARNESS_EVAL_MEMORY_SHARE: what its evaluation batch may take) and its threads
+    count the runs that can be at once, not the queue's capacity (planted: one run in a 13-slot queue on an idle H200
+    was given 1/13 of a quarter and grew its batch only to 64)."""
+    import os
+
+    queue = RunQueue(slots, desc="test", poll_seconds=0.05, devices=devices)
+    for i in range(runs):
+        queue.add(f"r{i}", tmp_path / f"r{i}", _records_env(tmp_path / f"r{i}"))
+    outcomes = queue.start().wait_all(timeout=60)
+    assert all(o.startswith("complete") for o in outcomes.values()), outcomes
+    for name in outcomes:
+        seen = json.loads((tmp_path / name / "run.json").read_text())
+        assert seen["share"] == share[seen["device"]]
+        assert seen["threads"] == str(max(1, (os.cpu_count() or 2) // at_once))
+
+
+def test_the_callers_environment_wins(tmp_path):
+    queue = RunQueue(13, env={"OMP_NUM_THREADS": "1", "HARNESS_EVAL_MEMORY_SHARE": "0.5"}, desc="test",
+                     poll_seconds=0.05)
+    queue.add("r", tmp_path / "r", _records_env(tmp_path / "r"))
+    assert queue.start().wait_all(timeout=60)["r"].startswith("complete")
+    seen = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert (seen["share"], seen["threads"]) == ("0.5", "1")
