@@ -131,6 +131,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "claim(id): binds a test to a claim ID")
     config.addinivalue_line("markers", "faults: the fault catalog; runs only with --faults")
     config.addinivalue_line("markers", "uses_runs(name): reads a background GPU run (e2e, experiments), see tests/gpu")
+    config.addinivalue_line("markers", "uses_probes(name, ...): reads GPU probes started with the session "
+                                       "(harness.probe_runs), see tests/gpu")
     config.addinivalue_line("markers", "gpu_phase(n): tests run in ascending n (default 0): short GPU probes, then "
                                        "the readers of background runs, the timings last")
     _apply_planted_fault(config)

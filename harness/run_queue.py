@@ -66,6 +66,7 @@ class Run:
     name: str
     folder: Path
     cmd: list[str]
+    env: dict | None = None  # this run's own variables, over the queue's
 
 
 class RunQueue:
@@ -99,13 +100,13 @@ class RunQueue:
         self._thread: threading.Thread | None = None
         self._stopping = False
 
-    def add(self, name: str, folder: Path, cmd: list[str]) -> None:
+    def add(self, name: str, folder: Path, cmd: list[str], env: dict | None = None) -> None:
         if self._thread is not None:
             raise RuntimeError("RunQueue.add after start: queue every run first")
         if complete(folder):
             self.outcomes[name] = "complete (earlier)"
         else:
-            self.runs.append(Run(name, Path(folder), list(cmd)))
+            self.runs.append(Run(name, Path(folder), list(cmd), dict(env or {})))
 
     def run_env(self, device: str | None = None) -> dict:
         """A run's environment: at most min(slots, queued runs) run at once on the host, and on `device` at most
@@ -136,12 +137,12 @@ class RunQueue:
                     run.folder.mkdir(parents=True, exist_ok=True)
                     log = open(run.folder / "log.txt", "w")
                     self.started[run.name] = time.time()
-                    env = self.run_env()
+                    env = {**self.run_env(), **run.env}
                     if self.devices:
                         busy = {d: sum(self.placed.get(n) == d for n in running) for d in self.devices}
                         device = max(self.devices, key=lambda d: self.devices[d] - busy[d])  # the most free slots
                         self.placed[run.name] = device
-                        env = {**self.run_env(device), "CUDA_VISIBLE_DEVICES": device}
+                        env = {**self.run_env(device), **run.env, "CUDA_VISIBLE_DEVICES": device}
                     try:
                         proc = subprocess.Popen(run.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
                     except OSError as exc:

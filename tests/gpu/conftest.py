@@ -1,11 +1,14 @@
-"""The GPU tier's long fine-tunes start at session start, in the background, sharing the GPUs.
+"""The GPU tier's long fine-tunes and its probes start at session start, in the background, sharing the GPUs.
 
 The reference fine-tune (E2E) and the experiment runs (harness.experiments: 4 arms × 10 seeds + 2 unclipped
 arms × 5) are subprocesses queued on a RunQueue as soon as the first GPU test runs, spread over every visible
-GPU; the short probes (NF4, LoRA, VRAM grid, checkpointing) go on meanwhile, on the first GPU.
-Tests that read a run wait for it (E2E and its GGUF checks first, as E2E is queued first, then the
-experiments); the timings run last (`gpu_phase(3)`), once the GPU is idle again. Sharing leaves the memory figures exact (peak memory is counted per process) and
-the runs' step times meaningless as speed figures: the benchmarks in test_performance.py give those.
+GPU. The probes (checkpointing mechanism and boundary, the VRAM grid, accumulation: harness.probe_runs) are queued
+on a second RunQueue at the same moment, a few at a time on the first GPU; their tests wait for them by name
+(`uses_probes`). The short in-process tests (NF4, LoRA, the 4-bit reload) run first, meanwhile (`gpu_phase(0)`);
+then the readers of background runs: probes, E2E and its GGUF checks (E2E is queued first), the experiments; the
+timings run last (`gpu_phase(3)`), once the GPU is idle again. Sharing leaves the memory figures exact (peak memory is
+counted per process) and the runs' step times meaningless as speed figures: the benchmarks in test_performance.py
+give those.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ E2E_STEPS = int(os.environ.get("HARNESS_E2E_STEPS") or HANDBOOK.max_steps)
 E2E_EVAL_LIMIT = os.environ.get("HARNESS_E2E_EVAL_LIMIT")
 SEEDS = [int(s) for s in os.environ.get("HARNESS_EXPERIMENT_SEEDS", "").split(",") if s] or list(EXPERIMENT_SEEDS)
 GIB_PER_RUN = 6  # a 270M QLoRA run with generation batch 16 and expandable segments: ~3-5 GiB at its peak
-VRAM_GRID_RESERVE_GIB = 32  # the grid's largest cell, 4096×8 without checkpointing, needs ~27 GiB
+FOREGROUND_GIB = 8  # the pytest process's own: Unsloth's 4-bit 270M with LoRA (test_model_facts), the 4-bit reload
 
 
 @dataclass
@@ -39,36 +42,29 @@ class GpuRuns:
 
 
 def _slots(items) -> int:
-    """Runs at once: what the GPU's memory holds beside the foreground probes ($HARNESS_GPU_PARALLEL overrides)."""
+    """Runs at once: what the GPU's memory holds beside the probes and the pytest process's own model
+    ($HARNESS_GPU_PARALLEL overrides)."""
     import torch
 
     if os.environ.get("HARNESS_GPU_PARALLEL"):
         return int(os.environ["HARNESS_GPU_PARALLEL"])
     total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-    reserve = VRAM_GRID_RESERVE_GIB if any("vram" in item.name for item in items) else 8
+    reserve = FOREGROUND_GIB + probes_reserve_gib(items, total_gib)
     return max(1, min(13, int((total_gib - reserve) // GIB_PER_RUN)))
 
 
-def _device_slots(items) -> dict[str, int] | None:
-    """On a runner with several GPUs: runs at once per GPU (the first also hosts the foreground probes, so it keeps
-    their reserve; the others hold as many runs as their memory does). None on one GPU."""
-    import torch
-
-    from harness.run_queue import visible_devices
-
-    devices = visible_devices()
-    if len(devices) < 2:
-        return None
-    if os.environ.get("HARNESS_GPU_PARALLEL"):
-        return {d: int(os.environ["HARNESS_GPU_PARALLEL"]) for d in devices}
-    total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-    others = max(1, min(13, int((total_gib - 2) // GIB_PER_RUN)))
-    return {devices[0]: _slots(items), **{d: others for d in devices[1:]}}
+def _wanted_probes(items) -> list[str]:
+    return list(dict.fromkeys(name for item in items if not item.get_closest_marker("skip")
+                              for mark in item.iter_markers("uses_probes") for name in mark.args))
 
 
-def _wanted(items) -> set[str]:
-    return {name for item in items if not item.get_closest_marker("skip")
-            for mark in item.iter_markers("uses_runs") for name in mark.args}
+def probes_reserve_gib(items, total_gib: float) -> int:
+    from harness.probe_runs import at_once, reserve_gib, selected
+
+    try:
+        return reserve_gib(selected(_wanted_probes(items)), at_once(total_gib))
+    except ValueError as exc:
+        raise pytest.UsageError(f"a uses_probes marker: {exc}") from None
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -96,6 +92,57 @@ def gpu_runs(request, tmp_path_factory):
     runs.queue.start()
     yield runs
     runs.queue.stop()
+
+
+@dataclass
+class GpuProbes:
+    queue: object  # harness.run_queue.RunQueue
+    folders: dict[str, Path]
+    extras: dict = field(default_factory=dict)  # the report's extras: each probe's seconds and GPU memory go there
+
+    def result(self, name: str) -> dict:
+        from harness.probe_runs import result, timing
+
+        if name not in self.folders:
+            raise KeyError(f"probe {name} was not queued: mark the test @pytest.mark.uses_probes({name!r})")
+        found = result(self.queue, name, self.folders[name])
+        self.extras.setdefault("gpu_probes", {})[name] = timing(self.folders[name])
+        return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gpu_probes(request, tmp_path_factory):
+    """Queue and start the probes the selected tests read (harness.probe_runs), `at_once` at a time on the
+    first GPU, beside the fine-tunes; stop what is left at the end."""
+    import torch
+
+    from harness.probe_runs import at_once, command, probes
+    from harness.pytest_plugin import _recorder
+    from harness.run_queue import RunQueue, visible_devices
+
+    items = request.session.items
+    wanted = _wanted_probes(items)
+    total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0
+    queue = RunQueue(at_once(total_gib), desc="GPU tier probes", poll_seconds=1.0,
+                     devices=visible_devices()[:1] or None)  # the first GPU (the others hold only fine-tunes)
+    folders = {}
+    if wanted:
+        root = tmp_path_factory.mktemp("probes")
+        table = probes(_perf_model_dir(request), request.getfixturevalue("gemma_dir"), root)
+        for name in wanted:
+            folders[name] = root / name
+            queue.add(name, folders[name], command(table[name], folders[name]), env=table[name].env)
+    queue.start()
+    recorder = _recorder(request.config)
+    yield GpuProbes(queue, folders, recorder.extras if recorder is not None else {})
+    queue.stop()
+
+
+def _perf_model_dir(request) -> Path:
+    from harness.models import resolve
+
+    name = os.environ.get("HARNESS_PERF_MODEL")
+    return resolve(name).path if name else request.getfixturevalue("gemma_dir")
 
 
 @pytest.fixture

@@ -1,11 +1,6 @@
 """The GPU side of issue #15's blind spots: a serialized 4-bit model on CUDA (NF4-SERIALIZED), and Unsloth's
 checkpointing fallback at the recipe's max_seq_length boundary, 511 / 512 / 513 (GC-FALLBACK-BOUNDARY)."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 pytestmark = pytest.mark.gpu
@@ -23,24 +18,16 @@ def test_a_saved_4bit_model_reloads_identically_on_cuda(gemma_dir, tokenizer, tm
             "gpu")
 
 
-def _checkpoint_probe(model, max_seq_length: int) -> dict:
-    """harness.gpu_probe checkpoint in a fresh process (Unsloth patches torch globally, once per process)."""
-    proc = subprocess.run([sys.executable, "-m", "harness.gpu_probe", "checkpoint", "--model", str(model),
-                           "--max-seq-length", str(max_seq_length)], capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ))
-    if proc.returncode != 0:
-        raise AssertionError(f"checkpoint probe at {max_seq_length} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.claim("GC-FALLBACK-BOUNDARY")
-def test_unsloth_checkpointing_at_the_recipes_max_seq_length(perf_model, certify):
+@pytest.mark.uses_probes("checkpoint-511", "checkpoint-512", "checkpoint-513")
+@pytest.mark.gpu_phase(1)
+def test_unsloth_checkpointing_at_the_recipes_max_seq_length(gpu_probes, perf_model, certify):
     """max_seq_length 511, 512 (the recipe's) and 513: which checkpoint function the unsloth mode installs and what the
-    decoder layers call."""
+    decoder layers call (harness.gpu_probe checkpoint, each in a fresh process: Unsloth patches torch once a process)."""
     from harness.recipe import HANDBOOK
 
-    probes = {n: _checkpoint_probe(perf_model[1], n) for n in (HANDBOOK.max_seq_length - 1, HANDBOOK.max_seq_length,
-                                                                HANDBOOK.max_seq_length + 1)}
+    probes = {n: gpu_probes.result(f"checkpoint-{n}")
+              for n in (HANDBOOK.max_seq_length - 1, HANDBOOK.max_seq_length, HANDBOOK.max_seq_length + 1)}
     certify("GC-FALLBACK-BOUNDARY", {"recipe_max_seq_length": HANDBOOK.max_seq_length, "model": perf_model[0],
                                      "functions": {str(n): p["checkpoint_function"] for n, p in probes.items()},
                                      "layer_functions": {str(n): p.get("layer_checkpoint_functions") for n, p in probes.items()},
@@ -50,13 +37,10 @@ def test_unsloth_checkpointing_at_the_recipes_max_seq_length(perf_model, certify
 
 
 @pytest.mark.claim("ACCUM-EQUIVALENCE")
-def test_unsloth_accumulated_micro_batches_are_one_batch(gemma_dir, tmp_path, certify):
+@pytest.mark.uses_probes("accumulation")
+@pytest.mark.gpu_phase(1)
+def test_unsloth_accumulated_micro_batches_are_one_batch(gpu_probes, certify):
     """Unsloth's own trainer (its loss normalization for accumulation, its checkpointing, 4-bit base, bf16), twice on the
     same 8 rows: 2 × batch 4 against 1 × batch 8; the first optimizer step's gradient, the logged gradient norm and
     the lr of each optimizer step (harness.accumulation, in a process of its own)."""
-    proc = subprocess.run([sys.executable, "-m", "harness.accumulation", "--backend", "unsloth", "--model",
-                           str(gemma_dir), "--out", str(tmp_path)], capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ))
-    if proc.returncode != 0:
-        raise AssertionError(f"the accumulation probe failed:\n{proc.stderr[-3000:]}")
-    certify("ACCUM-EQUIVALENCE", json.loads(proc.stdout.strip().splitlines()[-1]), "gpu")
+    certify("ACCUM-EQUIVALENCE", gpu_probes.result("accumulation"), "gpu")
