@@ -53,6 +53,28 @@ def _slots(items) -> int:
     return max(1, min(13, int((total_gib - reserve) // GIB_PER_RUN)))
 
 
+def _device_slots(items) -> dict[str, int] | None:
+    """On a runner with several GPUs: runs at once per GPU (the first also hosts the foreground probes, so it keeps
+    their reserve; the others hold as many runs as their memory does). None on one GPU."""
+    import torch
+
+    from harness.run_queue import visible_devices
+
+    devices = visible_devices()
+    if len(devices) < 2:
+        return None
+    if os.environ.get("HARNESS_GPU_PARALLEL"):
+        return {d: int(os.environ["HARNESS_GPU_PARALLEL"]) for d in devices}
+    total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    others = max(1, min(13, int((total_gib - 2) // GIB_PER_RUN)))
+    return {devices[0]: _slots(items), **{d: others for d in devices[1:]}}
+
+
+def _wanted(items) -> set[str]:
+    return {name for item in items if not item.get_closest_marker("skip")
+            for mark in item.iter_markers("uses_runs") for name in mark.args}
+
+
 def _wanted_probes(items) -> list[str]:
     return list(dict.fromkeys(name for item in items if not item.get_closest_marker("skip")
                               for mark in item.iter_markers("uses_probes") for name in mark.args))
