@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -59,6 +60,21 @@ def shared_gpu_env(slots: int, on_this_gpu: int | None = None) -> dict:
     return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // max(1, slots))),
             "HARNESS_EVAL_MEMORY_SHARE": f"{0.25 / max(1, on_gpu):.4f}",
             "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+
+
+# Run in the child before the command replaces it (execvp keeps the setting): the kernel sends SIGTERM to the child
+# when the thread that started it ends (prctl PR_SET_PDEATHSIG, Linux). RunQueue's thread lives until its last run
+# ends, so that is when pytest itself dies: a SIGKILLed pytest left its background fine-tune running for minutes. A
+# parent already gone before the call (the child is then adopted) is checked after it.
+_DIES_WITH_PARENT = ("import ctypes, os, signal, sys; ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "
+                     "os.getppid() == int(sys.argv[1]) or os._exit(143); os.execvp(sys.argv[2], sys.argv[2:])")
+
+
+def dies_with_this_process(cmd: list[str]) -> list[str]:
+    """`cmd` wrapped so that it is stopped when this process dies (Linux; elsewhere `cmd` unchanged)."""
+    if not sys.platform.startswith("linux"):
+        return list(cmd)
+    return [sys.executable, "-c", _DIES_WITH_PARENT, str(os.getpid()), *cmd]
 
 
 @dataclass
@@ -144,7 +160,8 @@ class RunQueue:
                         self.placed[run.name] = device
                         env = {**self.run_env(device), **run.env, "CUDA_VISIBLE_DEVICES": device}
                     try:
-                        proc = subprocess.Popen(run.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                        proc = subprocess.Popen(dies_with_this_process(run.cmd), stdout=log, stderr=subprocess.STDOUT,
+                                                env=env)
                     except OSError as exc:
                         log.close()
                         self._finish(run.name, f"failed to start: {exc}")

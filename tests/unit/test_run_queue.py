@@ -164,3 +164,48 @@ def test_the_callers_environment_wins(tmp_path):
     assert queue.start().wait_all(timeout=60)["r"].startswith("complete")
     seen = json.loads((tmp_path / "r" / "run.json").read_text())
     assert (seen["share"], seen["threads"]) == ("0.5", "1")
+
+
+PARENT = '''
+import sys, time
+from pathlib import Path
+from harness.run_queue import RunQueue
+folder = Path(sys.argv[1])
+queue = RunQueue(1, desc="parent", poll_seconds=0.1)
+queue.add("sleeper", folder, [sys.executable, "-c",
+          "import os, pathlib, time; pathlib.Path(%r, 'pid').write_text(str(os.getpid())); time.sleep(300)" % str(folder)])
+queue.start()
+time.sleep(300)
+'''
+
+
+def test_a_background_run_dies_with_the_process_that_queued_it(tmp_path):
+    """pytest killed with SIGKILL (no teardown runs) used to leave its background fine-tune running; now the kernel
+    stops it (planted: without the wrapper the sleeper outlives its parent by its whole 300 s)."""
+    import os
+    import signal
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path / "run")], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    pid_file = tmp_path / "run" / "pid"
+    deadline = time.time() + 60
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        try:  # a zombie until its new parent reaps it: gone for our purpose once it is no longer running
+            if Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                break
+        except OSError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the background run outlived the process that queued it")
