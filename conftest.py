@@ -8,25 +8,16 @@ loads it: pytest skips the second registration under the same name.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest_plugins = ["harness.pytest_plugin"]
 
-# OpenMP threads that wait sleep instead of spinning, unless the caller chose: for most of a CPU session the tiny
-# fine-tune runs beside the tests (tests/slow/finetune_tiny_run.py), so torch's threads here share the cores with it, and
-# a thread spinning at a barrier holds a core the other process needs. On 2 cores (2026-11-29) `certify` took 112.0 s
-# instead of 118.9 s, user CPU 177 s instead of 195 s, the same verdicts. llama.cpp's children get spinning back
-# (harness.gguf_verify._child_env): alone on their cores they decode faster so. Set before torch is imported (libgomp
-# reads it once, when it loads); OpenMP's wait policy changes when threads sleep, never what they compute. Not on a
-# machine with an NVIDIA GPU: there every child process (fine-tunes, probes, the step timings' servers) would inherit
-# it and the GPU benchmarks' baselines would move without a word.
-_HAS_NVIDIA_GPU = Path("/proc/driver/nvidia/gpus").is_dir() or Path("/dev/nvidia0").exists()
-if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules and not _HAS_NVIDIA_GPU:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    os.environ["HARNESS_OMP_PASSIVE_SET"] = "1"
+# OpenMP threads that wait sleep instead of spinning, before torch loads (harness.omp_policy says why and where not)
+from harness.omp_policy import sleep_waiting_threads  # noqa: E402
+
+sleep_waiting_threads()
 
 
 def _hypothesis_profiles() -> None:

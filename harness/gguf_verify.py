@@ -313,17 +313,12 @@ def _child_command() -> list[str]:
     return [sys.executable, "-m", "harness.gguf_verify"]
 
 
-# Set by this repository's conftest.py where it made the test process's OpenMP threads sleep while they wait
-# (OMP_WAIT_POLICY=PASSIVE): llama.cpp's children then get the default back, spinning. A child decodes alone on its
-# cores and spinning is faster there: the 270M check took 12.7 s spinning, 17.2 s sleeping (2 cores, 2026-11-29).
-PASSIVE_SET_BY_SUITE = "HARNESS_OMP_PASSIVE_SET"
-
-
 def _child_env() -> dict:
-    env = dict(os.environ)
-    if env.pop(PASSIVE_SET_BY_SUITE, None):
-        env.pop("OMP_WAIT_POLICY", None)
-    return env
+    """The environment of a llama.cpp child: OpenMP's threads spin again where conftest.py made them sleep
+    (harness.omp_policy)."""
+    from harness.omp_policy import child_env
+
+    return child_env(os.environ)
 
 
 def _llama_child(job: dict, timeout: int) -> subprocess.CompletedProcess:

@@ -217,9 +217,9 @@ def convert_once(tree: Path, checkpoint: Path, out_file: Path, outtype: str = "q
                                                       "sha256": sha256_file(tmp / name)}, default=str))
 
     def intact(folder: Path) -> bool:  # a file changed or cut short since it was made is made again
-        try:
+        try:  # file_digest: hashed once per process while its size and mtime stay (this runs twice on a hit)
             record = json.loads((folder / "convert.json").read_text())
-            return (folder / name).is_file() and sha256_file(folder / name) == record["sha256"]
+            return (folder / name).is_file() and mc.file_digest(folder / name) == record["sha256"]
         except (OSError, ValueError, KeyError):
             return False
 
