@@ -34,17 +34,25 @@ THREADS_PER_WORKER = 2
 PROMPTS_PER_COMBINATION = 2
 
 
+def share(value, source: str = "per_combination") -> int | None:
+    """How many prompts of each held-out combination: a whole number ≥ 1 (or its text), or "all"/None for every
+    prompt; ValueError naming `source` and what to write for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "all":
+            return None
+        value = int(text) if text.isdigit() else text
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{source}={value!r}: a whole number of prompts a held-out combination (1 or more), or 'all'")
+    return value
+
+
 def per_combination_default() -> int | None:
     """$HARNESS_GGUF_HELDOUT_PER_COMBINATION ("all" → None: every prompt), else PROMPTS_PER_COMBINATION."""
-    env = os.environ.get("HARNESS_GGUF_HELDOUT_PER_COMBINATION", "").strip().lower()
-    if not env:
-        return PROMPTS_PER_COMBINATION
-    if env == "all":
-        return None
-    if not env.isdigit() or int(env) < 1:
-        raise ValueError(f"HARNESS_GGUF_HELDOUT_PER_COMBINATION={env!r}: a whole number of prompts a held-out "
-                         f"combination (1 or more), or 'all'")
-    return int(env)
+    env = os.environ.get("HARNESS_GGUF_HELDOUT_PER_COMBINATION", "").strip()
+    return share(env, "HARNESS_GGUF_HELDOUT_PER_COMBINATION") if env else PROMPTS_PER_COMBINATION
 
 
 def heldout_sample(examples, per_combination: int | None) -> list:
@@ -143,12 +151,7 @@ def heldout_facts(gguf_path: Path, checkpoint: Path, examples, outputs_jsonl: Pa
     from harness.evaluate import output_rows, prompt_ids, write_outputs
     from harness.tokenizer import load_tokenizer
 
-    if per_combination == "default":
-        per_combination = per_combination_default()
-    elif per_combination == "all":
-        per_combination = None
-    if per_combination is not None and (not isinstance(per_combination, int) or per_combination < 1):
-        raise ValueError(f"per_combination={per_combination!r}: a whole number of prompts (1 or more), None or 'all'")
+    per_combination = per_combination_default() if per_combination == "default" else share(per_combination)
     offered_ids = {ex.id for ex in examples}
     offered = len(examples)
     examples = heldout_sample(examples, per_combination)

@@ -154,6 +154,21 @@ def test_a_share_that_is_not_a_count_says_what_to_write(monkeypatch, value):
         per_combination_default()
 
 
+@pytest.mark.parametrize("value, expected", [(None, None), ("all", None), (3, 3), ("3", 3)])
+def test_one_reader_of_the_share_for_the_argument_and_the_environment(value, expected):
+    from harness.gguf_heldout import share
+
+    assert share(value) == expected
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, "two", ""])
+def test_a_share_argument_that_is_not_a_count_is_refused(value):
+    from harness.gguf_heldout import share
+
+    with pytest.raises(ValueError, match="per_combination=.*'all'"):
+        share(value)
+
+
 def _sampled_compare(lost_every, combinations=224, per=10):
     """compare() on heldout_sample's share of a split like the tier's. The trained model is wrong on every item ≡ 3
     (mod 10); the GGUF differs from it both ways, worse on items ≡ 0 (mod 40) and better on items ≡ 13 (mod 40): a
