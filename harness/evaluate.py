@@ -112,7 +112,7 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     was_training = model.training
     model.eval()
     answers: list[str | None] = [None] * len(prompts)
-    started, steps, generated = time.perf_counter(), 0, 0
+    started, steps, generated, first = time.perf_counter(), 0, 0, None
     try:
         for c in configs:
             c.use_cache = True
@@ -144,6 +144,9 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                 start, batches = start + len(chunk), batches + 1
                 progress.update(len(chunk))
                 new = out[:, enc["input_ids"].shape[1]:]
+                if batches == 1:  # kept apart: a first call that compiles or warms kernels shows here, not per step
+                    first = {"prompts": len(chunk), "decoding_steps": int(new.shape[1]),
+                             "seconds": round(time.perf_counter() - started, 3)}
                 steps += new.shape[1]
                 generated += int((new != tokenizer.pad_token_id).sum())
                 if measure and measured is None and not halvings:  # (after an out-of-memory error: keep the halved batch)
@@ -174,7 +177,7 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                       "out_of_memory_halvings": halvings, "batches": batches, "measured": measured,
                       "decoding_steps": steps, "generated_tokens": generated, "seconds": round(seconds, 3),
                       "seconds_per_decoding_step": round(seconds / steps, 5) if steps else None,
-                      "device": str(device)})
+                      "first_batch": first, "device": str(device)})
     return answers
 
 

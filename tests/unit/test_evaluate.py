@@ -152,3 +152,20 @@ def test_an_out_of_memory_batch_is_halved_and_no_answer_is_lost(tiny_dir, tokeni
     model.generate = generate
     assert answers == generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=1)
     assert (stats["batch_size"], stats["batch_size_last"], stats["out_of_memory_halvings"], stats["batches"]) == (8, 2, 1, 3)
+
+
+def test_the_first_batch_is_timed_apart(tiny_dir, tokenizer):
+    """The generation stats keep the first batch's seconds and steps apart from the mean: on an H200 (2026-11-29) the
+    base model's evaluation stepped at 0.370 s where the trained model's stepped at 0.104 s with the same batches, and
+    whether a first call's warm-up is the difference could not be told from the record."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness.evaluate import generate_answers
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
+    prompts = [[{"role": "user", "content": f"شغل المنبه {i}"}] for i in range(5)]
+    stats: dict = {}
+    generate_answers(model, tokenizer, prompts, max_new_tokens=3, batch_size=2, stats=stats)
+    assert stats["batches"] == 3 and stats["first_batch"]["prompts"] == 2
+    assert 1 <= stats["first_batch"]["decoding_steps"] <= 3 and 0 < stats["first_batch"]["seconds"] <= stats["seconds"]
