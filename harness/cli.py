@@ -39,6 +39,12 @@ def cmd_finetune(args) -> int:
         from harness.pytest_plugin import apply_planted_fault_in_finetune
 
         apply_planted_fault_in_finetune()
+    import torch
+
+    if not torch.cuda.is_available() and os.environ.get("HARNESS_KEEP_FREED_MEMORY", "1") != "0":
+        from harness.malloc_policy import keep_freed_memory
+
+        keep_freed_memory()  # a CPU run's steps stop faulting their logits in afresh (harness.malloc_policy)
     from harness.finetune import finetune
 
     record = finetune(model=args.model, backend=args.backend, out_dir=args.out, max_steps=args.max_steps,

@@ -13,11 +13,6 @@ import sys
 from pathlib import Path
 
 STEPS, BATCH, EVAL = 60, 2, 16
-# glibc serves blocks over 32 MB with mmap and unmaps them when freed, so each training step's logits (2 rows × ~300
-# tokens × 262,144 entries × 4 B) were faulted in afresh: 15.2 s of system time in a 69.3 s run on 2 cores. Told to keep
-# freed memory (no mmap, no trimming) the same run took 59.4 s with 2.4 s of system time, train 26.0 → 19.4 s, and the
-# same losses and outputs to the last digit (2026-11-29). The child keeps its peak memory (3.5 GB) until it exits.
-KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
 _STATE: dict = {}
 
 
@@ -26,7 +21,8 @@ def start(out: Path) -> None:
     try:
         from harness.run_queue import RunQueue
 
-        queue = RunQueue(1, env={"OMP_NUM_THREADS": "1", **KEEP_FREED_MEMORY}, desc="tiny fine-tune", poll_seconds=0.5)
+        # the CLI keeps the memory its steps free on a CPU (harness.malloc_policy): 69.3 → 59.4 s of this run
+        queue = RunQueue(1, env={"OMP_NUM_THREADS": "1"}, desc="tiny fine-tune", poll_seconds=0.5)
         queue.add("tiny", out, [sys.executable, "-m", "harness", "finetune", "--model", "tiny", "--backend", "hf",
                                 "--out", str(out), "--max-steps", str(STEPS), "--batch-size", str(BATCH),
                                 "--eval-limit", str(EVAL)])

@@ -22,7 +22,7 @@ SELF_TEST_MODULES = {
     "test_doctor", "test_experiment_judging", "test_experiment_stats", "test_failures_not_hidden",
     "test_fault_coverage", "test_gpu_conftest", "test_gpu_records_replayed", "test_llama_cpp_build", "test_lora_quant_specs",
     "test_masking_checks", "test_matrix", "test_measure_cache", "test_pytest_plugin",
-    "test_omp_policy", "test_probe_runs",
+    "test_malloc_policy", "test_omp_policy", "test_probe_runs",
     "test_release_workflow", "test_report_and_diff", "test_report_browser", "test_report_evaluation", "test_run_queue",
     "test_scoring", "test_tiers", "test_time_certify",
 }
