@@ -8,9 +8,9 @@ took 1,006 s (GC-MECHANISM 379.9, ACCUM-EQUIVALENCE 236.6, the VRAM grid 177.6, 
 reload 60.5) while the reference fine-tune was done at ~minute 14. So they are queued on a RunQueue of their own at
 session start, `at_once` at a time, and a test waits for its probes by name.
 
-    python -m harness.probe_runs FOLDER MODULE [ARGS ...]
+    python -m harness.probe_runs [--timeout SECONDS] FOLDER MODULE [ARGS ...]
 
-runs `python -m MODULE ARGS` in this process, its stdout (the probe's JSON on the last line) into FOLDER/stdout.txt,
+runs `python -m MODULE ARGS` in this process (stopped with every thread's stack after SECONDS), its stdout (the probe's JSON on the last line) into FOLDER/stdout.txt,
 and writes FOLDER/run.json: {"complete": true, "result": <that JSON>, "seconds", "gpu_peak_reserved_mib"}. A probe that
 fails exits non-zero with the tail of what it printed on stderr (RunQueue keeps it in FOLDER/log.txt).
 """
@@ -41,6 +41,7 @@ class Probe:
     args: list[str]
     env: dict = field(default_factory=dict)
     gib: int = PROBE_GIB
+    timeout: int = 900  # seconds in its own process (what the tests allowed when each ran it in the foreground)
 
 
 def probes(perf_model: Path, model: Path, out_root: Path) -> dict[str, Probe]:
@@ -57,7 +58,7 @@ def probes(perf_model: Path, model: Path, out_root: Path) -> dict[str, Probe]:
                    ["--backend", "unsloth", "--model", str(model), "--out", str(out_root / "accumulation-trainers")]),
              *(Probe(f"vram-{mode}", "harness.gpu_probe",
                      ["vram", "--model", str(perf_model), "--mode", mode, "--shapes", VRAM_GRID], compile_disabled,
-                     NO_CHECKPOINTING_GRID_GIB if mode == "False" else PROBE_GIB)
+                     NO_CHECKPOINTING_GRID_GIB if mode == "False" else PROBE_GIB, timeout=1500)
                for mode in ("False", "True", "unsloth")),
              *(Probe(f"checkpoint-{n}", "harness.gpu_probe",
                      ["checkpoint", "--model", str(perf_model), "--max-seq-length", str(n)])
@@ -89,7 +90,8 @@ def reserve_gib(selected: list[Probe], n_at_once: int) -> int:
 
 
 def command(probe: Probe, folder: Path) -> list[str]:
-    return [sys.executable, "-m", "harness.probe_runs", str(folder), probe.module, *probe.args]
+    return [sys.executable, "-m", "harness.probe_runs", "--timeout", str(probe.timeout), str(folder), probe.module,
+            *probe.args]
 
 
 def result(queue, name: str, folder: Path, timeout: float | None = None) -> dict:
@@ -137,11 +139,19 @@ class _PeakSampler:
 def main(argv: list[str] | None = None) -> int:
     import runpy
 
+    import faulthandler
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    timeout = None
+    if argv[:1] == ["--timeout"] and len(argv) > 1:
+        timeout, argv = float(argv[1]), argv[2:]
     if len(argv) < 2:
-        print("usage: python -m harness.probe_runs FOLDER MODULE [ARGS ...]", file=sys.stderr)
+        print("usage: python -m harness.probe_runs [--timeout SECONDS] FOLDER MODULE [ARGS ...]", file=sys.stderr)
         return 2
     folder, module, args = Path(argv[0]), argv[1], argv[2:]
+    if timeout:  # from a watchdog thread in C: fires even while the probe waits inside CUDA; every thread's stack to
+        # stderr (the run's log), then exit 1, so the test fails with where it hung instead of the tier waiting forever
+        faulthandler.dump_traceback_later(timeout, exit=True)
     folder.mkdir(parents=True, exist_ok=True)
     out_path = folder / "stdout.txt"
     sampler, started, code = _PeakSampler(), time.perf_counter(), 0

@@ -115,3 +115,14 @@ def test_the_probes_memory_reserve_leaves_the_fine_tunes_their_slots(monkeypatch
     assert probe_runs.reserve_gib([], at_once) == 0
     monkeypatch.setenv("HARNESS_GPU_PROBES_AT_ONCE", "1")
     assert probe_runs.at_once(total_gib) == 1
+
+
+def test_a_hung_probe_is_stopped_with_its_stack(tmp_path, fake_module):
+    """A probe stuck (in CUDA, say) no longer holds the tier forever: past its timeout the run ends with every thread's
+    stack in its log (the tests gave each probe 900 s, the grid 1500, when they ran them in the foreground)."""
+    (tmp_path / "hangs.py").write_text("import time\ndef wait_forever():\n    time.sleep(60)\nwait_forever()\n")
+    proc = subprocess.run([sys.executable, "-m", "harness.probe_runs", "--timeout", "1", str(tmp_path / "p"), "hangs"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Timeout" in proc.stderr and "wait_forever" in proc.stderr
+    assert not (tmp_path / "p" / "run.json").exists()
+    assert probe_runs.command(probe_runs.Probe("x", "m", ["a"], timeout=7), Path("f"))[3:7] == ["--timeout", "7", "f", "m"]
