@@ -41,7 +41,9 @@ class Probe:
     args: list[str]
     env: dict = field(default_factory=dict)
     gib: int = PROBE_GIB
-    timeout: int = 900  # seconds in its own process (what the tests allowed when each ran it in the foreground)
+    # seconds in its own process: twice what each test allowed its probe in the foreground (900 s, the grid 1500), now
+    # that four run at once beside the fine-tunes (GC-MECHANISM took 380 s beside three); only a hang should reach it
+    timeout: int = 1800
 
 
 def probes(perf_model: Path, model: Path, out_root: Path) -> dict[str, Probe]:
@@ -58,7 +60,7 @@ def probes(perf_model: Path, model: Path, out_root: Path) -> dict[str, Probe]:
                    ["--backend", "unsloth", "--model", str(model), "--out", str(out_root / "accumulation-trainers")]),
              *(Probe(f"vram-{mode}", "harness.gpu_probe",
                      ["vram", "--model", str(perf_model), "--mode", mode, "--shapes", VRAM_GRID], compile_disabled,
-                     NO_CHECKPOINTING_GRID_GIB if mode == "False" else PROBE_GIB, timeout=1500)
+                     NO_CHECKPOINTING_GRID_GIB if mode == "False" else PROBE_GIB, timeout=3000)
                for mode in ("False", "True", "unsloth")),
              *(Probe(f"checkpoint-{n}", "harness.gpu_probe",
                      ["checkpoint", "--model", str(perf_model), "--max-seq-length", str(n)])

@@ -66,8 +66,12 @@ def shared_gpu_env(slots: int, on_this_gpu: int | None = None) -> dict:
 # when the thread that started it ends (prctl PR_SET_PDEATHSIG, Linux). RunQueue's thread lives until its last run
 # ends, so that is when pytest itself dies: a SIGKILLed pytest left its background fine-tune running for minutes. A
 # parent already gone before the call (the child is then adopted) is checked after it.
-_DIES_WITH_PARENT = ("import ctypes, os, signal, sys; ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "
-                     "os.getppid() == int(sys.argv[1]) or os._exit(143); os.execvp(sys.argv[2], sys.argv[2:])")
+# Python ignores SIGPIPE and SIGXFSZ at start and an ignored signal survives execvp: both are put back first.
+_DIES_WITH_PARENT = ("import ctypes, os, signal, sys; "
+                     "ctypes.CDLL(None, use_errno=True).prctl(ctypes.c_int(1), ctypes.c_ulong(signal.SIGTERM)); "
+                     "os.getppid() == int(sys.argv[1]) or os._exit(143); "
+                     "[signal.signal(s, signal.SIG_DFL) for s in (signal.SIGPIPE, signal.SIGXFSZ)]; "
+                     "os.execvp(sys.argv[2], sys.argv[2:])")
 
 
 def dies_with_this_process(cmd: list[str]) -> list[str]:
@@ -95,7 +99,7 @@ class RunQueue:
     """
 
     def __init__(self, slots: int, env: dict | None = None, desc: str = "runs", poll_seconds: float = 2.0,
-                 devices: list[str] | dict[str, int] | None = None):
+                 devices: list[str] | dict[str, int] | None = None, gpu_sharing_env: bool = True):
         # Fine-tunes take minutes: a 2 s poll costs nothing there; the unit tests poll faster.
         if devices is not None and not isinstance(devices, dict):
             devices = {str(d): max(1, slots) for d in devices}
@@ -105,6 +109,8 @@ class RunQueue:
         self.slots = sum(self.devices.values()) if self.devices else max(1, slots)
         self.desc, self.poll_seconds = desc, poll_seconds
         self.caller_env = dict(env or {})  # wins over shared_gpu_env's figures
+        # False: of shared_gpu_env only the threads (the GPU probes keep the allocator and settings they measure with)
+        self.gpu_sharing_env = gpu_sharing_env
         self.env = dict(os.environ)
         self.placed: dict[str, str] = {}  # run name -> the GPU it ran on
         root = str(Path(__file__).resolve().parents[1])
@@ -129,7 +135,10 @@ class RunQueue:
         min(its slots, queued runs)."""
         queued = max(1, len(self.runs))
         on_gpu = min(self.devices[device], queued) if device is not None and self.devices else None
-        return {**self.env, **shared_gpu_env(min(self.slots, queued), on_gpu), **self.caller_env}
+        shared = shared_gpu_env(min(self.slots, queued), on_gpu)
+        if not self.gpu_sharing_env:
+            shared = {"OMP_NUM_THREADS": shared["OMP_NUM_THREADS"]}
+        return {**self.env, **shared, **self.caller_env}
 
     def start(self) -> "RunQueue":
         self._thread = threading.Thread(target=self._drive, name=f"run-queue {self.desc}", daemon=True)

@@ -145,13 +145,15 @@ def gpu_probes(request, tmp_path_factory):
     items = request.session.items
     wanted = _wanted_probes(items)
     total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0
+    # the first GPU (the others hold only fine-tunes); the probes' environment as before they were queued (no
+    # expandable segments: GC-VRAM's reserved figures stay comparable with the recorded grids), their threads shared
     queue = RunQueue(at_once(total_gib), desc="GPU tier probes", poll_seconds=1.0,
-                     devices=visible_devices()[:1] or None)  # the first GPU (the others hold only fine-tunes)
+                     devices=visible_devices()[:1] or None, gpu_sharing_env=False)
     folders = {}
     if wanted:
         root = tmp_path_factory.mktemp("probes")
         table = probes(_perf_model_dir(request), request.getfixturevalue("gemma_dir"), root)
-        for name in wanted:
+        for name in (n for n in table if n in wanted):  # the table's order: the slowest first
             folders[name] = root / name
             queue.add(name, folders[name], command(table[name], folders[name]), env=table[name].env)
     queue.start()
@@ -168,9 +170,11 @@ def _perf_model_dir(request) -> Path:
 
 
 @pytest.fixture
-def gpu_to_itself(gpu_runs):
-    """Wait until the background runs are done, so that timings measure one process alone on the GPU."""
+def gpu_to_itself(gpu_runs, gpu_probes):
+    """Wait until the background runs and probes are done, so that timings measure one process alone on the GPU (a
+    probe test that failed early, or a test skipped at run time, leaves probes nobody else waits for)."""
     gpu_runs.queue.wait_all()
+    gpu_probes.queue.wait_all()
 
 
 @pytest.fixture(scope="module")

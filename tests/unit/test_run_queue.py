@@ -209,3 +209,33 @@ def test_a_background_run_dies_with_the_process_that_queued_it(tmp_path):
     else:
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the background run outlived the process that queued it")
+
+
+def test_the_probe_queue_keeps_the_callers_gpu_settings_and_shares_only_threads(tmp_path, monkeypatch):
+    """gpu_sharing_env=False (the GPU probes): no expandable segments nor memory share (GC-VRAM's reserved figures stay
+    comparable with the recorded grids), the threads still shared."""
+    import os
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("HARNESS_EVAL_MEMORY_SHARE", raising=False)
+    script = (f"import json, os, pathlib; pathlib.Path({str(tmp_path / 'r')!r}, 'run.json').write_text(json.dumps({{"
+              f"'complete': True, 'alloc': os.environ.get('PYTORCH_CUDA_ALLOC_CONF'), "
+              f"'share': os.environ.get('HARNESS_EVAL_MEMORY_SHARE'), 'threads': os.environ.get('OMP_NUM_THREADS')}}))")
+    queue = RunQueue(2, desc="test", poll_seconds=0.05, gpu_sharing_env=False)
+    queue.add("r", tmp_path / "r", [sys.executable, "-c", script])
+    assert queue.start().wait_all(timeout=60)["r"].startswith("complete")
+    seen = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert (seen["alloc"], seen["share"]) == (None, None)
+    assert seen["threads"] == str(max(1, (os.cpu_count() or 2) // 1))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl: Linux")
+def test_a_run_starts_with_sigpipe_and_sigxfsz_at_their_defaults(tmp_path):
+    """The wrapper is a Python process, which ignores SIGPIPE and SIGXFSZ, and an ignored signal survives execvp: a
+    shell pipeline in a run would then see EPIPE instead of dying quietly."""
+    queue = RunQueue(1, desc="test", poll_seconds=0.05)
+    folder = tmp_path / "r"
+    queue.add("r", folder, ["sh", "-c", f"grep SigIgn /proc/$$/status > {folder}/ign; echo '{{\"complete\": true}}' > {folder}/run.json"])
+    assert queue.start().wait_all(timeout=60)["r"].startswith("complete")
+    ignored = int((folder / "ign").read_text().split()[1], 16)
+    assert ignored & (1 << 12 | 1 << 24) == 0, hex(ignored)
