@@ -43,7 +43,7 @@ def share(value, source: str = "per_combination") -> int | None:
         text = value.strip().lower()
         if text == "all":
             return None
-        value = int(text) if text.isdigit() else text
+        value = int(text) if text.isdecimal() else text  # isdigit() takes "²", which int() refuses
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{source}={value!r}: a whole number of prompts a held-out combination (1 or more), or 'all'")
     return value

@@ -203,11 +203,12 @@ def hf_greedy(checkpoint: Path, prompt_ids: list[list[int]], stop: set[int], pad
 
 @contextlib.contextmanager
 def torch_threads(n: int):
-    """torch's intra-op threads set to `n` for the block, then back to what they were (it is process-wide)."""
+    """torch's intra-op threads at most `n` for the block (never more than the process had: OMP_NUM_THREADS=1 stays
+    1), then back to what they were (the setting is process-wide)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(max(1, min(before, n)))
     try:
         yield
     finally:

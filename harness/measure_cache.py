@@ -38,14 +38,15 @@ def enabled() -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+def _file_digest(path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> str:
     return sha256_file(Path(path))
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file, computed once per process for an unchanged (size, mtime) file."""
+    """sha256 of a file, computed once per process for an unchanged file: same size, mtime, inode and ctime (a copy
+    that keeps the mtime, `os.utime` or a rename over the file changes the ctime or the inode)."""
     stat = Path(path).stat()
-    return _file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    return _file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
 
 
 def folder_digest(folder: Path, names: tuple[str, ...]) -> dict[str, str]:

@@ -161,7 +161,7 @@ def test_one_reader_of_the_share_for_the_argument_and_the_environment(value, exp
     assert share(value) == expected
 
 
-@pytest.mark.parametrize("value", [0, -2, 1.5, True, "two", ""])
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, "two", "", "²"])
 def test_a_share_argument_that_is_not_a_count_is_refused(value):
     from harness.gguf_heldout import share
 
@@ -212,7 +212,7 @@ def test_the_children_never_outnumber_the_cores_with_their_threads(monkeypatch, 
 def test_the_transformers_reference_runs_on_a_bounded_share_of_the_cores(tiny_dir, monkeypatch):
     """hf_greedy (GGUF-LLAMACPP's reference) computes in the pytest process: on a 64-core runner it takes at most 4
     torch threads (torch's default, every core, let two fault runs' OpenMP pools spin on one runner), and the
-    process's own setting is back afterwards. Planted: without the bound it would run on all 64."""
+    process's own setting is back afterwards. Planted: without the bound it would run on the process's 8."""
     import torch
 
     from harness import gguf_verify
@@ -228,6 +228,27 @@ def test_the_transformers_reference_runs_on_a_bounded_share_of_the_cores(tiny_di
 
     monkeypatch.setattr("transformers.GenerationMixin.generate", generate)
     before = torch.get_num_threads()
-    out = gguf_verify.hf_greedy(tiny_dir, [[2, 105, 2364, 107], [2, 105, 4368]], {106, 1}, 0, 3)
-    assert len(out) == 2 and seen == [4, 4]
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(8)  # a process with more threads than the bound (torch's default on a big runner: every core)
+    try:
+        out = gguf_verify.hf_greedy(tiny_dir, [[2, 105, 2364, 107], [2, 105, 4368]], {106, 1}, 0, 3)
+        assert len(out) == 2 and seen == [4, 4]
+        assert torch.get_num_threads() == 8
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_reference_never_gets_more_threads_than_the_process_had(tiny_dir, monkeypatch):
+    """OMP_NUM_THREADS=1 (a run sharing its host) stays 1: the bound only lowers."""
+    import torch
+
+    from harness import gguf_verify
+
+    monkeypatch.setattr(gguf_verify, "host_load", lambda: (0.0, 64))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with gguf_verify.torch_threads(4):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -140,3 +140,19 @@ def test_a_converted_file_that_changed_is_made_again_and_is_handed_out_read_only
     path.write_bytes(b"cut sh")  # changed or cut short after it was made
     again = convert_once(tree, checkpoint, tmp_path / "b.gguf")
     assert len(fake_convert) == 2 and not again["cached"] and Path(again["file"]).read_bytes() == b"weightsq8_0"
+
+
+def test_a_rewrite_that_keeps_size_and_mtime_is_hashed_again(tmp_path):
+    """file_digest is cached per process; a same-size rewrite with its mtime put back (cp -p, os.utime) changes the
+    ctime, so it is read again."""
+    import os
+
+    from harness.measure_cache import file_digest
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"a" * 64)
+    stat = path.stat()
+    first = file_digest(path)
+    path.write_bytes(b"b" * 64)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_digest(path) != first
