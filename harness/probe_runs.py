@@ -105,7 +105,8 @@ def result(queue, name: str, folder: Path, timeout: float | None = None) -> dict
 
 
 def timing(folder: Path) -> dict:
-    """What a complete probe run took: seconds in its process and its sampled GPU memory peak."""
+    """What a complete probe run took: seconds in its process and its sampled GPU memory peak (torch's reserved memory
+    every 0.2 s: a lower bound of the process's footprint, which adds the CUDA context and anything between samples)."""
     record = json.loads((Path(folder) / "run.json").read_text())
     return {k: record.get(k) for k in ("seconds", "gpu_peak_reserved_mib")}
 
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             runpy.run_module(module, run_name="__main__", alter_sys=True)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if exc.code is not None and not isinstance(exc.code, int):  # sys.exit("why"): Python prints the why
+                print(exc.code, file=sys.stderr)
         finally:
             sys.stdout.flush()
             os.dup2(saved, 1)

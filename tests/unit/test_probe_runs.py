@@ -25,6 +25,8 @@ if mode == "fails":
     sys.exit(3)
 if mode == "raises":
     raise RuntimeError("CUDA error: an illegal memory access")
+if mode == "exits-with-text":
+    sys.exit("no CUDA device: the probe needs a GPU")
 if mode == "no-json":
     print("done, but no JSON")
     sys.exit(0)
@@ -58,6 +60,7 @@ def test_a_probe_run_keeps_the_json_of_its_last_line(tmp_path, fake_module):
 
 @pytest.mark.parametrize("mode, code, says", [("fails", 3, "exited 3; its last output:\n"),
                                              ("raises", 1, "RuntimeError: CUDA error"),
+                                             ("exits-with-text", 1, "no CUDA device: the probe needs a GPU"),
                                              ("no-json", 1, "printed no JSON object on its last line")])
 def test_a_failed_probe_writes_no_record_and_says_why(tmp_path, fake_module, mode, code, says):
     proc = _run(tmp_path / "p", fake_module, mode)
