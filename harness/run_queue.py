@@ -162,12 +162,12 @@ class RunQueue:
                     run.folder.mkdir(parents=True, exist_ok=True)
                     log = open(run.folder / "log.txt", "w")
                     self.started[run.name] = time.time()
-                    env = {**self.run_env(), **run.env}
+                    device = None
                     if self.devices:
                         busy = {d: sum(self.placed.get(n) == d for n in running) for d in self.devices}
                         device = max(self.devices, key=lambda d: self.devices[d] - busy[d])  # the most free slots
                         self.placed[run.name] = device
-                        env = {**self.run_env(device), **run.env, "CUDA_VISIBLE_DEVICES": device}
+                    env = {**self.run_env(device), **run.env, **({"CUDA_VISIBLE_DEVICES": device} if device else {})}
                     try:
                         proc = subprocess.Popen(dies_with_this_process(run.cmd), stdout=log, stderr=subprocess.STDOUT,
                                                 env=env)

@@ -152,7 +152,7 @@ def gpu_probes(request, tmp_path_factory):
     folders = {}
     if wanted:
         root = tmp_path_factory.mktemp("probes")
-        table = probes(_perf_model_dir(request), request.getfixturevalue("gemma_dir"), root)
+        table = probes(_perf_model(request)[1], request.getfixturevalue("gemma_dir"), root)
         for name in (n for n in table if n in wanted):  # the table's order: the slowest first
             folders[name] = root / name
             queue.add(name, folders[name], command(table[name], folders[name]), env=table[name].env)
@@ -162,11 +162,12 @@ def gpu_probes(request, tmp_path_factory):
     queue.stop()
 
 
-def _perf_model_dir(request) -> Path:
+def _perf_model(request) -> tuple[str, Path]:
+    """(name, folder) of the model for memory and speed figures: $HARNESS_PERF_MODEL, else the session's model."""
     from harness.models import resolve
 
     name = os.environ.get("HARNESS_PERF_MODEL")
-    return resolve(name).path if name else request.getfixturevalue("gemma_dir")
+    return (name, resolve(name).path) if name else ("gemma3-270m", request.getfixturevalue("gemma_dir"))
 
 
 @pytest.fixture
@@ -179,15 +180,12 @@ def gpu_to_itself(gpu_runs, gpu_probes):
 
 @pytest.fixture(scope="module")
 def perf_model(request):
-    """(name, folder) of the model for memory and speed figures: $HARNESS_PERF_MODEL, else the session's model.
+    """(name, folder) of the model for memory and speed figures (_perf_model, the one the probes were started with).
 
     Memory and speed do not depend on weight values: `gemma3-270m-random` (same architecture) serves
     where the real weights have not been brought to the runner. The evidence names which was used.
     """
-    from harness.models import resolve
-
-    name = os.environ.get("HARNESS_PERF_MODEL")
-    return (name, resolve(name).path) if name else ("gemma3-270m", request.getfixturevalue("gemma_dir"))
+    return _perf_model(request)
 
 
 @pytest.fixture(scope="module")
