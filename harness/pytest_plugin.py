@@ -110,6 +110,10 @@ def pytest_addoption(parser):
     group.addoption("--faults", action="store_true",
                     help="also run the fault catalog (tests/faults: 41 planted regressions, each in its own pytest "
                          "process; ~8 min on 2 cores); without it those tests are deselected")
+    group.addoption("--experiments", action="store_true",
+                    help="also run the three experiment claims on a GPU (marker experiments: 50 fine-tunes of the real "
+                         "270M, over an hour on one H200; spread over every visible GPU). `certify --gpu` runs them; "
+                         "without it `pytest -m gpu` deselects them and the report's Scope section says so")
     group.addoption("--no-self-tests", action="store_true",
                     help="deselect the suite's self-tests (marked selftest: the harness's own logic, which no installed "
                          "library changes); what `python -m harness certify` runs. Every claim test and every check "
@@ -130,6 +134,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: slow test")
     config.addinivalue_line("markers", "claim(id): binds a test to a claim ID")
     config.addinivalue_line("markers", "faults: the fault catalog; runs only with --faults")
+    config.addinivalue_line("markers", "experiments: the experiment claims' fine-tunes; runs only with --experiments")
     config.addinivalue_line("markers", "uses_runs(name): reads a background GPU run (e2e, experiments), see tests/gpu")
     config.addinivalue_line("markers", "uses_probes(name, ...): reads GPU probes started with the session "
                                        "(harness.probe_runs), see tests/gpu")
@@ -176,6 +181,25 @@ def pytest_collection_modifyitems_self_tests(config, items):
                                              "self-tests (marker selftest) run with `python -m pytest` and in CI"}
 
 
+EXPERIMENTS_WHY = ("the experiment claims are a GPU target of their own: 50 fine-tunes of the real 270M (over an hour "
+                   "on one H200, spread over every visible GPU); `pytest -m gpu --experiments` or `python -m harness "
+                   "certify --gpu` runs them")
+
+
+def _deselect_experiments(config, items) -> None:
+    """On a CUDA machine without --experiments: deselect the experiment claims' tests and record which claims that left
+    out (the report's Scope section)."""
+    chosen = [item for item in items if item.get_closest_marker("experiments")]
+    if not chosen:
+        return
+    config.hook.pytest_deselected(items=chosen)
+    items[:] = [item for item in items if not item.get_closest_marker("experiments")]
+    recorder = config.stash[STATE].recorder
+    if recorder is not None:
+        recorder.extras["experiments_not_run"] = {"claims": sorted({c for item in chosen for c in _claim_ids(item)}),
+                                                  "why": EXPERIMENTS_WHY}
+
+
 def pytest_collection_modifyitems(config, items):
     # Short GPU probes first (the long runs go on in the background meanwhile), then the tests that wait for
     # those runs, then the timings, which need the GPU to themselves. The sort is stable: files keep their order.
@@ -187,6 +211,8 @@ def pytest_collection_modifyitems(config, items):
             items[:] = [item for item in items if not item.get_closest_marker("faults")]
     no_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     has_cuda = cuda_available()
+    if has_cuda and not config.getoption("--experiments"):  # without CUDA they skip, saying why
+        _deselect_experiments(config, items)
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(no_cuda)

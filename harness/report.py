@@ -119,6 +119,21 @@ def plots(data: dict) -> list[str]:
     return [p for p in out if p]
 
 
+def _scope_html(extras: dict) -> str:
+    """What this run left out on purpose: the suite's self-tests (certify), the experiment claims (a GPU target of
+    their own)."""
+    items = []
+    self_tests = extras.get("self_tests_not_run")
+    if self_tests and self_tests.get("count"):
+        items.append(f'{int(self_tests["count"])} self-tests of the suite were not run here: {escape(self_tests["why"])} '
+                     f'(<code>python -m harness certify --with-self-tests</code> runs them too).')
+    experiments = extras.get("experiments_not_run")
+    if experiments and experiments.get("claims"):
+        items.append(f'The experiment claims {escape(", ".join(experiments["claims"]))} were not run here: '
+                     f'{escape(experiments["why"])}.')
+    return f'<h2>Scope</h2><p id="scope">{"<br>".join(items)}</p>' if items else ""
+
+
 def render(data: dict) -> str:
     kind, headline = status(data)
     counts: dict[str, int] = {}
@@ -151,11 +166,7 @@ def render(data: dict) -> str:
     faults = (data.get("extras") or {}).get("faults")
     if faults:
         extra_sections += "<h2>Planted regressions</h2>" + _faults_table(faults)
-    not_run = (data.get("extras") or {}).get("self_tests_not_run")
-    if not_run and not_run.get("count"):
-        extra_sections += (f'<h2>Scope</h2><p id="scope">{int(not_run["count"])} self-tests of the suite were not run here: '
-                           f'{escape(not_run["why"])} (<code>python -m harness certify --with-self-tests</code> runs them '
-                           f'too).</p>')
+    extra_sections += _scope_html(data.get("extras") or {})
     slowest = list((data.get("durations") or {}).items())[:10]
     if slowest:
         slow_rows = "".join(f"<tr><td>{escape(nodeid)}</td><td>{seconds:.1f}</td></tr>" for nodeid, seconds in slowest)

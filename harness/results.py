@@ -171,6 +171,8 @@ class RunRecorder:
                 skipped = [t.reason for t in records if t.outcome == "skipped" and t.reason]
                 if skipped:
                     entry["reason"] = skipped[0]
+                elif claim.id in (self.extras.get("experiments_not_run") or {}).get("claims", ()):
+                    entry["reason"] = f"not run in this session: {self.extras['experiments_not_run']['why']}"
                 elif claim.tier == "gpu" and not cuda:
                     entry["reason"] = NO_GPU_REASON
                 else:

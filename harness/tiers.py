@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.results import certify_exit_code, reports_root, write_run
+from harness.results import NO_GPU_REASON, certify_exit_code, reports_root, write_run
 
 CPU_TIER_ARGS = ["-m", "not gpu"]
 GPU_TIER_ARGS = ["-m", "gpu"]
@@ -32,8 +32,10 @@ def _ran(entry: dict) -> bool:
 def merge_claim(parts: list[tuple[str, dict]]) -> dict:
     """One claim's entries from several tiers (label, entry) as one entry."""
     ran = [(label, e) for label, e in parts if _ran(e)]
-    if not ran:  # the most informative skip: an environment problem, then any real reason, then "not run"
-        ranked = sorted(parts, key=lambda p: (not p[1].get("environment_problem"), NOT_RUN in (p[1].get("reason") or "")))
+    if not ran:  # the most informative skip: an environment problem, any real reason, "not run", then "needs a CUDA
+        # GPU" (the CPU tier's, where CUDA was hidden on purpose: it would hide why the GPU tier left the claim out)
+        ranked = sorted(parts, key=lambda p: (not p[1].get("environment_problem"), p[1].get("reason") == NO_GPU_REASON,
+                                              NOT_RUN in (p[1].get("reason") or "")))
         merged = copy.deepcopy(ranked[0][1])
         merged["tests"] = [t for _, e in parts for t in e.get("tests", [])]
         return merged
@@ -91,9 +93,11 @@ def _load(root: Path) -> dict | None:
         return None
 
 
-def certify_all(model: str, pytest_args: list[str], tests: Path, self_tests: bool = False) -> int:
+def certify_all(model: str, pytest_args: list[str], tests: Path, self_tests: bool = False,
+                experiments: bool = True) -> int:
     """Both tiers (the CPU tier with CUDA hidden, then the GPU tier), merged into reports/<run>/; the suite's
-    self-tests only with `self_tests` (as `certify` on the CPU)."""
+    self-tests only with `self_tests` (as `certify` on the CPU); the experiment claims unless `experiments` is False
+    (pytest's --experiments: a GPU target of their own, over an hour on one GPU)."""
     root = reports_root()
     run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{os.getpid()}-all-tiers"
     base = [sys.executable, "-m", "pytest", str(tests), "-q", "-p", "no:cacheprovider", f"--model={model}"]
@@ -106,7 +110,7 @@ def certify_all(model: str, pytest_args: list[str], tests: Path, self_tests: boo
         cpu_code = subprocess.run(base + CPU_TIER_ARGS, stdout=cpu_log, stderr=subprocess.STDOUT,
                                   env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "HARNESS_REPORTS": str(cpu_root)}).returncode
     print(f"CPU tier: pytest exit {cpu_code}", flush=True)
-    gpu_code = subprocess.run(base + GPU_TIER_ARGS + pytest_args,
+    gpu_code = subprocess.run(base + GPU_TIER_ARGS + (["--experiments"] if experiments else []) + pytest_args,
                               env={**os.environ, "HARNESS_REPORTS": str(gpu_root)}).returncode
     print(f"GPU tier: pytest exit {gpu_code}")
     parts = [(label, data) for label, data in (("cpu tier", _load(cpu_root)), ("gpu tier", _load(gpu_root))) if data]

@@ -9,7 +9,9 @@ hierarchical-bootstrap CI, one recorded verdict, sanity floors (spec/experiment_
 
 import pytest
 
-pytestmark = [pytest.mark.gpu, pytest.mark.uses_runs("experiments"), pytest.mark.gpu_phase(2)]  # after E2E's GGUF checks
+# A target of its own (--experiments; certify --gpu passes it): over an hour of GPU time, the rest of the tier ~10 min
+pytestmark = [pytest.mark.gpu, pytest.mark.experiments, pytest.mark.uses_runs("experiments"),
+              pytest.mark.gpu_phase(2)]  # after E2E's GGUF checks
 
 
 @pytest.mark.claim("LORA-MLP-ABLATION", "MASK-STABILITY", "LR-WARMUP-STABILITY")

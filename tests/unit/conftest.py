@@ -19,7 +19,7 @@ import pytest
 SELF_TEST_MODULES = {
     "test_arabic_norm", "test_bad_input", "test_bundle", "test_blind_spot_checks", "test_cache", "test_catalog", "test_certify_scope",
     "test_dataset",
-    "test_doctor", "test_experiment_judging", "test_experiment_stats", "test_failures_not_hidden",
+    "test_doctor", "test_experiment_judging", "test_experiment_stats", "test_experiments_target", "test_failures_not_hidden",
     "test_fault_coverage", "test_gpu_conftest", "test_gpu_records_replayed", "test_llama_cpp_build", "test_lora_quant_specs",
     "test_masking_checks", "test_matrix", "test_measure_cache", "test_pytest_plugin",
     "test_malloc_policy", "test_omp_policy", "test_probe_runs",

@@ -51,3 +51,14 @@ def test_environment_problems_and_skip_reasons_survive():
 def test_an_incomplete_tier_makes_the_merged_run_incomplete():
     data = merge([("cpu tier", run([], complete=False)), ("gpu tier", run([]))], "all")
     assert data["complete"] is False and certify_exit_code(0, data) == 3
+
+
+def test_a_claim_the_gpu_tier_left_out_says_why_not_that_the_cpu_tier_had_no_gpu():
+    """certify --gpu --no-experiments: the CPU tier (CUDA hidden) skipped the experiment test for want of a GPU; the
+    GPU tier deselected it and says why. The merged claim gives the GPU tier's reason (it said "needs a CUDA GPU" on
+    a GPU runner before)."""
+    why = "not run in this session: the experiment claims are a GPU target of their own"
+    cpu = run([entry("MASK-STABILITY", "skip", reason="needs a CUDA GPU")])
+    gpu = run([entry("MASK-STABILITY", "skip", reason=why)])
+    merged = merge([("cpu tier", cpu), ("gpu tier", gpu)], "all")["claims"][0]
+    assert (merged["verdict"], merged["reason"]) == ("skip", why)
