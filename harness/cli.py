@@ -78,10 +78,23 @@ def cmd_certify(args) -> int:
     from harness.results import reports_root
 
     print(f"report: {reports_root() / 'latest' / 'index.html'}")
-    print({0: "certified: every claim that ran is as recorded", 1: "REGRESSION (or a failing test): see the report",
+    print({0: "certified: every claim that ran is as recorded", 1: _regression_line(),
            2: "ENVIRONMENT PROBLEM: no regression, but some claims could not be checked here (python -m harness doctor)",
            3: "the run did not complete: the report is partial"}[outcome])
     return outcome
+
+
+def _regression_line() -> str:
+    """Exit 1's line: which claims moved and which failed before measuring (harness.results.regression_split)."""
+    from harness.results import regression_split, reports_root
+
+    try:
+        moved, unmeasured = regression_split(json.loads((reports_root() / "latest" / "results.json").read_text()))
+    except (OSError, ValueError):
+        return "REGRESSION (or a failing test): see the report"
+    parts = [f"evidence moved: {', '.join(moved)}"] if moved else []
+    parts += [f"failed before measuring (a test's error: see its reason): {', '.join(unmeasured)}"] if unmeasured else []
+    return "REGRESSION: " + ("; ".join(parts) or "a test of the suite failed") + " (see the report)"
 
 
 def _certify_cpu(args, tests: Path) -> int:

@@ -316,6 +316,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_line("verdicts: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items())))
     if regressions:
         terminalreporter.write_line("REGRESSIONS: " + ", ".join(regressions))
+        unmeasured = [e["id"] for e in claims if e.get("failed_before_measuring")]
+        if unmeasured:
+            terminalreporter.write_line(f"  of which failed before any evidence was measured (an error in a test or its "
+                                        f"setup; each claim's reason names it): {', '.join(unmeasured)}")
     for problem in recorder.environment_problems():
         terminalreporter.write_line(f"ENVIRONMENT PROBLEM (not a regression; {', '.join(problem['claims'])} could "
                                     f"not be checked here): {problem['reason']}")

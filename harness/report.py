@@ -38,7 +38,15 @@ def status(data: dict) -> tuple[str, str]:
     if not data.get("complete"):
         return "incomplete", "Incomplete run — the report is partial"
     if any(c.get("regression") for c in data["claims"]):
-        return "regressions", "Regressions found"
+        from harness.results import regression_split
+
+        moved, unmeasured = regression_split(data)
+        parts = [f"{len(moved)} claim(s) left their recorded evidence ({', '.join(moved)})"] if moved else []
+        if unmeasured:
+            parts.append(f"{len(unmeasured)} claim(s) failed before any evidence was measured ({', '.join(unmeasured)}): "
+                         f"an error in a test or its setup (the suite's own code, or a library call that raised); "
+                         f"each claim's reason names it")
+        return "regressions", "Regressions found — " + "; ".join(parts)
     problems = data.get("environment_problems") or []
     if problems:
         claims = sorted({cid for p in problems for cid in p["claims"]})

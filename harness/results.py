@@ -158,6 +158,8 @@ class RunRecorder:
                 regressions = [o for o in outcomes if o.regression]
                 entry["verdict"] = "fail" if errors else (regressions[0].verdict if regressions else outcomes[-1].verdict)
                 entry["regression"] = bool(errors or regressions)
+                if errors and not outcomes:  # red all the same; the report tells it apart from evidence that moved
+                    entry["failed_before_measuring"] = True
                 entry["evidence"] = {o.context: o.evidence for o in outcomes}
                 entry["contexts"] = sorted({o.context for o in outcomes})
                 entry["violations"] = [f"[{o.context}] {v}" for o in outcomes for v in o.violations]
@@ -241,6 +243,14 @@ def _jsonable(value):
 
 # `python -m harness certify` exit codes (README: "Exit codes").
 VERIFIED, REGRESSION, ENVIRONMENT_PROBLEM, NOT_COMPLETED = 0, 1, 2, 3
+
+
+def regression_split(data: dict) -> tuple[list[str], list[str]]:
+    """(claims whose evidence left what they record, claims whose tests failed before any evidence was measured: an
+    error in a test or its setup, the suite's own code or a library call that raised). Both are regressions."""
+    red = [c for c in data.get("claims") or [] if c.get("regression")]
+    return ([c["id"] for c in red if not c.get("failed_before_measuring")],
+            [c["id"] for c in red if c.get("failed_before_measuring")])
 
 
 def certify_exit_code(pytest_code: int, data: dict | None) -> int:

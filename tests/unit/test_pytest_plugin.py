@@ -5,8 +5,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 USER_TEST = '''
 import pytest
@@ -55,3 +58,51 @@ def test_a_scratch_repository_gets_marker_certify_and_results(tmp_path):
     assert data["environment"]["git_commit"] is None or len(data["environment"]["git_commit"]) == 12
     assert len(data["environment"]["source_digest"]) == 16
     assert "Where the time went" in (tmp_path / "reports" / "latest" / "index.html").read_text()
+
+
+BROKEN_SETUP = '''
+import pytest
+
+
+@pytest.fixture
+def probe():
+    return helper_the_edit_removed()  # a NameError in the suite's own setup (the H200's first probe-queue run)
+
+
+@pytest.mark.claim("GC-FALLBACK-BOUNDARY")
+def test_reads_a_probe(probe, certify):
+    certify("GC-FALLBACK-BOUNDARY", probe, "gpu")
+
+
+@pytest.mark.claim("LORA-RANK")
+def test_my_ranks(certify):
+    adapters = [{"name": f"layers.0.{m}", "a_shape": (16, 64), "b_shape": (64, 16), "in_features": 64, "out_features": 64}
+                for m in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")]
+    certify("LORA-RANK", {"r": 16, "adapters": adapters}, "tiny")
+'''
+
+
+def test_a_test_that_errors_before_measuring_is_red_and_told_apart_from_evidence_that_moved(tmp_path):
+    """Both are regressions (exit 1, never green); the banner, the terminal and the claim say which claims' evidence
+    moved and which failed before anything was measured (session 14's NameError read as 'Regressions found')."""
+    from harness.report import status
+    from harness.results import certify_exit_code, regression_split
+
+    (tmp_path / "test_broken.py").write_text(BROKEN_SETUP)
+    env = {**os.environ, "HARNESS_REPORTS": str(tmp_path / "reports"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "harness.pytest_plugin",
+                           "--rootdir", str(tmp_path), "-c", os.devnull, "test_broken.py"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    data = json.loads((tmp_path / "reports" / "latest" / "results.json").read_text())
+    claims = {c["id"]: c for c in data["claims"]}
+    assert proc.returncode == 1 and certify_exit_code(proc.returncode, data) == 1
+    boundary = claims["GC-FALLBACK-BOUNDARY"]
+    assert (boundary["verdict"], boundary["regression"], boundary["failed_before_measuring"]) == ("fail", True, True)
+    assert "NameError" in boundary["reason"] and boundary["evidence"] == {}
+    assert claims["LORA-RANK"]["regression"] and "failed_before_measuring" not in claims["LORA-RANK"]
+    assert regression_split(data) == (["LORA-RANK"], ["GC-FALLBACK-BOUNDARY"])
+    kind, headline = status(data)
+    assert kind == "regressions" and "1 claim(s) left their recorded evidence (LORA-RANK)" in headline
+    assert "1 claim(s) failed before any evidence was measured (GC-FALLBACK-BOUNDARY)" in headline
+    assert "failed before any evidence was measured" in proc.stdout
