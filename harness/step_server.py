@@ -6,6 +6,9 @@ of each step until a line "step" arrives on stdin, and answers "done <input toke
 CUDA work has finished; "stop" ends training and prints a JSON line of warm-up time and peak memory.
 The timed interval is forward + backward + optimizer + scheduler of one real step (the batch was
 already collated). Each backend runs in its own process: Unsloth patches torch and transformers.
+
+`--hold`: once the trainer is built, print "loaded" and wait for a line "warm" before the warm-up steps, so that a
+server loads while other work runs and warms up when the GPU is free of long runs (harness.step_client starts it).
 """
 
 from __future__ import annotations
@@ -30,10 +33,18 @@ def _sync() -> None:
 
 
 class SteppedByStdin(TrainerCallback):
-    def __init__(self, warmup: int):
+    def __init__(self, warmup: int, hold: bool = False):
         self.warmup, self.tokens, self.start = warmup, 0, time.perf_counter()
         self.warmup_seconds = None
         self.first_step_seconds = None
+        self.hold = hold
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.hold:  # loaded: wait for the go-ahead before the first (compiling) step
+            print("loaded", flush=True)
+            if sys.stdin.readline().strip() != "warm":
+                control.should_training_stop = True
+            self.start = time.perf_counter()
 
     def count(self, inputs: dict) -> None:
         mask = inputs.get("attention_mask")
@@ -86,15 +97,16 @@ def main(argv=None) -> int:
     p.add_argument("--backend", choices=backends.names(), required=True)
     p.add_argument("--model", default="gemma3-270m")
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--hold", action="store_true", help='print "loaded" and wait for "warm" before the warm-up steps')
     args = p.parse_args(argv)
-    callback = SteppedByStdin(args.warmup)
+    callback = SteppedByStdin(args.warmup, args.hold)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
         build_start = time.perf_counter()
         trainer = build_trainer(args.model, args.backend, callback, Path(tmp))
         build_seconds = time.perf_counter() - build_start
-        callback.start = time.perf_counter()
+        callback.start = time.perf_counter()  # (with --hold: again when "warm" arrives)
         trainer.train()
     cuda = torch.cuda.is_available()
     print(json.dumps({"backend": args.backend, "model": args.model, "build_seconds": round(build_seconds, 1),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,9 @@ E2E_EVAL_LIMIT = os.environ.get("HARNESS_E2E_EVAL_LIMIT")
 SEEDS = [int(s) for s in os.environ.get("HARNESS_EXPERIMENT_SEEDS", "").split(",") if s] or list(EXPERIMENT_SEEDS)
 GIB_PER_RUN = 6  # a 270M QLoRA run with generation batch 16 and expandable segments: ~3-5 GiB at its peak
 FOREGROUND_GIB = 8  # the pytest process's own: Unsloth's 4-bit 270M with LoRA (test_model_facts), the 4-bit reload
+# a step server's (harness.step_client): the 270M with LoRA, its optimizer state and one step's activations; 870 and
+# 1,226 MiB peak allocated (unsloth, hf) on an H100 on 2026-11-26 (README), plus its CUDA context
+STEP_SERVER_GIB = 3
 
 
 @dataclass
@@ -49,7 +53,7 @@ def _slots(items) -> int:
     if os.environ.get("HARNESS_GPU_PARALLEL"):
         return int(os.environ["HARNESS_GPU_PARALLEL"])
     total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-    reserve = FOREGROUND_GIB + probes_reserve_gib(items, total_gib)
+    reserve = FOREGROUND_GIB + probes_reserve_gib(items, total_gib) + STEP_SERVER_GIB * len(_wanted_step_servers(items))
     return max(1, min(13, int((total_gib - reserve) // GIB_PER_RUN)))
 
 
@@ -78,6 +82,13 @@ def _wanted(items) -> set[str]:
 def _wanted_probes(items) -> list[str]:
     return list(dict.fromkeys(name for item in items if not item.get_closest_marker("skip")
                               for mark in item.iter_markers("uses_probes") for name in mark.args))
+
+
+def _wanted_step_servers(items) -> list[str]:
+    """The backends whose step timings are selected (tests that use the step_servers fixture, parametrized by backend)."""
+    return list(dict.fromkeys(item.callspec.params["backend"] for item in items
+                              if not item.get_closest_marker("skip") and "step_servers" in item.fixturenames
+                              and "backend" in getattr(getattr(item, "callspec", None), "params", {})))
 
 
 def probes_reserve_gib(items, total_gib: float) -> int:
@@ -168,6 +179,53 @@ def _perf_model(request) -> tuple[str, Path]:
 
     name = os.environ.get("HARNESS_PERF_MODEL")
     return (name, resolve(name).path) if name else ("gemma3-270m", request.getfixturevalue("gemma_dir"))
+
+
+@dataclass
+class StepServers:
+    servers: dict  # backend -> harness.step_client.StepServer, started held
+    warmer: threading.Thread | None = None
+    extras: dict = field(default_factory=dict)
+
+    def ready(self, backend: str):
+        """Every server warmed up (none compiles while another is timed); this backend's server. A server that died
+        fails its own test, with its log, not the other backend's."""
+        if self.warmer is not None:
+            self.warmer.join()
+        for name, server in self.servers.items():
+            try:
+                server.wait_ready()
+            except AssertionError:
+                if name == backend:
+                    raise
+        return self.servers[backend]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def step_servers(request, gpu_runs):
+    """The step-time servers of the selected timing tests, started held at session start (they load meanwhile) and
+    warmed up once the reference fine-tune is done (beside its GGUF checks, which are mostly llama.cpp on the CPU):
+    the timed rounds run last with the GPU to itself (gpu_to_itself), as before; only the warm-up moved."""
+    from harness.step_client import StepServer
+
+    backends = _wanted_step_servers(request.session.items)
+    servers = StepServers({b: StepServer(b, _perf_model(request)[0], hold=True) for b in backends})
+
+    def warm_after_the_reference_run():
+        if gpu_runs.e2e_dir is not None:
+            gpu_runs.queue.wait(["e2e"])
+        for server in servers.servers.values():
+            try:
+                server.warm()
+            except AssertionError:  # it died loading: its own test says so, with its log
+                pass
+
+    if servers.servers:
+        servers.warmer = threading.Thread(target=warm_after_the_reference_run, name="step-server warmer", daemon=True)
+        servers.warmer.start()
+    yield servers
+    for server in servers.servers.values():
+        server.kill()
 
 
 @pytest.fixture

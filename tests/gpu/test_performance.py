@@ -5,12 +5,7 @@ warm-up steps absorb compilation). Keep the JSON with `--benchmark-json` so `--b
 works across library versions; the ratio and peak memory go into the report.
 """
 
-import json
 import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -23,48 +18,21 @@ ROUNDS = int(os.environ.get("HARNESS_PERF_ROUNDS", "60"))
 RESULTS: dict = {}
 
 
-class StepServer:
-    """A harness.step_server process: `step()` runs one training step there and returns when it is done."""
-
-    def __init__(self, backend: str, warmup: int = 20):
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness.step_server", "--backend", backend, "--model", MODEL,
-                                      "--warmup", str(warmup)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True, bufsize=1, cwd=Path(__file__).resolve().parents[2])
-        self.tokens: list[int] = []
-        self._read_until("ready")
-
-    def _read_until(self, prefix: str) -> str:
-        for line in self.proc.stdout:  # libraries print banners to stdout too: skip them
-            if line.startswith(prefix):
-                return line
-        code = self.proc.wait()
-        self.log.seek(0)
-        raise AssertionError(f"step server exited (code {code}) before printing {prefix!r}:\n{self.log.read()[-3000:]}")
-
-    def step(self) -> None:
-        self.proc.stdin.write("step\n")
-        self.tokens.append(int(self._read_until("done").split()[1]))
-
-    def close(self) -> dict:
-        self.proc.stdin.write("stop\n")
-        self.proc.stdin.flush()
-        stats = json.loads(self._read_until('{"backend"'))  # the trainer also prints {'loss': …} dicts
-        self.proc.wait(timeout=120)
-        return stats
-
-
 @pytest.mark.parametrize("backend", backends.names())
-def test_training_step_time(backend, benchmark, gpu_to_itself):
-    """One training step of the recipe on each backend, in its own process, warm-up excluded."""
-    server = StepServer(backend)
+def test_training_step_time(backend, benchmark, gpu_to_itself, step_servers):
+    """One training step of the recipe on each backend, in its own process, warm-up excluded. The servers were started
+    at session start and warmed up beside the reference run's GGUF checks (tests/gpu/conftest.py: step_servers); the
+    timed rounds run with the GPU to itself."""
+    server = step_servers.ready(backend)
     try:
         benchmark.pedantic(server.step, rounds=ROUNDS, iterations=1, warmup_rounds=3)
     finally:
         stats = server.close()
     mean = benchmark.stats.stats.mean
     measured = server.tokens[3:]  # the benchmark's own warm-up rounds are not in its stats
-    stats.update(step_seconds_mean=round(mean, 4), step_seconds_median=round(benchmark.stats.stats.median, 4),
+    stats.update(warm_seconds=server.warm_seconds,
+                 warmed_up="beside the reference run's GGUF checks: the warm-up seconds are not a speed figure",
+                 step_seconds_mean=round(mean, 4), step_seconds_median=round(benchmark.stats.stats.median, 4),
                  tokens_per_step=round(sum(measured) / len(measured), 1),
                  tokens_per_second=round(sum(measured) / len(measured) / mean, 1), rounds=len(measured))
     benchmark.extra_info.update(stats)

@@ -24,7 +24,7 @@ SELF_TEST_MODULES = {
     "test_masking_checks", "test_matrix", "test_measure_cache", "test_pytest_plugin",
     "test_malloc_policy", "test_omp_policy", "test_probe_runs",
     "test_release_workflow", "test_report_and_diff", "test_report_browser", "test_report_evaluation", "test_run_queue",
-    "test_scoring", "test_tiers", "test_time_certify",
+    "test_scoring", "test_step_client", "test_tiers", "test_time_certify",
 }
 # Single self-tests in modules that also check instruments.
 SELF_TESTS = {

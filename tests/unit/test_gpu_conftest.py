@@ -22,7 +22,36 @@ spec = importlib.util.spec_from_file_location("gpu_conftest", {gpu_conftest!r})
 gpu_conftest = importlib.util.module_from_spec(spec)
 sys.modules["gpu_conftest"] = gpu_conftest
 spec.loader.exec_module(gpu_conftest)
-gpu_runs, gpu_probes = gpu_conftest.gpu_runs, gpu_conftest.gpu_probes
+gpu_runs, gpu_probes, step_servers = gpu_conftest.gpu_runs, gpu_conftest.gpu_probes, gpu_conftest.step_servers
+
+from harness import step_client
+
+EVENTS = []
+
+
+class FakeStepServer:
+    """No process: records what the fixture asks of it, in order."""
+
+    def __init__(self, backend, model, hold=False):
+        self.backend, self.model, self.hold, self.warm_seconds = backend, model, hold, None
+        EVENTS.append(("start", backend, hold))
+
+    def warm(self):
+        EVENTS.append(("warm", self.backend))
+
+    def wait_ready(self):
+        EVENTS.append(("ready", self.backend))
+
+    def kill(self):
+        EVENTS.append(("kill", self.backend))
+
+
+step_client.StepServer = FakeStepServer
+
+
+@pytest.fixture
+def events():
+    return EVENTS
 
 real_probes = probe_runs.probes
 
@@ -63,6 +92,16 @@ def test_reads_its_probes(gpu_runs, gpu_probes):
 def test_without_probes(gpu_probes):
     # queued in the table's order (the slowest first), not in the order the tests name them
     assert list(gpu_probes.folders) == ["accumulation", "checkpoint-511"]
+
+
+@pytest.mark.parametrize("backend", ["hf", "unsloth"])
+def test_step_time(backend, step_servers, events):
+    server = step_servers.ready(backend)
+    assert server.backend == backend and server.model == "gemma3-270m"
+    # both started held at session start; both warmed (no reference run queued here: at once) before either is timed
+    assert events[:2] == [("start", "hf", True), ("start", "unsloth", True)]
+    assert {("warm", "hf"), ("warm", "unsloth"), ("ready", "hf"), ("ready", "unsloth")} <= set(events)
+    assert ("kill", backend) not in events
 '''
 
 
@@ -77,4 +116,4 @@ def test_the_gpu_session_fixtures_run_and_their_tests_read_the_probes(tmp_path):
                            "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "2 passed" in proc.stdout
+    assert "4 passed" in proc.stdout
