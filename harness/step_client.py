@@ -39,14 +39,15 @@ class StepServer:
         if not hold:
             self.wait_ready()
 
-    def _read_until(self, prefix: str) -> str:
+    def _read_until(self, prefix: str | tuple[str, ...]) -> str:
         for line in self.proc.stdout:  # libraries print banners to stdout too: skip them
             if line.startswith(prefix):
                 return line
         code = self.proc.wait()
         self.state = "exited"
         self.log.seek(0)
-        raise AssertionError(f"step server ({self.backend}) exited (code {code}) before printing {prefix!r}:\n"
+        wanted = " or ".join(repr(p) for p in ((prefix,) if isinstance(prefix, str) else prefix))
+        raise AssertionError(f"step server ({self.backend}) exited (code {code}) before printing {wanted}:\n"
                              f"{self.log.read()[-3000:]}")
 
     def _send(self, line: str) -> None:
@@ -57,7 +58,11 @@ class StepServer:
         """(hold=True) Wait until the server has loaded, then let it run its warm-up steps."""
         if self.state != "held":
             return
-        self._read_until("loaded")
+        if self._read_until(("loaded", "ready")).startswith("ready"):
+            # a trainer loop that never called on_train_begin warmed up without waiting: waiting for "loaded" here
+            # would deadlock with the server waiting for "step"
+            self.state = "ready"
+            return
         self._send("warm")
         self._warm_sent, self.state = time.perf_counter(), "warming"
 

@@ -14,10 +14,12 @@ from harness.step_server import SteppedByStdin
 p = argparse.ArgumentParser()
 p.add_argument("--warmup", type=int)
 p.add_argument("--hold", action="store_true")
+p.add_argument("--skip-train-begin", action="store_true")
 args = p.parse_args()
 callback = SteppedByStdin(args.warmup, args.hold)
 state, control = types.SimpleNamespace(global_step=0), types.SimpleNamespace(should_training_stop=False)
-callback.on_train_begin(None, state, control)
+if "--skip-train-begin" not in sys.argv:
+    callback.on_train_begin(None, state, control)
 steps = 0
 while not control.should_training_stop:  # what Trainer.train does around each step, as far as the callback sees
     callback.on_step_begin(None, state, control)
@@ -58,9 +60,22 @@ def test_a_server_that_dies_names_itself_and_its_log():
     try:
         server.wait_ready()
     except AssertionError as exc:
-        assert "step server (hf) exited (code 1) before printing 'loaded'" in str(exc)
+        assert "step server (hf) exited (code 1) before printing 'loaded' or 'ready'" in str(exc)
         assert "cannot load model none" in str(exc) and server.state == "exited"
     else:
         raise AssertionError("a server that exited reported ready")
+    finally:
+        server.kill()
+
+
+def test_a_trainer_that_never_begins_training_warms_without_waiting_and_does_not_deadlock(tmp_path):
+    """A trainer loop without on_train_begin (a patched loop that dropped it) prints "ready" and no "loaded": the
+    client takes it as ready (waiting for "loaded" would wait forever on a server that waits for "step")."""
+    server = StepServer("fake", "none", warmup=1, hold=True, command=[*fake(tmp_path), "--skip-train-begin"])
+    try:
+        server.wait_ready()
+        assert server.state == "ready" and server.warm_seconds is None
+        server.step()
+        assert server.close()["steps_run"] == 3
     finally:
         server.kill()
