@@ -20,19 +20,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from transformers import TrainerCallback
-
 from harness.recipe import HANDBOOK
-from harness.run_record import on_training_batches
 
 
 def _sync() -> None:
-    if torch.cuda.is_available():  # CPU: only for trying the server out; timings there mean little
+    torch = sys.modules.get("torch")  # (a stand-in trainer loop in the unit tests imports no torch)
+    if torch is not None and torch.cuda.is_available():  # CPU: only for trying the server out; timings mean little
         torch.cuda.synchronize()
 
 
-class SteppedByStdin(TrainerCallback):
+class SteppedByStdin:
+    """The stepping protocol, as a trainer callback's methods (stepped_callback adds transformers' TrainerCallback; the
+    unit tests drive this class with a stand-in loop and no transformers import: tests/unit/test_step_client.py)."""
+
     def __init__(self, warmup: int, hold: bool = False):
         self.warmup, self.tokens, self.start = warmup, 0, time.perf_counter()
         self.warmup_seconds = None
@@ -68,7 +68,20 @@ class SteppedByStdin(TrainerCallback):
             print(f"done {self.tokens}", flush=True)
 
 
+def stepped_callback(warmup: int, hold: bool = False) -> SteppedByStdin:
+    from transformers import TrainerCallback
+
+    class SteppedByStdinCallback(SteppedByStdin, TrainerCallback):
+        pass
+
+    return SteppedByStdinCallback(warmup, hold)
+
+
 def build_trainer(model: str, backend: str, callback: SteppedByStdin, out_dir: Path):
+    import torch
+
+    from harness.run_record import on_training_batches
+
     from harness import dataset as ds
     from harness.masking import reference_masker
     from harness.models import resolve
@@ -99,7 +112,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--hold", action="store_true", help='print "loaded" and wait for "warm" before the warm-up steps')
     args = p.parse_args(argv)
-    callback = SteppedByStdin(args.warmup, args.hold)
+    import torch
+
+    callback = stepped_callback(args.warmup, args.hold)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:

@@ -97,7 +97,7 @@ def test_without_probes(gpu_probes):
 @pytest.mark.parametrize("backend", ["hf", "unsloth"])
 def test_step_time(backend, step_servers, events):
     server = step_servers.ready(backend)
-    assert server.backend == backend and server.model == "gemma3-270m"
+    assert (server.backend, server.model) == (backend, "gemma3-270m")
     # both started held at session start; both warmed (no reference run queued here: at once) before either is timed
     assert events[:2] == [("start", "hf", True), ("start", "unsloth", True)]
     assert {("warm", "hf"), ("warm", "unsloth"), ("ready", "hf"), ("ready", "unsloth")} <= set(events)
