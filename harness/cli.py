@@ -61,6 +61,10 @@ def cmd_finetune(args) -> int:
 
 def cmd_certify(args) -> int:
     """Run the claim suite (pytest) and write reports/<run>/index.html and results.json."""
+    if args.no_experiments and not args.gpu:
+        print("error: --no-experiments goes with --gpu (without it certify runs no experiment claim: they need a GPU "
+              "and `certify --gpu` or `pytest -m gpu --experiments`)", file=sys.stderr)
+        return 3
     os.environ["HARNESS_MODEL"] = args.model
     tests = Path(__file__).resolve().parent.parent / "tests"
     if args.gpu:
@@ -93,7 +97,8 @@ def _regression_line() -> str:
     except (OSError, ValueError):
         return "REGRESSION (or a failing test): see the report"
     parts = [f"evidence moved: {', '.join(moved)}"] if moved else []
-    parts += [f"failed before measuring (a test's error: see its reason): {', '.join(unmeasured)}"] if unmeasured else []
+    parts += [f"red by a failing test, no evidence of their own out of bounds (see each reason): "
+              f"{', '.join(unmeasured)}"] if unmeasured else []
     return "REGRESSION: " + ("; ".join(parts) or "a test of the suite failed") + " (see the report)"
 
 

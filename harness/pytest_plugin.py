@@ -135,6 +135,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "claim(id): binds a test to a claim ID")
     config.addinivalue_line("markers", "faults: the fault catalog; runs only with --faults")
     config.addinivalue_line("markers", "experiments: the experiment claims' fine-tunes; runs only with --experiments")
+    config.addinivalue_line("markers", "step_timing: a step-time benchmark whose server starts at session start "
+                                       "(tests/gpu/conftest.py)")
     config.addinivalue_line("markers", "uses_runs(name): reads a background GPU run (e2e, experiments), see tests/gpu")
     config.addinivalue_line("markers", "uses_probes(name, ...): reads GPU probes started with the session "
                                        "(harness.probe_runs), see tests/gpu")
@@ -186,9 +188,12 @@ EXPERIMENTS_WHY = ("the experiment claims are a GPU target of their own: 50 fine
                    "certify --gpu` runs them")
 
 
-def _deselect_experiments(config, items) -> None:
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")  # after -k/-m: names only what they kept
+def pytest_collection_modifyitems_experiments(config, items):
     """On a CUDA machine without --experiments: deselect the experiment claims' tests and record which claims that left
-    out (the report's Scope section)."""
+    out (the report's Scope section). Without CUDA they stay, to skip for want of a GPU, saying so."""
+    if config.getoption("--experiments") or not cuda_available():
+        return
     chosen = [item for item in items if item.get_closest_marker("experiments")]
     if not chosen:
         return
@@ -211,8 +216,6 @@ def pytest_collection_modifyitems(config, items):
             items[:] = [item for item in items if not item.get_closest_marker("faults")]
     no_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     has_cuda = cuda_available()
-    if has_cuda and not config.getoption("--experiments"):  # without CUDA they skip, saying why
-        _deselect_experiments(config, items)
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(no_cuda)
@@ -316,10 +319,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_line("verdicts: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items())))
     if regressions:
         terminalreporter.write_line("REGRESSIONS: " + ", ".join(regressions))
-        unmeasured = [e["id"] for e in claims if e.get("failed_before_measuring")]
+        from harness.results import regression_split
+
+        unmeasured = regression_split({"claims": claims})[1]
         if unmeasured:
-            terminalreporter.write_line(f"  of which failed before any evidence was measured (an error in a test or its "
-                                        f"setup; each claim's reason names it): {', '.join(unmeasured)}")
+            terminalreporter.write_line(f"  of which red only because a test bound to them failed (an error in a test "
+                                        f"or its setup; each claim's reason names it), none of their own evidence out "
+                                        f"of bounds: {', '.join(unmeasured)}")
     for problem in recorder.environment_problems():
         terminalreporter.write_line(f"ENVIRONMENT PROBLEM (not a regression; {', '.join(problem['claims'])} could "
                                     f"not be checked here): {problem['reason']}")

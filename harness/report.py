@@ -43,9 +43,10 @@ def status(data: dict) -> tuple[str, str]:
         moved, unmeasured = regression_split(data)
         parts = [f"{len(moved)} claim(s) left their recorded evidence ({', '.join(moved)})"] if moved else []
         if unmeasured:
-            parts.append(f"{len(unmeasured)} claim(s) failed before any evidence was measured ({', '.join(unmeasured)}): "
-                         f"an error in a test or its setup (the suite's own code, or a library call that raised); "
-                         f"each claim's reason names it")
+            parts.append(f"{len(unmeasured)} claim(s) red because a test bound to them failed, with none of their own "
+                         f"evidence out of bounds ({', '.join(unmeasured)}): an error in a test or its setup (the suite's "
+                         f"own code, or a library call that raised), or a check after certify; each claim's reason "
+                         f"names it")
         return "regressions", "Regressions found — " + "; ".join(parts)
     problems = data.get("environment_problems") or []
     if problems:

@@ -158,8 +158,8 @@ class RunRecorder:
                 regressions = [o for o in outcomes if o.regression]
                 entry["verdict"] = "fail" if errors else (regressions[0].verdict if regressions else outcomes[-1].verdict)
                 entry["regression"] = bool(errors or regressions)
-                if errors and not outcomes:  # red all the same; the report tells it apart from evidence that moved
-                    entry["failed_before_measuring"] = True
+                if errors and not regressions:  # red all the same; the report tells it apart from evidence that moved
+                    entry[RED_BY_TEST_FAILURE] = True
                 entry["evidence"] = {o.context: o.evidence for o in outcomes}
                 entry["contexts"] = sorted({o.context for o in outcomes})
                 entry["violations"] = [f"[{o.context}] {v}" for o in outcomes for v in o.violations]
@@ -245,12 +245,18 @@ def _jsonable(value):
 VERIFIED, REGRESSION, ENVIRONMENT_PROBLEM, NOT_COMPLETED = 0, 1, 2, 3
 
 
+# A red claim none of whose own evidence left what it records: a test bound to it failed otherwise (an error in the
+# test or its setup, before or after it measured; an assertion after certify; another claim's hard certify failure
+# that stopped the test). Still a regression (exit 1); the report names these claims apart.
+RED_BY_TEST_FAILURE = "red_by_test_failure"
+
+
 def regression_split(data: dict) -> tuple[list[str], list[str]]:
-    """(claims whose evidence left what they record, claims whose tests failed before any evidence was measured: an
-    error in a test or its setup, the suite's own code or a library call that raised). Both are regressions."""
+    """(claims whose evidence left what they record, claims red only because a test bound to them failed otherwise).
+    Both are regressions."""
     red = [c for c in data.get("claims") or [] if c.get("regression")]
-    return ([c["id"] for c in red if not c.get("failed_before_measuring")],
-            [c["id"] for c in red if c.get("failed_before_measuring")])
+    return ([c["id"] for c in red if not c.get(RED_BY_TEST_FAILURE)],
+            [c["id"] for c in red if c.get(RED_BY_TEST_FAILURE)])
 
 
 def certify_exit_code(pytest_code: int, data: dict | None) -> int:

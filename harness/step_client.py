@@ -33,32 +33,47 @@ class StepServer:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      bufsize=1, cwd=ROOT)
         self.tokens: list[int] = []
+        self.error = ""
         self.state = "held" if hold else "warming"
         self.warm_seconds: float | None = None  # from "warm" to "ready" (hold=True)
         self._warm_sent: float | None = None
         if not hold:
             self.wait_ready()
 
-    def _read_until(self, prefix: str | tuple[str, ...]) -> str:
-        for line in self.proc.stdout:  # libraries print banners to stdout too: skip them
-            if line.startswith(prefix):
+    def _read_until(self, *wanted: str) -> str:
+        """The first line that is one of the protocol's words ("loaded", "ready") or starts with one of its prefixes
+        ("done ", '{"backend"'): libraries print banners to stdout too, and a banner may begin with a word."""
+        self._raise_if_dead()
+        for line in self.proc.stdout:
+            if any(line.strip() == w if w.isalpha() else line.startswith(w) for w in wanted):
                 return line
+        self._died(f"before printing {' or '.join(map(repr, wanted))}")
+
+    def _send(self, line: str) -> None:
+        self._raise_if_dead()
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            self._died(f"before reading {line!r}")
+
+    def _died(self, when: str):
         code = self.proc.wait()
         self.state = "exited"
         self.log.seek(0)
-        wanted = " or ".join(repr(p) for p in ((prefix,) if isinstance(prefix, str) else prefix))
-        raise AssertionError(f"step server ({self.backend}) exited (code {code}) before printing {wanted}:\n"
-                             f"{self.log.read()[-3000:]}")
+        self.error = f"step server ({self.backend}) exited (code {code}) {when}:\n{self.log.read()[-3000:]}"
+        raise AssertionError(self.error)
 
-    def _send(self, line: str) -> None:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
+    def _raise_if_dead(self) -> None:
+        """A server that died earlier (seen by another thread or call) says so again, with its log."""
+        if self.state == "exited":
+            raise AssertionError(self.error)
 
     def warm(self) -> None:
         """(hold=True) Wait until the server has loaded, then let it run its warm-up steps."""
         if self.state != "held":
             return
-        if self._read_until(("loaded", "ready")).startswith("ready"):
+        if self._read_until("loaded", "ready").strip() == "ready":
             # a trainer loop that never called on_train_begin warmed up without waiting: waiting for "loaded" here
             # would deadlock with the server waiting for "step"
             self.state = "ready"
@@ -67,6 +82,7 @@ class StepServer:
         self._warm_sent, self.state = time.perf_counter(), "warming"
 
     def wait_ready(self) -> None:
+        self._raise_if_dead()
         self.warm()
         if self.state == "warming":
             self._read_until("ready")
@@ -76,7 +92,7 @@ class StepServer:
 
     def step(self) -> None:
         self._send("step")
-        self.tokens.append(int(self._read_until("done").split()[1]))
+        self.tokens.append(int(self._read_until("done ").split()[1]))
 
     def close(self) -> dict:
         """Stop training; the server's JSON line (warm-up seconds, peak memory)."""
@@ -90,4 +106,5 @@ class StepServer:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        self.state = "closed" if self.state == "closed" else "exited"
+        if self.state != "closed":
+            self.state, self.error = "exited", self.error or f"step server ({self.backend}) was stopped"

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.results import NO_GPU_REASON, certify_exit_code, reports_root, write_run
+from harness.results import NO_GPU_REASON, RED_BY_TEST_FAILURE, certify_exit_code, reports_root, write_run
 
 CPU_TIER_ARGS = ["-m", "not gpu"]
 GPU_TIER_ARGS = ["-m", "gpu"]
@@ -49,6 +49,10 @@ def merge_claim(parts: list[tuple[str, dict]]) -> dict:
             contexts.append(key)
         violations += [f"[{label}] {v}" for v in entry.get("violations") or []]
     regressing = [e for _, e in ran if e.get("regression")]
+    if regressing and all(e.get(RED_BY_TEST_FAILURE) for e in regressing):  # no tier's evidence moved
+        merged[RED_BY_TEST_FAILURE] = True
+    else:
+        merged.pop(RED_BY_TEST_FAILURE, None)
     merged.update(evidence=evidence, expected_by_context=expected, contexts=sorted(contexts), violations=violations,
                   regression=bool(regressing), verdict=regressing[0]["verdict"] if regressing else ran[-1][1]["verdict"],
                   tests=[t for _, e in parts for t in e.get("tests", [])],
@@ -77,6 +81,13 @@ def merge(parts: list[tuple[str, dict]], run_id: str) -> dict:
     for _, data in parts:
         extras.update(data.get("extras") or {})
         durations.update(data.get("durations") or {})
+    left_out = extras.get("experiments_not_run")
+    if left_out:  # a claim the CPU tier checked was not left out of the merged run
+        unchecked = [cid for cid in left_out.get("claims", []) if any(c["id"] == cid and not _ran(c) for c in claims)]
+        if unchecked:
+            extras["experiments_not_run"] = {**left_out, "claims": unchecked}
+        else:
+            extras.pop("experiments_not_run")
     last = parts[-1][1]
     return {"schema": last.get("schema"), "run": run_id, "complete": all(d.get("complete") for _, d in parts),
             "started": min(d.get("started") or "" for _, d in parts), "finished": last.get("finished"),

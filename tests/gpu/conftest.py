@@ -85,10 +85,9 @@ def _wanted_probes(items) -> list[str]:
 
 
 def _wanted_step_servers(items) -> list[str]:
-    """The backends whose step timings are selected (tests that use the step_servers fixture, parametrized by backend)."""
+    """The backends whose step timings are selected (tests marked step_timing, parametrized by backend)."""
     return list(dict.fromkeys(item.callspec.params["backend"] for item in items
-                              if not item.get_closest_marker("skip") and "step_servers" in item.fixturenames
-                              and "backend" in getattr(getattr(item, "callspec", None), "params", {})))
+                              if not item.get_closest_marker("skip") and item.get_closest_marker("step_timing")))
 
 
 def probes_reserve_gib(items, total_gib: float) -> int:
@@ -185,7 +184,7 @@ def _perf_model(request) -> tuple[str, Path]:
 class StepServers:
     servers: dict  # backend -> harness.step_client.StepServer, started held
     warmer: threading.Thread | None = None
-    extras: dict = field(default_factory=dict)
+    warmed_beside: str = "not warmed yet"  # what ran beside the warm-up (the timings' record says)
 
     def ready(self, backend: str):
         """Every server warmed up (none compiles while another is timed); this backend's server. A server that died
@@ -214,6 +213,12 @@ def step_servers(request, gpu_runs):
     def warm_after_the_reference_run():
         if gpu_runs.e2e_dir is not None:
             gpu_runs.queue.wait(["e2e"])
+            beside = "after the reference run, beside its GGUF checks"
+        else:
+            beside = "at session start, beside the probes and the in-process tests"
+        if gpu_runs.experiment_runs:
+            beside += " and the experiment runs still going"
+        servers.warmed_beside = beside
         for server in servers.servers.values():
             try:
                 server.warm()

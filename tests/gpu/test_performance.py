@@ -18,6 +18,7 @@ ROUNDS = int(os.environ.get("HARNESS_PERF_ROUNDS", "60"))
 RESULTS: dict = {}
 
 
+@pytest.mark.step_timing  # its servers start at session start (tests/gpu/conftest.py: step_servers)
 @pytest.mark.parametrize("backend", backends.names())
 def test_training_step_time(backend, benchmark, gpu_to_itself, step_servers):
     """One training step of the recipe on each backend, in its own process, warm-up excluded. The servers were started
@@ -30,8 +31,10 @@ def test_training_step_time(backend, benchmark, gpu_to_itself, step_servers):
         stats = server.close()
     mean = benchmark.stats.stats.mean
     measured = server.tokens[3:]  # the benchmark's own warm-up rounds are not in its stats
+    held = server.warm_seconds is not None
     stats.update(warm_seconds=server.warm_seconds,
-                 warmed_up="beside the reference run's GGUF checks: the warm-up seconds are not a speed figure",
+                 warmed_up=(f"{step_servers.warmed_beside} (its warm-up seconds are not a speed figure)" if held else
+                            "as soon as it loaded: the server did not hold (its trainer loop never began training)"),
                  step_seconds_mean=round(mean, 4), step_seconds_median=round(benchmark.stats.stats.median, 4),
                  tokens_per_step=round(sum(measured) / len(measured), 1),
                  tokens_per_second=round(sum(measured) / len(measured) / mean, 1), rounds=len(measured))

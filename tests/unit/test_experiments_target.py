@@ -72,3 +72,18 @@ def test_a_cpu_run_keeps_them_to_skip_for_want_of_a_gpu(tmp_path):
     proc, data, html = run(tmp_path, "cpu", cuda=False)
     assert proc.returncode == 0 and "2 passed" in proc.stdout  # no gpu marker here: nothing skips it
     assert "experiments_not_run" not in data["extras"] and "experiment claims" not in html
+
+
+def test_a_selection_that_leaves_them_out_anyway_records_no_scope_line(tmp_path):
+    """-k/-m run first: a run that did not select the experiment tests does not say it left them out for being
+    experiments (the deselection hook is trylast)."""
+    proc, data, html = run(tmp_path, "k", "-k", "another", cuda=True)
+    assert proc.returncode == 0 and "experiments_not_run" not in data["extras"]
+    assert not {c["id"]: c for c in data["claims"]}["MASK-STABILITY"]["reason"].startswith("not run in this session: the")
+
+
+def test_no_experiments_without_gpu_is_a_usage_error(capsys):
+    from harness.cli import main
+
+    assert main(["certify", "--no-experiments"]) == 3
+    assert "--no-experiments goes with --gpu" in capsys.readouterr().err

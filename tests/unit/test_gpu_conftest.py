@@ -94,6 +94,7 @@ def test_without_probes(gpu_probes):
     assert list(gpu_probes.folders) == ["accumulation", "checkpoint-511"]
 
 
+@pytest.mark.step_timing
 @pytest.mark.parametrize("backend", ["hf", "unsloth"])
 def test_step_time(backend, step_servers, events):
     server = step_servers.ready(backend)
@@ -102,6 +103,12 @@ def test_step_time(backend, step_servers, events):
     assert events[:2] == [("start", "hf", True), ("start", "unsloth", True)]
     assert {("warm", "hf"), ("warm", "unsloth"), ("ready", "hf"), ("ready", "unsloth")} <= set(events)
     assert ("kill", backend) not in events
+    assert step_servers.warmed_beside == "at session start, beside the probes and the in-process tests"
+
+
+@pytest.mark.parametrize("backend", ["other"])
+def test_a_test_parametrized_by_backend_starts_no_server(backend, events):
+    assert ("start", "other", True) not in events
 '''
 
 
@@ -116,4 +123,4 @@ def test_the_gpu_session_fixtures_run_and_their_tests_read_the_probes(tmp_path):
                            "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "4 passed" in proc.stdout
+    assert "5 passed" in proc.stdout

@@ -79,12 +79,19 @@ def test_my_ranks(certify):
     adapters = [{"name": f"layers.0.{m}", "a_shape": (16, 64), "b_shape": (64, 16), "in_features": 64, "out_features": 64}
                 for m in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")]
     certify("LORA-RANK", {"r": 16, "adapters": adapters}, "tiny")
+
+
+@pytest.mark.claim("LORA-SCALING", "LORA-INIT")
+def test_certifies_one_claim_then_errors(certify):
+    certify("LORA-SCALING", {"r": 32, "lora_alpha": 64, "scalings": [2.0] * 7}, "tiny")  # as recorded
+    raise RuntimeError("the next reading raised")  # before LORA-INIT was measured
 '''
 
 
-def test_a_test_that_errors_before_measuring_is_red_and_told_apart_from_evidence_that_moved(tmp_path):
+def test_a_test_that_errors_is_red_and_told_apart_from_evidence_that_moved(tmp_path):
     """Both are regressions (exit 1, never green); the banner, the terminal and the claim say which claims' evidence
-    moved and which failed before anything was measured (session 14's NameError read as 'Regressions found')."""
+    moved and which are red only because a test bound to them failed otherwise (session 14's NameError read as
+    'Regressions found'), whether the test measured some of its claims first or none."""
     from harness.report import status
     from harness.results import certify_exit_code, regression_split
 
@@ -98,11 +105,15 @@ def test_a_test_that_errors_before_measuring_is_red_and_told_apart_from_evidence
     claims = {c["id"]: c for c in data["claims"]}
     assert proc.returncode == 1 and certify_exit_code(proc.returncode, data) == 1
     boundary = claims["GC-FALLBACK-BOUNDARY"]
-    assert (boundary["verdict"], boundary["regression"], boundary["failed_before_measuring"]) == ("fail", True, True)
+    assert (boundary["verdict"], boundary["regression"], boundary["red_by_test_failure"]) == ("fail", True, True)
     assert "NameError" in boundary["reason"] and boundary["evidence"] == {}
-    assert claims["LORA-RANK"]["regression"] and "failed_before_measuring" not in claims["LORA-RANK"]
-    assert regression_split(data) == (["LORA-RANK"], ["GC-FALLBACK-BOUNDARY"])
+    assert claims["LORA-RANK"]["regression"] and "red_by_test_failure" not in claims["LORA-RANK"]
+    # measured as recorded, then its test raised: red, but not "evidence moved"
+    scaling = claims["LORA-SCALING"]
+    assert scaling["regression"] and scaling["red_by_test_failure"] and scaling["evidence"]
+    assert claims["LORA-INIT"]["red_by_test_failure"] and "the next reading raised" in claims["LORA-INIT"]["reason"]
+    assert regression_split(data) == (["LORA-RANK"], ["LORA-SCALING", "LORA-INIT", "GC-FALLBACK-BOUNDARY"])
     kind, headline = status(data)
     assert kind == "regressions" and "1 claim(s) left their recorded evidence (LORA-RANK)" in headline
-    assert "1 claim(s) failed before any evidence was measured (GC-FALLBACK-BOUNDARY)" in headline
-    assert "failed before any evidence was measured" in proc.stdout
+    assert "3 claim(s) red because a test bound to them failed" in headline
+    assert "red only because a test bound to them failed" in proc.stdout

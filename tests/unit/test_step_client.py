@@ -79,3 +79,34 @@ def test_a_trainer_that_never_begins_training_warms_without_waiting_and_does_not
         assert server.close()["steps_run"] == 3
     finally:
         server.kill()
+
+
+def test_a_server_that_died_while_another_thread_warmed_it_says_so_again_with_its_log():
+    """The GPU conftest's warmer thread swallows a death while loading (the server's own timing test reports it): the
+    server's later wait_ready() and step() raise the same error with its log, not a bare BrokenPipeError."""
+    server = StepServer("unsloth", "none", hold=True,
+                        command=[sys.executable, "-c", "import sys; sys.exit('CUDA out of memory while loading')"])
+    try:
+        try:
+            server.warm()
+        except AssertionError:
+            pass
+        for call in (server.wait_ready, server.step):
+            try:
+                call()
+            except AssertionError as exc:
+                assert "step server (unsloth) exited (code 1)" in str(exc) and "CUDA out of memory" in str(exc)
+            else:
+                raise AssertionError(f"{call.__name__} on a dead server did not raise")
+    finally:
+        server.kill()
+
+
+def test_a_banner_line_that_begins_with_a_protocol_word_is_not_taken_for_it(tmp_path):
+    (tmp_path / "chatty.py").write_text("print('ready to patch your computer', flush=True)\n" + FAKE_TRAINER)
+    server = StepServer("fake", "none", warmup=1, hold=True, command=[sys.executable, str(tmp_path / "chatty.py")])
+    try:
+        server.wait_ready()
+        assert server.warm_seconds is not None  # it waited for "loaded", sent "warm", then read the real "ready"
+    finally:
+        server.kill()

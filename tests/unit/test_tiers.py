@@ -62,3 +62,26 @@ def test_a_claim_the_gpu_tier_left_out_says_why_not_that_the_cpu_tier_had_no_gpu
     gpu = run([entry("MASK-STABILITY", "skip", reason=why)])
     merged = merge([("cpu tier", cpu), ("gpu tier", gpu)], "all")["claims"][0]
     assert (merged["verdict"], merged["reason"]) == ("skip", why)
+
+
+def test_the_merge_says_evidence_moved_if_it_moved_in_either_tier():
+    """red_by_test_failure is recomputed, not copied from the last tier: evidence that moved in the CPU tier stays
+    "moved" when the GPU tier's test errored (and the other way round)."""
+    moved = entry("LORA-RANK", "fail", {"tiny": {"r": 16}}, regression=True)
+    errored = {**entry("LORA-RANK", "fail", regression=True, reason="t: NameError"), "red_by_test_failure": True}
+    for parts in ([("cpu tier", run([moved])), ("gpu tier", run([errored]))],
+                  [("cpu tier", run([errored])), ("gpu tier", run([moved]))]):
+        assert "red_by_test_failure" not in merge(parts, "all")["claims"][0]
+    both = merge([("cpu tier", run([errored])), ("gpu tier", run([dict(errored)]))], "all")["claims"][0]
+    assert both["red_by_test_failure"] and both["regression"]
+
+
+def test_the_merged_scope_names_only_experiment_claims_no_tier_checked():
+    why = "the experiment claims are a GPU target of their own"
+    cpu = run([entry("MASK-STABILITY", "skip", reason="needs a CUDA GPU"),
+               entry("LORA-MLP-ABLATION", "corrected", {"tiny": {}})])
+    gpu = {**run([entry("MASK-STABILITY", "skip", reason="not run in this session: " + why),
+                  entry("LORA-MLP-ABLATION", "skip", reason="not run in this session: " + why)]),
+           "extras": {"experiments_not_run": {"claims": ["LORA-MLP-ABLATION", "MASK-STABILITY"], "why": why}}}
+    data = merge([("cpu tier", cpu), ("gpu tier", gpu)], "all")
+    assert data["extras"]["experiments_not_run"]["claims"] == ["MASK-STABILITY"]
