@@ -5,7 +5,7 @@
 #   scripts/gpu_runner.sh setup            unpack; build llama-quantize and llama-cpp-python in the background
 #   scripts/gpu_runner.sh check            versions of the stack
 #   scripts/gpu_runner.sh gpu [pytest …]   pytest -m gpu (--experiments: with the experiment claims), report in $HARNESS_REPORTS (default /tmp/handbook-site/reports)
-#   scripts/gpu_runner.sh all [pytest …]   certify --gpu: every claim (CPU tier with CUDA hidden, then GPU tier), one report
+#   scripts/gpu_runner.sh all [pytest …]   certify --gpu: every claim (CPU tier with CUDA hidden, then GPU tier, the experiments included: over an hour on one GPU), one report
 #   scripts/gpu_runner.sh bg [pytest …]    the same, detached (survives the calling shell); then:
 #   scripts/gpu_runner.sh wait SECONDS     wait for the detached run (or SECONDS), print the log's tail, collect
 #   scripts/gpu_runner.sh collect          copy the report, run record and benchmark JSON into $OUT
