@@ -50,7 +50,15 @@ def cmd_finetune(args) -> int:
     record = finetune(model=args.model, backend=args.backend, out_dir=args.out, max_steps=args.max_steps,
                       batch_size=args.batch_size, eval_limit=args.eval_limit,
                       report_to="wandb" if args.wandb else "none", export=not args.no_export,
-                      evaluate_base=not args.no_base_eval, arm=args.arm, seed=args.seed)
+                      evaluate_base=not args.no_base_eval, arm=args.arm, seed=args.seed,
+                      base_eval_only=args.base_eval_only)
+    if args.base_eval_only:
+        base = record["base_eval"]
+        print(json.dumps({**{k: record.get(k) for k in ("model", "backend", "phases")},
+                          "base_eval": {k: base.get(k) for k in ("prompts", "json_valid_rate", "exact_match")}},
+                         indent=1, ensure_ascii=False))
+        print(f"run record: {Path(record['out_dir']) / 'run.json'}")
+        return 0
     summary = {k: record.get(k) for k in ("model", "backend", "phases", "throughput", "memory", "val_loss",
                                           "loss_first10", "loss_last10", "artifacts")}
     summary["eval"] = {k: record["eval"][k] for k in ("prompts", "json_valid_rate", "exact_match")}
@@ -289,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE=offline works)")
     s.add_argument("--no-export", action="store_true")
     s.add_argument("--no-base-eval", action="store_true", help="skip scoring the base model before training")
+    s.add_argument("--base-eval-only", action="store_true",
+                   help="load and score the base model only (run.json's base_eval; the GPU tier runs it beside the "
+                        "fine-tune, which then takes --no-base-eval)")
     s.add_argument("--arm", default="handbook", help=f"an experiment arm: {', '.join(ARMS)}")
     s.add_argument("--seed", type=int, help=f"training seed (recipe: {HANDBOOK.seed})")
     s.set_defaults(func=cmd_finetune)

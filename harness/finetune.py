@@ -92,17 +92,31 @@ class ReferenceFinetune:
     def checkpoint_record(self) -> None:
         write(self.record, self.out_dir / "run.json")
 
+    def load(self) -> None:
+        from harness.models import resolve
+
+        with self.clock.phase("load"):
+            self.source = resolve(self.model_name)
+            self.peft_model, self.tokenizer = self.impl.load(self.source.path, self.recipe, self.expected)
+
+    def evaluate_base_model(self) -> None:
+        """The base model (the adapters as initialised: B = 0) on the first base_eval_limit held-out prompts."""
+        from harness.evaluate import evaluate_split
+
+        recipe = self.recipe
+        with self.clock.phase("evaluate_base"):
+            self.record["base_eval"] = evaluate_split(self.peft_model, self.tokenizer, self.data["test"],
+                                                      min(recipe.base_eval_limit, recipe.eval_limit),
+                                                      recipe.max_new_tokens, desc="evaluate base model",
+                                                      outputs_path=self.out_dir / "outputs-base.jsonl")
+
     def setup(self) -> None:
         from harness import dataset as ds
         from harness.backends.sft import tokenize_conversations
-        from harness.evaluate import evaluate_split
         from harness.masking import reference_masker, user_turn_facts
-        from harness.models import resolve
 
         recipe, impl, record = self.recipe, self.impl, self.record
-        with self.clock.phase("load"):
-            self.source = resolve(self.model_name)
-            self.peft_model, self.tokenizer = impl.load(self.source.path, recipe, self.expected)
+        self.load()
         with self.clock.phase("tokenize"):
             self.data = ds.generate(recipe.dataset_seed)
             masker = reference_masker(self.tokenizer)
@@ -115,11 +129,7 @@ class ReferenceFinetune:
                                               masker, recipe.max_seq_length)
             train_rows = impl.train_rows(train_rows)
         if self.evaluate_base:
-            with self.clock.phase("evaluate_base"):
-                record["base_eval"] = evaluate_split(self.peft_model, self.tokenizer, self.data["test"],
-                                                     min(recipe.base_eval_limit, recipe.eval_limit),
-                                                     recipe.max_new_tokens, desc="evaluate base model",
-                                                     outputs_path=self.out_dir / "outputs-base.jsonl")
+            self.evaluate_base_model()
         self.recorder = StepRecorder(reference_labels=masker)
         with self.clock.phase("build_trainer"):
             built = impl.build_trainer(self.peft_model, self.tokenizer, recipe, self.out_dir, self.source.path, train_rows,
@@ -200,12 +210,22 @@ class ReferenceFinetune:
 def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = HANDBOOK, out_dir: Path | None = None,
              max_steps: int | None = None, batch_size: int | None = None, eval_limit: int | None = None,
              report_to: str = "none", export: bool = True, evaluate_base: bool = True, arm: str = "handbook",
-             seed: int | None = None) -> dict:
-    """Run the recipe (or one experiment arm of it, harness.recipe.ARMS) and return (and write) its run record."""
+             seed: int | None = None, base_eval_only: bool = False) -> dict:
+    """Run the recipe (or one experiment arm of it, harness.recipe.ARMS) and return (and write) its run record;
+    `base_eval_only`: load and score the base model only (the record's base_eval, the same as a full run's)."""
     changes = {k: v for k, v in {"max_steps": max_steps, "per_device_train_batch_size": batch_size,
                                  "eval_limit": eval_limit, "model": model, "seed": seed}.items() if v is not None}
     run = ReferenceFinetune(model, backend, recipe.with_(**changes, **ARMS.get(arm, {})), out_dir, report_to, arm,
                             evaluate_base)
+    if base_eval_only:  # the GPU tier runs it beside the fine-tune (tests/gpu/conftest.py): off its critical path
+        from harness import dataset as ds
+
+        run.load()
+        run.data = ds.generate(run.recipe.dataset_seed)
+        run.evaluate_base_model()
+        run.record.update(complete=True, base_eval_only=True)
+        run.checkpoint_record()
+        return run.record
     run.setup()
     run.train()
     run.evaluate()

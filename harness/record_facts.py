@@ -10,6 +10,12 @@ from spec.schedule import recorded_lr_facts
 E2E_PHASES = ("load", "tokenize", "train", "evaluate", "export")
 
 
+def base_eval_dir(e2e_dir: Path) -> Path:
+    """Where the GPU tier's reference run has its base model scored, in a process of its own beside it
+    (`finetune --base-eval-only`; tests/gpu/conftest.py queues it, tests/gpu/test_unsloth_tier.py merges it)."""
+    return Path(e2e_dir) / "base-eval"
+
+
 def e2e(record: dict, model: str, backend: str) -> dict:
     """E2E-REFERENCE: phases in order, figures present, the loss's fall, the export written."""
     figures = {"steps": record.get("steps"), "throughput": (record.get("throughput") or {}).get("tokens_per_second"),

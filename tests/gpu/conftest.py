@@ -103,6 +103,7 @@ def probes_reserve_gib(items, total_gib: float) -> int:
 def gpu_runs(request, tmp_path_factory):
     """Queue and start the selected long runs (E2E first: it also exports); stop what is left at the end."""
     from harness.experiments import all_arms, queue_arms
+    from harness.record_facts import base_eval_dir
     from harness.run_queue import RunQueue
 
     items = request.session.items
@@ -113,10 +114,16 @@ def gpu_runs(request, tmp_path_factory):
         model = str(request.getfixturevalue("gemma_dir"))
     if "e2e" in wanted:
         runs.e2e_dir = Path(os.environ.get("HARNESS_E2E_OUT") or tmp_path_factory.mktemp("e2e"))
+        limit = ["--eval-limit", E2E_EVAL_LIMIT] if E2E_EVAL_LIMIT else []
+        # The base model's evaluation in a process of its own beside the fine-tune (it needs nothing the training
+        # makes): 112 s of the reference run's ~750 s critical path on an H200 on 2026-11-29, ~60 s of it its first
+        # batch's warm-up (reports/examples/h200-2026-11-29-gpu-tier-without-experiments)
         runs.queue.add("e2e", runs.e2e_dir, [sys.executable, "-m", "harness", "finetune", "--model", model,
                                              "--backend", "unsloth", "--out", str(runs.e2e_dir),
-                                             "--max-steps", str(E2E_STEPS),
-                                             *(["--eval-limit", E2E_EVAL_LIMIT] if E2E_EVAL_LIMIT else [])])
+                                             "--max-steps", str(E2E_STEPS), "--no-base-eval", *limit])
+        runs.queue.add("e2e-base", base_eval_dir(runs.e2e_dir),
+                       [sys.executable, "-m", "harness", "finetune", "--model", model, "--backend", "unsloth",
+                        "--out", str(base_eval_dir(runs.e2e_dir)), "--base-eval-only", *limit])
     if "experiments" in wanted:
         runs.experiments_root = Path(os.environ.get("HARNESS_EXPERIMENTS_DIR") or tmp_path_factory.mktemp("experiments"))
         runs.experiment_runs = queue_arms(runs.queue, runs.experiments_root, all_arms(), SEEDS, model=model,

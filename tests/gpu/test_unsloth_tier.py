@@ -17,10 +17,31 @@ def e2e(gpu_runs, run_extras):
     outcome = gpu_runs.queue.wait("e2e")["e2e"]
     assert outcome.startswith("complete"), f"the reference fine-tune failed ({gpu_runs.e2e_dir}/log.txt): {outcome}"
     record = json.loads((gpu_runs.e2e_dir / "run.json").read_text())
+    if "base_eval" not in record:  # scored in its own process beside the fine-tune (tests/gpu/conftest.py)
+        record = with_base_eval(record, gpu_runs)
     run_extras["finetune"] = {k: record.get(k) for k in ("model", "backend", "steps", "phases", "throughput", "eval",
-                                                          "base_eval", "val_loss", "memory", "artifacts")}
+                                                          "base_eval", "base_eval_run", "val_loss", "memory",
+                                                          "artifacts")}
     run_extras["finetune"]["shared_gpu_with"] = f"up to {gpu_runs.slots - 1} other runs (its step times are not speed figures)"
     return record
+
+
+def with_base_eval(record: dict, gpu_runs) -> dict:
+    """The reference run's record with the base evaluation of its companion run (`finetune --base-eval-only`, same
+    model, recipe and prompts); its outputs file beside the reference run's, where the record's relative name points."""
+    import shutil
+
+    from harness.record_facts import base_eval_dir
+
+    folder = base_eval_dir(gpu_runs.e2e_dir)
+    outcome = gpu_runs.queue.wait("e2e-base")["e2e-base"]
+    assert outcome.startswith("complete"), f"the base model's evaluation failed ({folder}/log.txt): {outcome}"
+    base = json.loads((folder / "run.json").read_text())
+    assert base["model"] == record["model"] and base["recipe"] == record["recipe"], "the base run scored another setup"
+    if base["base_eval"].get("outputs_file"):
+        shutil.copyfile(folder / base["base_eval"]["outputs_file"], gpu_runs.e2e_dir / base["base_eval"]["outputs_file"])
+    return {**record, "base_eval": base["base_eval"],
+            "base_eval_run": {"phases": base.get("phases"), "beside": "its own process, beside the fine-tune"}}
 
 
 @pytest.mark.uses_runs("e2e")

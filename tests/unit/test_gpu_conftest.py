@@ -2,6 +2,7 @@
 nothing on the CPU executes them (a8f135d cut two of its helpers and every GPU test errored in setup with NameError on
 the first H200 run, reports/examples/h200-2026-11-29-probe-queue-smoke)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,24 @@ class FakeStepServer:
 
 step_client.StepServer = FakeStepServer
 
+from harness import run_queue
+
+ADDED = []
+_add = run_queue.RunQueue.add
+
+
+def recording_add(self, name, folder, cmd, env=None):
+    ADDED.append((name, Path(folder), list(cmd)))
+    return _add(self, name, folder, cmd, env)
+
+
+run_queue.RunQueue.add = recording_add
+
+
+@pytest.fixture
+def added():
+    return ADDED
+
 
 @pytest.fixture
 def events():
@@ -81,7 +100,7 @@ import pytest
 
 @pytest.mark.uses_probes("checkpoint-511", "accumulation")
 def test_reads_its_probes(gpu_runs, gpu_probes):
-    assert gpu_runs.e2e_dir is None and gpu_runs.experiment_runs == []
+    assert gpu_runs.experiment_runs == []
     assert gpu_probes.result("checkpoint-511")["probe"] == "checkpoint-511"
     found = gpu_probes.result("accumulation")
     assert found["perf_model"] == found["model"]  # no HARNESS_PERF_MODEL: the session's model
@@ -99,16 +118,38 @@ def test_without_probes(gpu_probes):
 def test_step_time(backend, step_servers, events):
     server = step_servers.ready(backend)
     assert (server.backend, server.model) == (backend, "gemma3-270m")
-    # both started held at session start; both warmed (no reference run queued here: at once) before either is timed
+    # both started held at session start; both warmed (after the reference run, complete already here) before either
+    # is timed
     assert events[:2] == [("start", "hf", True), ("start", "unsloth", True)]
     assert {("warm", "hf"), ("warm", "unsloth"), ("ready", "hf"), ("ready", "unsloth")} <= set(events)
     assert ("kill", backend) not in events
-    assert step_servers.warmed_beside == "at session start, beside the probes and the in-process tests"
+    assert step_servers.warmed_beside == "after the reference run, beside its GGUF checks"
 
 
 @pytest.mark.parametrize("backend", ["other"])
 def test_a_test_parametrized_by_backend_starts_no_server(backend, events):
     assert ("start", "other", True) not in events
+
+
+@pytest.mark.uses_runs("e2e")
+def test_the_reference_run_and_its_base_evaluation_are_queued_apart_and_merged(gpu_runs, added):
+    import importlib.util
+    import json
+    import os
+
+    queued = {name: (folder, cmd) for name, folder, cmd in added}
+    assert "--no-base-eval" in queued["e2e"][1] and "--base-eval-only" not in queued["e2e"][1]
+    assert "--base-eval-only" in queued["e2e-base"][1] and queued["e2e-base"][0] == gpu_runs.e2e_dir / "base-eval"
+    spec = importlib.util.spec_from_file_location("tier", os.environ["GPU_TIER_TESTS"])
+    tier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tier)
+    record = json.loads((gpu_runs.e2e_dir / "run.json").read_text())
+    merged = tier.with_base_eval(record, gpu_runs)
+    assert merged["base_eval"]["exact_match"] == 0.0 and merged["base_eval_run"]["phases"] == {"evaluate_base": 9.0}
+    assert (gpu_runs.e2e_dir / "outputs-base.jsonl").read_text() == '{"id": 1}\\n'  # where the record's name points
+    other = {**record, "recipe": {"r": 16}}
+    with pytest.raises(AssertionError, match="another setup"):
+        tier.with_base_eval(other, gpu_runs)
 '''
 
 
@@ -119,8 +160,18 @@ def test_the_gpu_session_fixtures_run_and_their_tests_read_the_probes(tmp_path):
     env = {**os.environ, "HARNESS_GPU_PARALLEL": "1", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("HARNESS_PERF_MODEL", None)
+    # the reference run and its base evaluation, complete already (no process starts): what the tier's test reads
+    e2e = tmp_path / "e2e"
+    (e2e / "base-eval").mkdir(parents=True)
+    recipe = {"r": 32}
+    (e2e / "run.json").write_text(json.dumps({"complete": True, "model": "gemma3-270m", "recipe": recipe}))
+    (e2e / "base-eval" / "run.json").write_text(json.dumps({
+        "complete": True, "model": "gemma3-270m", "recipe": recipe, "phases": {"evaluate_base": 9.0},
+        "base_eval": {"exact_match": 0.0, "outputs_file": "outputs-base.jsonl"}}))
+    (e2e / "base-eval" / "outputs-base.jsonl").write_text('{"id": 1}\n')
+    env.update(HARNESS_E2E_OUT=str(e2e), GPU_TIER_TESTS=str(ROOT / "tests" / "gpu" / "test_unsloth_tier.py"))
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-report",
                            "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "5 passed" in proc.stdout
+    assert "6 passed" in proc.stdout

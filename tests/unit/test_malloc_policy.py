@@ -41,7 +41,7 @@ def test_the_cli_keeps_freed_memory_on_a_cpu_unless_told_not_to(monkeypatch, set
     else:
         monkeypatch.setenv("HARNESS_KEEP_FREED_MEMORY", setting)
     args = SimpleNamespace(model="tiny", backend="hf", out=None, max_steps=1, batch_size=1, eval_limit=1, wandb=False,
-                           no_export=True, no_base_eval=True, arm="handbook", seed=None)
+                           no_export=True, no_base_eval=True, arm="handbook", seed=None, base_eval_only=False)
     with pytest.raises(_Stop):
         cli.cmd_finetune(args)
     assert calls == ([1] if called else [])
@@ -58,7 +58,7 @@ def test_not_on_a_gpu(monkeypatch):
     monkeypatch.setattr(finetune, "finetune", lambda **kw: (_ for _ in ()).throw(_Stop()))
     monkeypatch.delenv("HARNESS_FAULT", raising=False)
     args = SimpleNamespace(model="tiny", backend="hf", out=None, max_steps=1, batch_size=1, eval_limit=1, wandb=False,
-                           no_export=True, no_base_eval=True, arm="handbook", seed=None)
+                           no_export=True, no_base_eval=True, arm="handbook", seed=None, base_eval_only=False)
     with pytest.raises(_Stop):
         cli.cmd_finetune(args)
     assert calls == []
