@@ -104,8 +104,9 @@ collect() {
   for f in results.json index.html; do [ -f "$latest/$f" ] && cp "$latest/$f" "$dest/"; done
   [ -f "$HARNESS_REPORTS/benchmark.json" ] && cp "$HARNESS_REPORTS/benchmark.json" "$dest/"
   [ -f "$HARNESS_E2E_OUT/run.json" ] && cp "$HARNESS_E2E_OUT/run.json" "$dest/run-unsloth-e2e.json"
-  # its base model's evaluation, run beside it (harness.record_facts.base_eval_dir)
-  [ -f "$HARNESS_E2E_OUT/base-eval/run.json" ] && cp "$HARNESS_E2E_OUT/base-eval/run.json" "$dest/run-unsloth-e2e-base-eval.json"
+  # its base model's evaluation, run beside it (harness.record_facts.base_eval_dir; merged into the run's record by its
+  # test; not named run-unsloth-e2e*: the replay tests read those as reference runs)
+  [ -f "$HARNESS_E2E_OUT/base-eval/run.json" ] && cp "$HARNESS_E2E_OUT/base-eval/run.json" "$dest/base-eval-run-unsloth.json"
   for f in "$HARNESS_E2E_OUT"/outputs-*.jsonl; do [ -f "$f" ] && cp "$f" "$dest/"; done  # every output of the reference run
   # the GPU fault catalog (tests/faults/test_fault_catalog.py -m gpu --faults): each finished run's outcome and results
   for f in "$HARNESS_GPU_FAULT_OUT"/outcome-*.json; do [ -f "$f" ] && cp "$f" "$dest/gpu-fault-$(basename "$f")"; done

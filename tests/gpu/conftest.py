@@ -40,9 +40,30 @@ class GpuRuns:
     queue: object  # harness.run_queue.RunQueue
     slots: int
     e2e_dir: Path | None = None
+    base_eval_apart: bool = False  # the reference run's base model scored in its own process ("e2e-base")
     experiments_root: Path | None = None
     experiment_runs: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: list(SEEDS))
+
+
+def _has_base_eval(e2e_dir: Path) -> bool:
+    """A complete reference run (reused from $HARNESS_E2E_OUT) whose record holds its base score already."""
+    import json
+
+    try:
+        record = json.loads((Path(e2e_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("complete") is True and "base_eval" in record
+
+
+def shared_alone() -> dict:
+    """The reference run's share when only its base evaluation runs beside it, for its first ~2 minutes: a run alone's
+    (the queue counts queued runs, not runs alive together: it would keep half the threads and memory share for ~12
+    minutes, and its held-out evaluation would start at half the batch)."""
+    from harness.run_queue import shared_gpu_env
+
+    return shared_gpu_env(1)
 
 
 def _slots(items) -> int:
@@ -114,16 +135,21 @@ def gpu_runs(request, tmp_path_factory):
         model = str(request.getfixturevalue("gemma_dir"))
     if "e2e" in wanted:
         runs.e2e_dir = Path(os.environ.get("HARNESS_E2E_OUT") or tmp_path_factory.mktemp("e2e"))
-        limit = ["--eval-limit", E2E_EVAL_LIMIT] if E2E_EVAL_LIMIT else []
+        common = ["--model", model, "--backend", "unsloth", "--max-steps", str(E2E_STEPS),
+                  *(["--eval-limit", E2E_EVAL_LIMIT] if E2E_EVAL_LIMIT else [])]
         # The base model's evaluation in a process of its own beside the fine-tune (it needs nothing the training
         # makes): 112 s of the reference run's ~750 s critical path on an H200 on 2026-11-29, ~60 s of it its first
-        # batch's warm-up (reports/examples/h200-2026-11-29-gpu-tier-without-experiments)
-        runs.queue.add("e2e", runs.e2e_dir, [sys.executable, "-m", "harness", "finetune", "--model", model,
-                                             "--backend", "unsloth", "--out", str(runs.e2e_dir),
-                                             "--max-steps", str(E2E_STEPS), "--no-base-eval", *limit])
-        runs.queue.add("e2e-base", base_eval_dir(runs.e2e_dir),
-                       [sys.executable, "-m", "harness", "finetune", "--model", model, "--backend", "unsloth",
-                        "--out", str(base_eval_dir(runs.e2e_dir)), "--base-eval-only", *limit])
+        # batch's warm-up (reports/examples/h200-2026-11-29-gpu-tier-without-experiments). Not where runs go one at
+        # a time (it would only queue behind), nor for a reference run done earlier with its base score in it.
+        runs.base_eval_apart = runs.slots > 1 and not _has_base_eval(runs.e2e_dir)
+        alone = {} if "experiments" in wanted or not runs.base_eval_apart else shared_alone()
+        runs.queue.add("e2e", runs.e2e_dir, [sys.executable, "-m", "harness", "finetune", *common, "--out",
+                                             str(runs.e2e_dir), *(["--no-base-eval"] if runs.base_eval_apart else [])],
+                       env=alone)
+        if runs.base_eval_apart:
+            runs.queue.add("e2e-base", base_eval_dir(runs.e2e_dir),
+                           [sys.executable, "-m", "harness", "finetune", *common, "--out",
+                            str(base_eval_dir(runs.e2e_dir)), "--base-eval-only"])
     if "experiments" in wanted:
         runs.experiments_root = Path(os.environ.get("HARNESS_EXPERIMENTS_DIR") or tmp_path_factory.mktemp("experiments"))
         runs.experiment_runs = queue_arms(runs.queue, runs.experiments_root, all_arms(), SEEDS, model=model,

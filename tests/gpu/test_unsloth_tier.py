@@ -17,7 +17,7 @@ def e2e(gpu_runs, run_extras):
     outcome = gpu_runs.queue.wait("e2e")["e2e"]
     assert outcome.startswith("complete"), f"the reference fine-tune failed ({gpu_runs.e2e_dir}/log.txt): {outcome}"
     record = json.loads((gpu_runs.e2e_dir / "run.json").read_text())
-    if "base_eval" not in record:  # scored in its own process beside the fine-tune (tests/gpu/conftest.py)
+    if gpu_runs.base_eval_apart and "base_eval" not in record:  # scored beside it (tests/gpu/conftest.py)
         record = with_base_eval(record, gpu_runs)
     run_extras["finetune"] = {k: record.get(k) for k in ("model", "backend", "steps", "phases", "throughput", "eval",
                                                           "base_eval", "base_eval_run", "val_loss", "memory",
@@ -40,8 +40,14 @@ def with_base_eval(record: dict, gpu_runs) -> dict:
     assert base["model"] == record["model"] and base["recipe"] == record["recipe"], "the base run scored another setup"
     if base["base_eval"].get("outputs_file"):
         shutil.copyfile(folder / base["base_eval"]["outputs_file"], gpu_runs.e2e_dir / base["base_eval"]["outputs_file"])
-    return {**record, "base_eval": base["base_eval"],
-            "base_eval_run": {"phases": base.get("phases"), "beside": "its own process, beside the fine-tune"}}
+    merged = {**record, "base_eval": base["base_eval"],
+              "base_eval_run": {"phases": base.get("phases"), "beside": "its own process, beside the fine-tune"}}
+    # written back (atomically): the run's record as a stored or reused run.json reads it, whole (json here, not
+    # harness.run_record.write: that module imports transformers, 4 s in the CPU test of this function)
+    path = gpu_runs.e2e_dir / "run.json"
+    path.with_suffix(".tmp").write_text(json.dumps(merged, indent=1, ensure_ascii=False, default=str))
+    path.with_suffix(".tmp").replace(path)
+    return merged
 
 
 @pytest.mark.uses_runs("e2e")

@@ -144,12 +144,20 @@ def test_the_reference_run_and_its_base_evaluation_are_queued_apart_and_merged(g
     tier = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tier)
     record = json.loads((gpu_runs.e2e_dir / "run.json").read_text())
+    assert gpu_runs.base_eval_apart  # two slots here, and the reused reference record has no base score yet
     merged = tier.with_base_eval(record, gpu_runs)
     assert merged["base_eval"]["exact_match"] == 0.0 and merged["base_eval_run"]["phases"] == {"evaluate_base": 9.0}
+    assert json.loads((gpu_runs.e2e_dir / "run.json").read_text()) == merged  # written back whole
+    # both runs get the same recipe values (a shortened HARNESS_E2E_STEPS run once differed in max_steps)
+    assert queued["e2e"][1][queued["e2e"][1].index("--max-steps") + 1] == "600"
+    assert queued["e2e-base"][1][queued["e2e-base"][1].index("--max-steps") + 1] == "600"
     assert (gpu_runs.e2e_dir / "outputs-base.jsonl").read_text() == '{"id": 1}\\n'  # where the record's name points
     other = {**record, "recipe": {"r": 16}}
     with pytest.raises(AssertionError, match="another setup"):
         tier.with_base_eval(other, gpu_runs)
+    import sys
+
+    assert sys.modules["gpu_conftest"]._has_base_eval(gpu_runs.e2e_dir)  # a later session reusing this folder queues no base run
 '''
 
 
@@ -157,7 +165,7 @@ def test_the_gpu_session_fixtures_run_and_their_tests_read_the_probes(tmp_path):
     (tmp_path / "conftest.py").write_text(CONFTEST.format(gpu_conftest=str(ROOT / "tests" / "gpu" / "conftest.py")))
     (tmp_path / "fake_probe.py").write_text(FAKE_PROBE)
     (tmp_path / "test_reads.py").write_text(TESTS)
-    env = {**os.environ, "HARNESS_GPU_PARALLEL": "1", "CUDA_VISIBLE_DEVICES": "",
+    env = {**os.environ, "HARNESS_GPU_PARALLEL": "2", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("HARNESS_PERF_MODEL", None)
     # the reference run and its base evaluation, complete already (no process starts): what the tier's test reads
