@@ -97,17 +97,14 @@ def cmd_certify(args) -> int:
 
 
 def _regression_line() -> str:
-    """Exit 1's line: which claims moved and which failed before measuring (harness.results.regression_split)."""
-    from harness.results import regression_split, reports_root
+    """Exit 1's line: which claims moved and which are red by a failing test (harness.results.regression_headline)."""
+    from harness.results import regression_headline, reports_root
 
     try:
-        moved, unmeasured = regression_split(json.loads((reports_root() / "latest" / "results.json").read_text()))
+        data = json.loads((reports_root() / "latest" / "results.json").read_text())
     except (OSError, ValueError):
         return "REGRESSION (or a failing test): see the report"
-    parts = [f"evidence moved: {', '.join(moved)}"] if moved else []
-    parts += [f"red by a failing test, no evidence of their own out of bounds (see each reason): "
-              f"{', '.join(unmeasured)}"] if unmeasured else []
-    return "REGRESSION: " + ("; ".join(parts) or "a test of the suite failed") + " (see the report)"
+    return f"REGRESSION: {regression_headline(data)} (see the report)"
 
 
 def _certify_cpu(args, tests: Path) -> int:

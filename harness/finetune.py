@@ -15,7 +15,8 @@ import torch
 
 from harness import backends
 from harness.recipe import ARMS, HANDBOOK, Recipe
-from harness.run_record import PhaseClock, StepRecorder, peak_memory, write
+from harness.record_facts import write_record as write
+from harness.run_record import PhaseClock, StepRecorder, peak_memory
 
 MERGE_CHECK_PROMPTS = 8  # held-out prompts on which the merged checkpoint is compared with the trained model
 
@@ -101,11 +102,13 @@ class ReferenceFinetune:
 
     def evaluate_base_model(self) -> None:
         """The base model (the adapters as initialised: B = 0) on the first base_eval_limit held-out prompts."""
+        from harness import dataset as ds
         from harness.evaluate import evaluate_split
 
         recipe = self.recipe
         with self.clock.phase("evaluate_base"):
-            self.record["base_eval"] = evaluate_split(self.peft_model, self.tokenizer, self.data["test"],
+            test = ds.generate(recipe.dataset_seed)["test"]  # (a copy from the per-process cache: setup's split)
+            self.record["base_eval"] = evaluate_split(self.peft_model, self.tokenizer, test,
                                                       min(recipe.base_eval_limit, recipe.eval_limit),
                                                       recipe.max_new_tokens, desc="evaluate base model",
                                                       outputs_path=self.out_dir / "outputs-base.jsonl")
@@ -218,10 +221,7 @@ def finetune(model: str = "gemma3-270m", backend: str = "hf", recipe: Recipe = H
     run = ReferenceFinetune(model, backend, recipe.with_(**changes, **ARMS.get(arm, {})), out_dir, report_to, arm,
                             evaluate_base)
     if base_eval_only:  # the GPU tier runs it beside the fine-tune (tests/gpu/conftest.py): off its critical path
-        from harness import dataset as ds
-
         run.load()
-        run.data = ds.generate(run.recipe.dataset_seed)
         run.evaluate_base_model()
         run.record.update(complete=True, base_eval_only=True)
         run.checkpoint_record()

@@ -319,13 +319,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_line("verdicts: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items())))
     if regressions:
         terminalreporter.write_line("REGRESSIONS: " + ", ".join(regressions))
-        from harness.results import regression_split
+        from harness.results import regression_headline, regression_split
 
-        unmeasured = regression_split({"claims": claims})[1]
-        if unmeasured:
-            terminalreporter.write_line(f"  of which red only because a test bound to them failed (an error in a test "
-                                        f"or its setup; each claim's reason names it), none of their own evidence out "
-                                        f"of bounds: {', '.join(unmeasured)}")
+        if regression_split({"claims": claims})[1]:  # some are red by a failing test: say which
+            terminalreporter.write_line("  " + regression_headline({"claims": claims}))
     for problem in recorder.environment_problems():
         terminalreporter.write_line(f"ENVIRONMENT PROBLEM (not a regression; {', '.join(problem['claims'])} could "
                                     f"not be checked here): {problem['reason']}")

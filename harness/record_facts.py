@@ -3,6 +3,9 @@ the GPU tier's reference run, and the unit tests that replay stored GPU records 
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 from spec.schedule import recorded_lr_facts
@@ -10,10 +13,36 @@ from spec.schedule import recorded_lr_facts
 E2E_PHASES = ("load", "tokenize", "train", "evaluate", "export")
 
 
+def write_record(record: dict, path: Path) -> Path:
+    """A run record written atomically (a reader sees the old file or the new one). Here, not in harness.run_record:
+    that module imports transformers, and the record's readers need not."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False, default=str))
+    os.replace(tmp, path)
+    return path
+
+
 def base_eval_dir(e2e_dir: Path) -> Path:
     """Where the GPU tier's reference run has its base model scored, in a process of its own beside it
     (`finetune --base-eval-only`; tests/gpu/conftest.py queues it, tests/gpu/test_unsloth_tier.py merges it)."""
     return Path(e2e_dir) / "base-eval"
+
+
+def merge_base_eval(record: dict, e2e_dir: Path) -> dict:
+    """The reference run's record with the base evaluation of its companion run (same model, recipe and prompts;
+    AssertionError if its model or recipe differ), its outputs file copied beside the run's (where the record's
+    relative name points), written back to the run's run.json: a stored or reused record is whole."""
+    e2e_dir = Path(e2e_dir)
+    folder = base_eval_dir(e2e_dir)
+    base = json.loads((folder / "run.json").read_text())
+    assert base["model"] == record["model"] and base["recipe"] == record["recipe"], "the base run scored another setup"
+    if base["base_eval"].get("outputs_file"):
+        shutil.copyfile(folder / base["base_eval"]["outputs_file"], e2e_dir / base["base_eval"]["outputs_file"])
+    merged = {**record, "base_eval": base["base_eval"],
+              "base_eval_run": {"phases": base.get("phases"), "beside": "its own process, beside the fine-tune"}}
+    write_record(merged, e2e_dir / "run.json")
+    return merged
 
 
 def e2e(record: dict, model: str, backend: str) -> dict:

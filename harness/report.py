@@ -38,16 +38,9 @@ def status(data: dict) -> tuple[str, str]:
     if not data.get("complete"):
         return "incomplete", "Incomplete run — the report is partial"
     if any(c.get("regression") for c in data["claims"]):
-        from harness.results import regression_split
+        from harness.results import regression_headline
 
-        moved, unmeasured = regression_split(data)
-        parts = [f"{len(moved)} claim(s) left their recorded evidence ({', '.join(moved)})"] if moved else []
-        if unmeasured:
-            parts.append(f"{len(unmeasured)} claim(s) red because a test bound to them failed, with none of their own "
-                         f"evidence out of bounds ({', '.join(unmeasured)}): an error in a test or its setup (the suite's "
-                         f"own code, or a library call that raised), or a check after certify; each claim's reason "
-                         f"names it")
-        return "regressions", "Regressions found — " + "; ".join(parts)
+        return "regressions", "Regressions found — " + regression_headline(data)
     problems = data.get("environment_problems") or []
     if problems:
         claims = sorted({cid for p in problems for cid in p["claims"]})

@@ -259,6 +259,17 @@ def regression_split(data: dict) -> tuple[list[str], list[str]]:
             [c["id"] for c in red if c.get(RED_BY_TEST_FAILURE)])
 
 
+def regression_headline(data: dict) -> str:
+    """What is red, in one sentence (the report's banner, certify's last line, pytest's terminal summary)."""
+    moved, by_test = regression_split(data)
+    parts = [f"{len(moved)} claim(s) left their recorded evidence ({', '.join(moved)})"] if moved else []
+    if by_test:
+        parts.append(f"{len(by_test)} claim(s) red because a test bound to them failed, with none of their own evidence "
+                     f"out of bounds ({', '.join(by_test)}): an error in a test or its setup (the suite's own code, or a "
+                     f"library call that raised), or a check after certify; each claim's reason names it")
+    return "; ".join(parts) or "a test of the suite failed"
+
+
 def certify_exit_code(pytest_code: int, data: dict | None) -> int:
     """0 every claim that ran is as recorded; 1 a regression (or a failing test of the suite itself);
     2 no regression, but an environment problem left claims unchecked here; 3 the run did not complete

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -120,9 +117,3 @@ class StepRecorder(TrainerCallback):
         return out
 
 
-def write(record: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False, default=str))
-    os.replace(tmp, path)
-    return path

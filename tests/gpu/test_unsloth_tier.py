@@ -27,27 +27,13 @@ def e2e(gpu_runs, run_extras):
 
 
 def with_base_eval(record: dict, gpu_runs) -> dict:
-    """The reference run's record with the base evaluation of its companion run (`finetune --base-eval-only`, same
-    model, recipe and prompts); its outputs file beside the reference run's, where the record's relative name points."""
-    import shutil
+    """The reference run's record with its companion base evaluation merged in (harness.record_facts.merge_base_eval)."""
+    from harness.record_facts import base_eval_dir, merge_base_eval
 
-    from harness.record_facts import base_eval_dir
-
-    folder = base_eval_dir(gpu_runs.e2e_dir)
     outcome = gpu_runs.queue.wait("e2e-base")["e2e-base"]
-    assert outcome.startswith("complete"), f"the base model's evaluation failed ({folder}/log.txt): {outcome}"
-    base = json.loads((folder / "run.json").read_text())
-    assert base["model"] == record["model"] and base["recipe"] == record["recipe"], "the base run scored another setup"
-    if base["base_eval"].get("outputs_file"):
-        shutil.copyfile(folder / base["base_eval"]["outputs_file"], gpu_runs.e2e_dir / base["base_eval"]["outputs_file"])
-    merged = {**record, "base_eval": base["base_eval"],
-              "base_eval_run": {"phases": base.get("phases"), "beside": "its own process, beside the fine-tune"}}
-    # written back (atomically): the run's record as a stored or reused run.json reads it, whole (json here, not
-    # harness.run_record.write: that module imports transformers, 4 s in the CPU test of this function)
-    path = gpu_runs.e2e_dir / "run.json"
-    path.with_suffix(".tmp").write_text(json.dumps(merged, indent=1, ensure_ascii=False, default=str))
-    path.with_suffix(".tmp").replace(path)
-    return merged
+    assert outcome.startswith("complete"), \
+        f"the base model's evaluation failed ({base_eval_dir(gpu_runs.e2e_dir)}/log.txt): {outcome}"
+    return merge_base_eval(record, gpu_runs.e2e_dir)
 
 
 @pytest.mark.uses_runs("e2e")

@@ -141,7 +141,7 @@ def test_the_reference_run_and_its_base_evaluation_are_queued_apart_and_merged(g
     assert "--no-base-eval" in queued["e2e"][1] and "--base-eval-only" not in queued["e2e"][1]
     assert "--base-eval-only" in queued["e2e-base"][1] and queued["e2e-base"][0] == gpu_runs.e2e_dir / "base-eval"
     spec = importlib.util.spec_from_file_location("tier", os.environ["GPU_TIER_TESTS"])
-    tier = importlib.util.module_from_spec(spec)
+    tier = importlib.util.module_from_spec(spec)  # the GPU test's fixture helper: waits, then record_facts merges
     spec.loader.exec_module(tier)
     record = json.loads((gpu_runs.e2e_dir / "run.json").read_text())
     assert gpu_runs.base_eval_apart  # two slots here, and the reused reference record has no base score yet

@@ -116,4 +116,4 @@ def test_a_test_that_errors_is_red_and_told_apart_from_evidence_that_moved(tmp_p
     kind, headline = status(data)
     assert kind == "regressions" and "1 claim(s) left their recorded evidence (LORA-RANK)" in headline
     assert "3 claim(s) red because a test bound to them failed" in headline
-    assert "red only because a test bound to them failed" in proc.stdout
+    assert "3 claim(s) red because a test bound to them failed" in proc.stdout
