@@ -60,6 +60,33 @@ def measured_batch(current: int, peak_bytes: int, prompts: int, free_bytes: int,
     return batch
 
 
+def dynamic_shapes_from_the_first_call(device_type: str):
+    """On a GPU, a context in which torch.compile traces with dynamic sizes from a graph's first call
+    (torch._dynamo.config.assume_static_by_default=False); elsewhere, or on a torch without the option, a no-op.
+
+    Why (measured on an H200, 2026-11-29, reports/examples/h200-2026-11-29-gpu-tier-s16): generation with Unsloth's
+    Gemma 3 goes through transformers' `torch.compile(flex_attention)` and Unsloth's compiled LoRA forward, and by default
+    dynamo compiles a static graph at the first shape, then recompiles with dynamic sizes at the next: a cold first
+    batch cost 67 s and the first batch of another size 54 s more, against ~5 s for a repeat (a stack sampler put the
+    time in dynamo, fake tensors, sympy and Triton's compiler, under `set_stance("force_eager")` too). With dynamic sizes
+    from the first call: 67.6 s once, then 5.0-5.6 s at batch sizes 128, 32 and 192; and a second process with the same
+    inductor cache paid 29.9 s for its first batch instead of 67.6 (a static graph hits that cache only at the same
+    shapes; the reference run's trained evaluation and its base evaluation, run beside it, have different first shapes).
+    The batches of a later shape already ran on such dynamic graphs; answers of one process: batches of 64 and 128
+    equal to the same prompts in a batch of 192 (64/64, 128/128); GPU greedy answers are not invariant to batch
+    composition or process anyway (the same 192 prompts in two processes: 177/192 equal, base model's free text)."""
+    import contextlib
+
+    if device_type != "cuda":
+        return contextlib.nullcontext()
+    import torch
+
+    config = getattr(getattr(torch, "_dynamo", None), "config", None)
+    if config is None or not hasattr(config, "assume_static_by_default"):
+        return contextlib.nullcontext()
+    return config.patch(assume_static_by_default=False)
+
+
 def length_order(lengths: list[int]) -> list[int]:
     """Indices of the prompts longest first: a batch then holds prompts of similar length (little left padding),
     and the largest batch comes first, so an out-of-memory shows at once rather than at the end. Stable for ties."""
@@ -116,7 +143,8 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     try:
         for c in configs:
             c.use_cache = True
-        with torch.no_grad(), tqdm(total=len(order), desc=desc, unit="prompt") as progress:
+        with torch.no_grad(), dynamic_shapes_from_the_first_call(device.type), \
+                tqdm(total=len(order), desc=desc, unit="prompt") as progress:
             start = 0
             while start < len(order):
                 chunk = order[start:start + batch_size]
@@ -177,7 +205,8 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                       "out_of_memory_halvings": halvings, "batches": batches, "measured": measured,
                       "decoding_steps": steps, "generated_tokens": generated, "seconds": round(seconds, 3),
                       "seconds_per_decoding_step": round(seconds / steps, 5) if steps else None,
-                      "first_batch": first, "device": str(device)})
+                      "first_batch": first, "device": str(device),
+                      "compile_shapes": "dynamic from the first call" if device.type == "cuda" else None})
     return answers
 
 

@@ -7,17 +7,74 @@ batch of 128 (the evaluation grows to it) twice. Eager first, so the compiled fi
 compilation alone (CUDA context, cuBLAS and allocator warm-up are paid by then). Writes $OUT/generate-warmup.json.
 
 Measured 2026-11-29 (reports/examples/h200-2026-11-29-gpu-tier-without-experiments): the first call of each new shape
-cost 50-67 s, force_eager or not; a repeat 5-9 s. The next run, to name the mechanism (one call, ~5 min):
-  TORCH_LOGS=recompiles PYTHONPATH=$PWD scripts/gpu_runner.sh run python3 scripts/probe_generate_warmup.py
-  TORCHDYNAMO_DISABLE=1 PROBE_CALLS=eager-1,eager-2,compiled-64-other-prompts PROBE_JSON=no-dynamo.json …(same)
+cost 50-67 s, force_eager or not; a repeat 5-9 s. Named the same day (reports/examples/h200-2026-11-29-gpu-tier-s16):
+TORCH_LOGS=recompiles printed nothing, but the stack sampler (StackSampler, every 0.1 s) put a first call's time in
+torch._dynamo, fake tensors, sympy, Triton's compiler and inductor, under force_eager too (transformers'
+`torch.compile(flex_attention)` and Unsloth's compiled LoRA forward); PROBE_DYNAMIC=1 (dynamic sizes from the first
+call; the flag then, the evaluation's default now; PROBE_STATIC=1 for the former) left one cold compile (67.6 s) and no second one at new batch sizes (5.0-5.6 s), and a second process with the
+same inductor cache paid 29.9 s. harness.evaluate.dynamic_shapes_from_the_first_call is the result. Commands:
+  PROBE_CALLS=default-64,default-128,default-32,default-192 PROBE_JSON=dyn-cold.json \
+    PYTHONPATH=$PWD scripts/gpu_runner.sh run python3 scripts/probe_generate_warmup.py
+PROBE_CALLS: the labels of the table below, or "<default|eager>-<prompts>", in the order given. The JSON holds each
+call's seconds, its sampled stack ("where") and every answer with its example id.
 """
 
+import collections
 import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
+
+
+class StackSampler:
+    """Where a call's wall time goes, by sampling the main thread's Python stack every `interval` seconds: the
+    innermost frame (time spent in C shows at the Python frame that called it) and its package. A poor man's py-spy:
+    the runner has no profiler, and TORCH_LOGS=recompiles printed nothing for a 45.7 s first call (2026-11-29)."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval, self.target = interval, threading.main_thread().ident
+        self.leaf, self.package, self.path = collections.Counter(), collections.Counter(), collections.Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _where(frame) -> str:
+        name = frame.f_code.co_filename
+        for marker in ("site-packages/", "dist-packages/", "site/", "/lib/python3"):
+            if marker in name:
+                name = name.split(marker, 1)[1]
+                break
+        return f"{name}:{frame.f_code.co_name}:{frame.f_lineno}"
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            frame = sys._current_frames().get(self.target)
+            if frame is None:
+                continue
+            stack = []
+            while frame is not None and len(stack) < 60:
+                stack.append(self._where(frame))
+                frame = frame.f_back
+            self.leaf[stack[0]] += 1
+            self.package["/".join(stack[0].split("/")[:2]).split(":")[0]] += 1
+            self.path[" < ".join(stack[:4])] += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self, top: int = 12) -> dict:
+        n = sum(self.leaf.values()) or 1
+        share = lambda counter: [[k, round(v / n, 3)] for k, v in counter.most_common(top)]  # noqa: E731
+        return {"samples": n, "interval_s": self.interval, "packages": share(self.package), "leaves": share(self.leaf),
+                "paths": share(self.path)}
 
 
 def main() -> int:
@@ -42,13 +99,27 @@ def main() -> int:
                     ("compiled-128-2", "default", 128), ("eager-128", "eager", 128),
                     # the same batch size with other prompts (another padded length): is the cost keyed on the batch?
                     ("compiled-64-other-prompts", "default", -64), ("compiled-32", "default", 32)]
-    if os.environ.get("PROBE_CALLS"):  # e.g. a fresh process with TORCHDYNAMO_DISABLE=1: PROBE_CALLS=eager-1,eager-2
-        calls_wanted = [c for c in calls_wanted if c[0] in os.environ["PROBE_CALLS"].split(",")]
+    # generate_answers compiles with dynamic sizes from the first call on a GPU (the runs of 2026-11-29 set that
+    # with PROBE_DYNAMIC=1, before it was the evaluation's default); PROBE_STATIC=1 brings back torch's default
+    # (a static graph first, dynamic from the second shape on): the behaviour measured before
+    import contextlib as _contextlib
+
+    import harness.evaluate
+
+    dynamic = os.environ.get("PROBE_STATIC") != "1"
+    if not dynamic:
+        harness.evaluate.dynamic_shapes_from_the_first_call = lambda device_type: _contextlib.nullcontext()
+    if os.environ.get("PROBE_CALLS"):
+        # labels not in the table: "<mode>-<prompts>", e.g. default-96 (the first 96 prompts, the default mode)
+        calls_wanted += [(label, label.split("-")[0], int(label.split("-")[1])) for label in os.environ["PROBE_CALLS"].split(",")
+                         if label.split("-")[0] in ("default", "eager") and label.split("-")[1].isdigit()]  # e.g. a fresh process with TORCHDYNAMO_DISABLE=1: PROBE_CALLS=eager-1,eager-2
+        by_label = {c[0]: c for c in calls_wanted}  # in the order given
+        calls_wanted = [by_label[label] for label in os.environ["PROBE_CALLS"].split(",")]
     for label, mode, n in calls_wanted:
         stats: dict = {}
         torch.cuda.synchronize()
         t = time.perf_counter()
-        with (eager() if mode == "eager" else contextlib.nullcontext()):
+        with (eager() if mode == "eager" else contextlib.nullcontext()), StackSampler() as sampler:
             chosen = prompts[:n] if n > 0 else prompts[128:128 - n]
             out = generate_answers(model, tokenizer, chosen, HANDBOOK.max_new_tokens, batch_size=len(chosen),
                                    desc=label, stats=stats)
@@ -58,8 +129,10 @@ def main() -> int:
         calls.append({"call": label, "mode": mode, "prompts": len(chosen), "seconds": round(seconds, 3),
                       "padded_prompt_tokens": max(len(x) for x in prompt_ids(tokenizer, chosen)),
                       "decoding_steps": stats.get("decoding_steps"),
-                      "seconds_per_step": round(seconds / max(1, stats.get("decoding_steps") or 1), 4)})
-        print(calls[-1], flush=True)
+                      "seconds_per_step": round(seconds / max(1, stats.get("decoding_steps") or 1), 4),
+                      "first_batch": stats.get("first_batch"), "where": sampler.summary()})
+        print({k: v for k, v in calls[-1].items() if k != "where"}, flush=True)
+        print(json.dumps(calls[-1]["where"]["packages"]), json.dumps(calls[-1]["where"]["leaves"][:6]), flush=True)
     pairs = [("eager-1", "compiled-1"), ("eager-128", "compiled-128-1")]
     same = {f"{a} vs {b}": sum(x == y for x, y in zip(answers[a], answers[b])) for a, b in pairs
             if a in answers and b in answers}
@@ -69,11 +142,15 @@ def main() -> int:
     result = {"torch": torch.__version__, "unsloth": unsloth.__version__, "transformers": transformers.__version__,
               "gpu": torch.cuda.get_device_name(0), "set_stance": has_stance, "load_seconds": round(loaded, 1),
               "calls": calls, "answers_equal": same, "env": {k: os.environ.get(k) for k in
-                                                             ("UNSLOTH_COMPILE_DISABLE", "TORCHINDUCTOR_CACHE_DIR", "TORCHDYNAMO_DISABLE",
+                                                             ("PROBE_STATIC", "UNSLOTH_COMPILE_DISABLE", "UNSLOTH_COMPILE_LOCATION", "TORCHINDUCTOR_CACHE_DIR",
+                                                              "TRITON_CACHE_DIR", "TORCHDYNAMO_DISABLE",
                                                               "TORCH_LOGS", "PROBE_CALLS")}}
+    result["dynamic"] = dynamic
+    result["answers"] = {label: [[ex.id, a] for ex, a in zip(test[:len(out)] if label != "compiled-64-other-prompts"
+                                                          else test[128:192], out)] for label, out in answers.items()}
     out_dir = Path(os.environ.get("OUT") or ".")
     (out_dir / os.environ.get("PROBE_JSON", "generate-warmup.json")).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("answers", "calls")}, indent=1))
     return 0
 
 

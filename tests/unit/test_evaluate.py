@@ -169,3 +169,35 @@ def test_the_first_batch_is_timed_apart(tiny_dir, tokenizer):
     generate_answers(model, tokenizer, prompts, max_new_tokens=3, batch_size=2, stats=stats)
     assert stats["batches"] == 3 and stats["first_batch"]["prompts"] == 2
     assert 1 <= stats["first_batch"]["decoding_steps"] <= 3 and 0 < stats["first_batch"]["seconds"] <= stats["seconds"]
+
+
+def test_gpu_generation_compiles_with_dynamic_shapes_from_the_first_call(tiny_dir, tokenizer, monkeypatch):
+    """On a GPU each evaluation batch runs inside dynamic_shapes_from_the_first_call: a static first graph cost a
+    second ~54 s compile at the next batch size on an H200 (2026-11-29); elsewhere nothing changes. Planted: the
+    context's option, its restoration, the CPU no-op, and generate_answers entering it with the model's device."""
+    import contextlib
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness import evaluate
+
+    before = torch._dynamo.config.assume_static_by_default
+    with evaluate.dynamic_shapes_from_the_first_call("cuda"):
+        assert torch._dynamo.config.assume_static_by_default is False
+    assert torch._dynamo.config.assume_static_by_default == before
+    with evaluate.dynamic_shapes_from_the_first_call("cpu"):
+        assert torch._dynamo.config.assume_static_by_default == before
+
+    entered = []
+
+    def recording(device_type):
+        entered.append(device_type)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(evaluate, "dynamic_shapes_from_the_first_call", recording)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
+    stats: dict = {}
+    evaluate.generate_answers(model, tokenizer, [[{"role": "user", "content": "شغل المنبه"}]], max_new_tokens=2,
+                              batch_size=1, stats=stats)
+    assert entered == ["cpu"] and stats["compile_shapes"] is None
