@@ -60,31 +60,41 @@ def measured_batch(current: int, peak_bytes: int, prompts: int, free_bytes: int,
     return batch
 
 
+def _dynamo_config(device_type: str):
+    """torch._dynamo.config where the evaluation should compile with dynamic sizes from the first call: on a GPU, with a
+    torch that has the option; else None."""
+    if device_type != "cuda":
+        return None
+    import torch
+
+    config = getattr(getattr(torch, "_dynamo", None), "config", None)
+    return config if config is not None and hasattr(config, "assume_static_by_default") else None
+
+
 def dynamic_shapes_from_the_first_call(device_type: str):
     """On a GPU, a context in which torch.compile traces with dynamic sizes from a graph's first call
     (torch._dynamo.config.assume_static_by_default=False); elsewhere, or on a torch without the option, a no-op.
 
     Why (measured on an H200, 2026-11-29, reports/examples/h200-2026-11-29-gpu-tier-s16): generation with Unsloth's
-    Gemma 3 goes through transformers' `torch.compile(flex_attention)` and Unsloth's compiled LoRA forward, and by default
-    dynamo compiles a static graph at the first shape, then recompiles with dynamic sizes at the next: a cold first
-    batch cost 67 s and the first batch of another size 54 s more, against ~5 s for a repeat (a stack sampler put the
-    time in dynamo, fake tensors, sympy and Triton's compiler, under `set_stance("force_eager")` too). With dynamic sizes
-    from the first call: 67.6 s once, then 5.0-5.6 s at batch sizes 128, 32 and 192; and a second process with the same
-    inductor cache paid 29.9 s for its first batch instead of 67.6 (a static graph hits that cache only at the same
-    shapes; the reference run's trained evaluation and its base evaluation, run beside it, have different first shapes).
-    The batches of a later shape already ran on such dynamic graphs; answers of one process: batches of 64 and 128
-    equal to the same prompts in a batch of 192 (64/64, 128/128); GPU greedy answers are not invariant to batch
-    composition or process anyway (the same 192 prompts in two processes: 177/192 equal, base model's free text)."""
+    Gemma 3 goes through transformers' `torch.compile(flex_attention)` (no `dynamic` argument: this option decides;
+    Unsloth's own compiled functions are `dynamic=True` already), and by default dynamo compiles a static graph at the
+    first shape, then recompiles with dynamic sizes at the next: a cold first batch cost 67 s and the first batch of
+    another size 54 s more, against ~5 s for a repeat (a stack sampler put the time in dynamo, fake tensors, sympy and
+    Triton's compiler, under `set_stance("force_eager")` too). With dynamic sizes from the first call: 67.6 s once, then
+    5.0-5.6 s at batch sizes 128, 32 and 192; and a second process with the same inductor cache paid 29.9 s for its
+    first batch instead of 67.6 (a static graph hits that cache only at the same shapes; the reference run's trained
+    evaluation and its base evaluation, run beside it, have different first shapes). The batches of a later shape
+    already ran on such dynamic graphs; answers of one process: batches of 64 and 128 equal to the same prompts in a
+    batch of 192 (64/64, 128/128); GPU greedy answers are not invariant to batch composition or process anyway (the
+    same 192 prompts in two processes: 177/192 equal, base model's free text).
+
+    Process-wide while it lasts (torch 2.11 sets a plain attribute): nothing else compiles in an evaluating process
+    meanwhile (a review of 2026-11-29 read the callers). Not around the trained run's validation loss (trainer.evaluate:
+    its flex_attention graph is compiled static there, so the first generation batch recompiles once, dynamic)."""
     import contextlib
 
-    if device_type != "cuda":
-        return contextlib.nullcontext()
-    import torch
-
-    config = getattr(getattr(torch, "_dynamo", None), "config", None)
-    if config is None or not hasattr(config, "assume_static_by_default"):
-        return contextlib.nullcontext()
-    return config.patch(assume_static_by_default=False)
+    config = _dynamo_config(device_type)
+    return contextlib.nullcontext() if config is None else config.patch(assume_static_by_default=False)
 
 
 def length_order(lengths: list[int]) -> list[int]:
@@ -206,7 +216,7 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                       "decoding_steps": steps, "generated_tokens": generated, "seconds": round(seconds, 3),
                       "seconds_per_decoding_step": round(seconds / steps, 5) if steps else None,
                       "first_batch": first, "device": str(device),
-                      "compile_shapes": "dynamic from the first call" if device.type == "cuda" else None})
+                      "compile_shapes": "dynamic from the first call" if _dynamo_config(device.type) else None})
     return answers
 
 

@@ -189,15 +189,28 @@ def test_gpu_generation_compiles_with_dynamic_shapes_from_the_first_call(tiny_di
     with evaluate.dynamic_shapes_from_the_first_call("cpu"):
         assert torch._dynamo.config.assume_static_by_default == before
 
-    entered = []
+    assert evaluate._dynamo_config("cuda") is torch._dynamo.config and evaluate._dynamo_config("cpu") is None
 
+    entered, inside = [], []
+
+    @contextlib.contextmanager
     def recording(device_type):
         entered.append(device_type)
-        return contextlib.nullcontext()
+        inside.append(True)
+        yield
+        inside.pop()
 
     monkeypatch.setattr(evaluate, "dynamic_shapes_from_the_first_call", recording)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
+    generate, calls = model.generate, []
+
+    def generate_inside(*args, **kwargs):
+        calls.append(bool(inside))
+        return generate(*args, **kwargs)
+
+    model.generate = generate_inside
     stats: dict = {}
-    evaluate.generate_answers(model, tokenizer, [[{"role": "user", "content": "شغل المنبه"}]], max_new_tokens=2,
-                              batch_size=1, stats=stats)
-    assert entered == ["cpu"] and stats["compile_shapes"] is None
+    prompts = [[{"role": "user", "content": f"شغل المنبه {i}"}] for i in range(3)]
+    evaluate.generate_answers(model, tokenizer, prompts, max_new_tokens=2, batch_size=2, stats=stats)
+    assert entered == ["cpu"] and calls == [True, True] and not inside  # every batch inside the context
+    assert stats["compile_shapes"] is None  # a CPU run says it compiled nothing dynamic
