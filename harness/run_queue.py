@@ -81,6 +81,11 @@ def dies_with_this_process(cmd: list[str]) -> list[str]:
     return [sys.executable, "-c", _DIES_WITH_PARENT, str(os.getpid()), *cmd]
 
 
+# The queues whose runs the report's timeline shows (RunQueue(..., timeline=True)): the session's background work, beside
+# its tests (harness.results reads this list when it writes results.json; a unit test's scratch queue stays out).
+TIMELINE_QUEUES: list["RunQueue"] = []
+
+
 @dataclass
 class Run:
     name: str
@@ -99,7 +104,8 @@ class RunQueue:
     """
 
     def __init__(self, slots: int, env: dict | None = None, desc: str = "runs", poll_seconds: float = 2.0,
-                 devices: list[str] | dict[str, int] | None = None, gpu_sharing_env: bool = True):
+                 devices: list[str] | dict[str, int] | None = None, gpu_sharing_env: bool = True,
+                 timeline: bool = False):
         # Fine-tunes take minutes: a 2 s poll costs nothing there; the unit tests poll faster.
         if devices is not None and not isinstance(devices, dict):
             devices = {str(d): max(1, slots) for d in devices}
@@ -117,10 +123,23 @@ class RunQueue:
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH")) if p)
         self.runs: list[Run] = []
         self.outcomes: dict[str, str] = {}
-        self.started: dict[str, float] = {}
+        self.started: dict[str, float] = {}  # time.time() when each run started
+        self.ended: dict[str, float] = {}  # ... and when it got its outcome
         self._done = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        if timeline:
+            TIMELINE_QUEUES.append(self)
+
+    def spans(self) -> list[dict]:
+        """Each run started so far: its wall-clock span (time.time(); `end` None while it runs) and its outcome's first
+        words (the report's timeline of the session)."""
+        spans = []
+        for name, start in list(self.started.items()):  # list(): the queue's thread adds runs meanwhile
+            outcome = self.outcomes.get(name)
+            spans.append({"queue": self.desc, "name": name, "start": start, "end": self.ended.get(name),
+                          "outcome": None if outcome is None else outcome.split(":")[0].splitlines()[0][:80]})
+        return spans
 
     def add(self, name: str, folder: Path, cmd: list[str], env: dict | None = None) -> None:
         if self._thread is not None:
@@ -147,6 +166,8 @@ class RunQueue:
 
     def _finish(self, name: str, outcome: str) -> None:
         with self._done:
+            if name in self.started:
+                self.ended.setdefault(name, time.time())
             self.outcomes[name] = outcome
             self._done.notify_all()
 

@@ -75,3 +75,37 @@ def bar_chart(title: str, groups: dict[str, dict[str, float]], ylabel: str, ymax
                  f'transform="rotate(-30 {PAD + i * slot + slot / 2:.1f} {H - PAD + 12})">{escape(cat)}</text>')
     return _frame(title, "", ylabel, body, [(n, COLORS[j % len(COLORS)]) for j, n in enumerate(names)], (0, top), (0, 0)) \
         .replace(f'>{0:.4g}</text>', '></text>', 2)
+
+
+def timeline_chart(title: str, rows: list[tuple[str, float, float | None, str]], end: float, legend: list[str]) -> str:
+    """Horizontal bars on a time axis: rows of (label, start, stop or None for still going at `end`, series), one row
+    each in the given order; series names index COLORS in the order of `legend`."""
+    if not rows or end <= 0:
+        return ""
+    label_w, row_h, width = 250, 13, 760
+    height = PAD + len(rows) * row_h + 28
+    scale = (width - label_w - 16) / end
+    step = next((s for s in (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600) if end / s <= 10), 7200)
+    ticks = "".join(
+        f'<line x1="{label_w + t * scale:.1f}" x2="{label_w + t * scale:.1f}" y1="{PAD - 6}" y2="{height - 26}" '
+        f'stroke="#ddd"/><text x="{label_w + t * scale:.1f}" y="{height - 14}" font-size="10" text-anchor="middle">'
+        f'{t:g}</text>' for t in range(0, int(end) + 1, step))
+    body = ""
+    for i, (label, start, stop, series) in enumerate(rows):
+        y = PAD + i * row_h
+        color = COLORS[legend.index(series) % len(COLORS)] if series in legend else "#888"
+        going = stop is None
+        pale = ' fill-opacity="0.45"' if going else ""
+        stop = end if going else stop
+        shown = label if len(label) <= 40 else "…" + label[-39:]
+        body += (f'<text x="{label_w - 6}" y="{y + 10}" font-size="10" text-anchor="end">{escape(shown)}</text>'
+                 f'<rect x="{label_w + start * scale:.1f}" y="{y + 2}" width="{max(1.0, (stop - start) * scale):.1f}" '
+                 f'height="{row_h - 4}" fill="{color}"{pale}>'
+                 f'<title>{escape(label)}: {start:.1f}-{stop:.1f} s{" (still going)" if going else ""}</title></rect>')
+    legend_svg = "".join(f'<rect x="{label_w + i * 170}" y="8" width="10" height="10" fill="{COLORS[i % len(COLORS)]}"/>'
+                         f'<text x="{label_w + 14 + i * 170}" y="17" font-size="11">{escape(n)}</text>'
+                         for i, n in enumerate(legend))
+    return (f'<svg class="plot" role="img" aria-label="{escape(title)}" viewBox="0 0 {width} {height}" width="{width}" '
+            f'height="{height}" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>{legend_svg}{ticks}'
+            f'{body}<text x="{label_w + (width - label_w) / 2}" y="{height - 2}" font-size="11" text-anchor="middle">'
+            f'seconds from the session\'s start</text></svg>')

@@ -94,7 +94,34 @@ def merge(parts: list[tuple[str, dict]], run_id: str) -> dict:
             "previous_run": None, "environment": {**(last.get("environment") or {}),
                                                   "tiers": {label: d.get("run") for label, d in parts}},
             "claims": claims, "environment_problems": [{"reason": r, "claims": ids} for r, ids in problems.items()],
-            "extras": extras, "durations": dict(sorted(durations.items(), key=lambda kv: -kv[1]))}
+            "extras": extras, "durations": dict(sorted(durations.items(), key=lambda kv: -kv[1])),
+            "timeline": merged_timeline(parts)}
+
+
+def merged_timeline(parts: list[tuple[str, dict]]) -> dict:
+    """The tiers' timelines on one axis: each shifted by its start after the first tier's (results.json `started`,
+    whole seconds), its tests named with the tier."""
+    import datetime as dt
+
+    def start(data) -> float | None:
+        try:
+            return dt.datetime.fromisoformat(data["started"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    starts = [start(data) for _, data in parts]
+    t0 = min((t for t in starts if t is not None), default=None)
+    tests, runs, written = {}, [], 0.0
+    for (label, data), t in zip(parts, starts):
+        timeline = data.get("timeline") or {}
+        shift = 0.0 if t is None or t0 is None else t - t0
+        tests.update({f"{nodeid} [{label}]": [round(a + shift, 1), round(b + shift, 1)]
+                      for nodeid, (a, b) in (timeline.get("tests") or {}).items()})
+        runs += [{**run, "queue": f"{label}: {run['queue']}", "start_s": round(run["start_s"] + shift, 1),
+                  "end_s": None if run.get("end_s") is None else round(run["end_s"] + shift, 1)}
+                 for run in timeline.get("runs") or []]
+        written = max(written, (timeline.get("written_s") or 0.0) + shift)
+    return {"unit": "seconds from the first tier's start", "written_s": round(written, 1), "tests": tests, "runs": runs}
 
 
 def _load(root: Path) -> dict | None:

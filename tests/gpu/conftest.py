@@ -129,7 +129,7 @@ def gpu_runs(request, tmp_path_factory):
 
     items = request.session.items
     wanted = _wanted(items)
-    queue = RunQueue(_slots(items), desc="GPU tier fine-tunes", devices=_device_slots(items))
+    queue = RunQueue(_slots(items), desc="GPU tier fine-tunes", devices=_device_slots(items), timeline=True)
     runs = GpuRuns(queue, queue.slots)
     if wanted:
         model = str(request.getfixturevalue("gemma_dir"))
@@ -191,7 +191,7 @@ def gpu_probes(request, tmp_path_factory):
     # the first GPU (the others hold only fine-tunes); the probes' environment as before they were queued (no
     # expandable segments: GC-VRAM's reserved figures stay comparable with the recorded grids), their threads shared
     queue = RunQueue(at_once(total_gib), desc="GPU tier probes", poll_seconds=1.0,
-                     devices=visible_devices()[:1] or None, gpu_sharing_env=False)
+                     devices=visible_devices()[:1] or None, gpu_sharing_env=False, timeline=True)
     folders = {}
     if wanted:
         root = tmp_path_factory.mktemp("probes")

@@ -27,6 +27,12 @@ def test_my_ranks(certify):
     certify("LORA-RANK", {"r": 16, "adapters": adapters}, "tiny")  # rank 16 where the handbook's recipe has 32
 
 
+def test_that_takes_a_second():
+    import time
+
+    time.sleep(1.05)  # past harness.results.TIMELINE_MIN_SECONDS: in the timeline
+
+
 @pytest.mark.claim("LORA-INIT")
 def test_my_init_then_a_later_check(certify):
     certify("LORA-INIT", {"b_max_abs": 0.0, "logits_max_abs_diff": 0.0, "modules": 7}, "tiny")
@@ -53,7 +59,12 @@ def test_a_scratch_repository_gets_marker_certify_and_results(tmp_path):
     assert claims["LORA-INIT"]["verdict"] == "fail" and claims["LORA-INIT"]["regression"]
     assert "a check after certify failed" in claims["LORA-INIT"]["reason"]
     assert set(data["durations"]) == {"test_mine.py::test_my_adapter_scaling", "test_mine.py::test_my_ranks",
+                                      "test_mine.py::test_that_takes_a_second",
                                       "test_mine.py::test_my_init_then_a_later_check"}
+    # when it ran, from setup's start to teardown's end, in seconds from the session's start; < 1 s tests left out
+    (start, stop), = data["timeline"]["tests"].values()
+    assert list(data["timeline"]["tests"]) == ["test_mine.py::test_that_takes_a_second"]
+    assert 0 <= start and 1.0 <= stop - start <= data["timeline"]["written_s"] and data["timeline"]["runs"] == []
     # provenance: no checkout here, so no commit, but the digest of the code that ran
     assert data["environment"]["git_commit"] is None or len(data["environment"]["git_commit"]) == 12
     assert len(data["environment"]["source_digest"]) == 16

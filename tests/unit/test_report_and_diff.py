@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 import subprocess
 import sys
 
@@ -68,3 +69,21 @@ def test_report_shows_the_context_expectation_and_its_band():
     entry["expected_by_context"] = {"gpu": "refuted|unsupported"}
     row = next(r for r in render(data).split('<tr class="claim')[1:] if "<b>MASK-STABILITY</b>" in r)
     assert "refuted or unsupported" in row and ">pass<" not in row
+
+
+def test_the_timeline_shows_background_runs_and_the_longest_tests_in_order_of_start():
+    """harness.report.timeline_svg: every background run, then the longest tests up to TIMELINE_ROWS rows, sorted by
+    start; a run still going is drawn pale to the time of writing. Planted: a short test dropped at the row limit."""
+    from harness import report
+
+    tests = {f"tests/t.py::test_{i}": [float(i), float(i) + 1 + i] for i in range(report.TIMELINE_ROWS + 5)}
+    timeline = {"written_s": 900.0, "tests": tests,
+                "runs": [{"queue": "GPU tier fine-tunes", "name": "e2e", "start_s": 0.5, "end_s": 663.0, "outcome": "complete in 663 s"},
+                         {"queue": "GPU tier probes", "name": "vram-False", "start_s": 2.0, "end_s": None, "outcome": None}]}
+    svg = report.timeline_svg(timeline)
+    labels = re.findall(r'text-anchor="end">([^<]+)</text>', svg)
+    assert labels[:3] == ["GPU tier fine-tunes: e2e", "GPU tier probes: vram-False", "test_7"]  # by start
+    assert "test_6" not in labels and f"test_{report.TIMELINE_ROWS + 4}" in labels  # the shortest tests left out
+    assert len(labels) == report.TIMELINE_ROWS
+    assert "vram-False: 2.0-900.0 s (still going)" in svg and 'fill-opacity="0.45"' in svg
+    assert report.timeline_svg({}) == "" and report.timeline_svg({"tests": {}, "runs": []}) == ""

@@ -239,3 +239,33 @@ def test_a_run_starts_with_sigpipe_and_sigxfsz_at_their_defaults(tmp_path):
     assert queue.start().wait_all(timeout=60)["r"].startswith("complete")
     ignored = int((folder / "ign").read_text().split()[1], 16)
     assert ignored & (1 << 12 | 1 << 24) == 0, hex(ignored)
+
+
+def test_a_timeline_queue_records_each_runs_span_for_the_report(tmp_path, monkeypatch):
+    """RunQueue(timeline=True) is in harness.run_queue.TIMELINE_QUEUES and keeps each run's wall-clock start and end;
+    the run recorder's timeline reads them (seconds from the session's start). Planted: a queue without the flag stays
+    out; a run still going has no end."""
+    import time
+
+    from harness import run_queue
+    from harness.results import RunRecorder
+
+    monkeypatch.setattr(run_queue, "TIMELINE_QUEUES", [])
+    recorder = RunRecorder(root=tmp_path / "reports")
+    quiet = RunQueue(1, desc="scratch", poll_seconds=0.05)
+    shown = RunQueue(2, desc="background", poll_seconds=0.05, timeline=True)
+    assert run_queue.TIMELINE_QUEUES == [shown] and quiet.spans() == []
+    shown.add("quick", tmp_path / "quick", [sys.executable, "-c", "pass"])
+    shown.add("slow", tmp_path / "slow", [sys.executable, "-c", "import time; time.sleep(30)"])
+    before = time.time()
+    shown.start()
+    shown.wait("quick", timeout=60)
+    spans = {s["name"]: s for s in shown.spans()}
+    assert before <= spans["quick"]["start"] <= spans["quick"]["end"] <= time.time()
+    assert spans["quick"]["outcome"].startswith("failed (exit 0, run.json complete")  # no run.json: failed, first words
+    assert spans["slow"]["end"] is None and spans["slow"]["outcome"] is None
+    runs = {r["name"]: r for r in recorder.timeline()["runs"]}
+    assert runs["quick"]["queue"] == "background" and 0 <= runs["quick"]["start_s"] <= runs["quick"]["end_s"]
+    assert runs["slow"]["end_s"] is None
+    shown.stop()
+    assert {s["name"]: s["end"] is not None for s in shown.spans()} == {"quick": True, "slow": True}

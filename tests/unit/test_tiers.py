@@ -85,3 +85,19 @@ def test_the_merged_scope_names_only_experiment_claims_no_tier_checked():
            "extras": {"experiments_not_run": {"claims": ["LORA-MLP-ABLATION", "MASK-STABILITY"], "why": why}}}
     data = merge([("cpu tier", cpu), ("gpu tier", gpu)], "all")
     assert data["extras"]["experiments_not_run"]["claims"] == ["MASK-STABILITY"]
+
+
+def test_the_tiers_timelines_share_one_axis():
+    """certify --gpu's merge: each tier's timeline shifted by its start after the first tier's, tests named with their
+    tier. Planted: a second tier 100 s later."""
+    from harness.tiers import merged_timeline
+
+    cpu = {"started": "2026-11-29T10:00:00+00:00", "timeline": {"written_s": 90.0, "tests": {"t.py::a": [1.0, 5.0]},
+                                                                  "runs": []}}
+    gpu = {"started": "2026-11-29T10:01:40+00:00", "timeline": {
+        "written_s": 700.0, "tests": {"t.py::a": [2.0, 4.0]},
+        "runs": [{"queue": "fine-tunes", "name": "e2e", "start_s": 1.0, "end_s": None, "outcome": None}]}}
+    merged = merged_timeline([("cpu", cpu), ("gpu", gpu)])
+    assert merged["tests"] == {"t.py::a [cpu]": [1.0, 5.0], "t.py::a [gpu]": [102.0, 104.0]}
+    assert merged["runs"] == [{"queue": "gpu: fine-tunes", "name": "e2e", "start_s": 101.0, "end_s": None, "outcome": None}]
+    assert merged["written_s"] == 800.0
