@@ -222,7 +222,8 @@ class RunRecorder:
                  if b - a >= TIMELINE_MIN_SECONDS}
         queues = getattr(sys.modules.get("harness.run_queue"), "TIMELINE_QUEUES", [])
         runs = [{"queue": span["queue"], "name": span["name"], "start_s": round(span["start"] - t0, 1),
-                 "end_s": None if span["end"] is None else round(span["end"] - t0, 1), "outcome": span["outcome"]}
+                 "end_s": None if span["end"] is None else round(span["end"] - t0, 1), "outcome": span["outcome"],
+                 **({"phases": span["phases"]} if span.get("phases") else {})}
                 for queue in list(queues) for span in queue.spans()]
         return {"unit": "seconds from the session's start", "written_s": round(time.time() - t0, 1), "tests": tests,
                 "runs": runs}

@@ -32,6 +32,15 @@ def complete(folder: Path) -> bool:
         return False
 
 
+def record_phases(folder: Path) -> dict | None:
+    """The phases of a run's record (harness.run_record: {name: seconds}, in the order they ran), if it has them."""
+    try:
+        phases = json.loads((Path(folder) / "run.json").read_text()).get("phases")
+    except (OSError, ValueError):
+        return None
+    return {str(k): float(v) for k, v in phases.items() if isinstance(v, (int, float))} if isinstance(phases, dict) else None
+
+
 def visible_devices() -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (a child given one of these sees only it);
     [] where there is none."""
@@ -125,6 +134,7 @@ class RunQueue:
         self.outcomes: dict[str, str] = {}
         self.started: dict[str, float] = {}  # time.time() when each run started
         self.ended: dict[str, float] = {}  # ... and when it got its outcome
+        self.phases: dict[str, dict] = {}  # a complete run's record's phases (seconds each, in the order they ran)
         self._done = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -138,7 +148,8 @@ class RunQueue:
         for name, start in list(self.started.items()):  # list(): the queue's thread adds runs meanwhile
             outcome = self.outcomes.get(name)
             spans.append({"queue": self.desc, "name": name, "start": start, "end": self.ended.get(name),
-                          "outcome": None if outcome is None else outcome.split(":")[0].splitlines()[0][:80]})
+                          "outcome": None if outcome is None else outcome.split(":")[0].splitlines()[0][:80],
+                          "phases": self.phases.get(name)})
         return spans
 
     def add(self, name: str, folder: Path, cmd: list[str], env: dict | None = None) -> None:
@@ -205,6 +216,7 @@ class RunQueue:
                     took = time.time() - self.started[name]
                     written = complete(run.folder)
                     if proc.returncode == 0 and written:
+                        self.phases[name] = record_phases(run.folder)
                         self._finish(name, f"complete in {took:.0f} s")
                     else:
                         tail = (run.folder / "log.txt").read_text(errors="replace")[-1500:]

@@ -77,9 +77,11 @@ def bar_chart(title: str, groups: dict[str, dict[str, float]], ylabel: str, ymax
         .replace(f'>{0:.4g}</text>', '></text>', 2)
 
 
-def timeline_chart(title: str, rows: list[tuple[str, float, float | None, str]], end: float, legend: list[str]) -> str:
-    """Horizontal bars on a time axis: rows of (label, start, stop or None for still going at `end`, series), one row
-    each in the given order; series names index COLORS in the order of `legend`."""
+def timeline_chart(title: str, rows: list[tuple], end: float, legend: list[str]) -> str:
+    """Horizontal bars on a time axis: rows of (label, start, stop or None for still going at `end`, series[, phases]),
+    one row each in the given order; series names index COLORS in the order of `legend`. `phases` ({name: seconds}, in
+    the order they ran) are drawn as segments laid end to end so that the last ends with the bar (what comes before
+    the first is the process's start: imports, before its record's first phase), each named where it is wide enough."""
     if not rows or end <= 0:
         return ""
     label_w, row_h, width = 250, 13, 760
@@ -91,7 +93,8 @@ def timeline_chart(title: str, rows: list[tuple[str, float, float | None, str]],
         f'stroke="#ddd"/><text x="{label_w + t * scale:.1f}" y="{height - 14}" font-size="10" text-anchor="middle">'
         f'{t:g}</text>' for t in range(0, int(end) + 1, step))
     body = ""
-    for i, (label, start, stop, series) in enumerate(rows):
+    for i, (label, start, stop, series, *rest) in enumerate(rows):
+        phases = rest[0] if rest else None
         y = PAD + i * row_h
         color = COLORS[legend.index(series) % len(COLORS)] if series in legend else "#888"
         going = stop is None
@@ -102,6 +105,17 @@ def timeline_chart(title: str, rows: list[tuple[str, float, float | None, str]],
                  f'<rect x="{label_w + start * scale:.1f}" y="{y + 2}" width="{max(1.0, (stop - start) * scale):.1f}" '
                  f'height="{row_h - 4}" fill="{color}"{pale}>'
                  f'<title>{escape(label)}: {start:.1f}-{stop:.1f} s{" (still going)" if going else ""}</title></rect>')
+        if phases and not going:
+            at = max(start, stop - sum(phases.values()))
+            for k, (phase, seconds) in enumerate(phases.items()):
+                x, w = label_w + at * scale, max(0.5, min(seconds, stop - at) * scale)
+                body += (f'<rect x="{x:.1f}" y="{y + 2}" width="{w:.1f}" height="{row_h - 4}" fill="#fff" '
+                         f'fill-opacity="{0.15 if k % 2 else 0.35}" stroke="{color}" stroke-width="0.5">'
+                         f'<title>{escape(label)} · {escape(phase)}: {seconds:.1f} s</title></rect>')
+                if w >= 7 * len(phase) * 0.6 + 4:
+                    body += (f'<text x="{x + w / 2:.1f}" y="{y + 9.5}" font-size="8" text-anchor="middle" fill="#000">'
+                             f'{escape(phase)}</text>')
+                at += seconds
     legend_svg = "".join(f'<rect x="{label_w + i * 170}" y="8" width="10" height="10" fill="{COLORS[i % len(COLORS)]}"/>'
                          f'<text x="{label_w + 14 + i * 170}" y="17" font-size="11">{escape(n)}</text>'
                          for i, n in enumerate(legend))

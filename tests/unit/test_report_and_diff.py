@@ -78,7 +78,8 @@ def test_the_timeline_shows_background_runs_and_the_longest_tests_in_order_of_st
 
     tests = {f"tests/t.py::test_{i}": [float(i), float(i) + 1 + i] for i in range(report.TIMELINE_ROWS + 5)}
     timeline = {"written_s": 900.0, "tests": tests,
-                "runs": [{"queue": "GPU tier fine-tunes", "name": "e2e", "start_s": 0.5, "end_s": 663.0, "outcome": "complete in 663 s"},
+                "runs": [{"queue": "GPU tier fine-tunes", "name": "e2e", "start_s": 0.5, "end_s": 663.0, "outcome": "complete in 663 s",
+                          "phases": {"load": 29.6, "train": 281.5, "evaluate": 211.0}},
                          {"queue": "GPU tier probes", "name": "vram-False", "start_s": 2.0, "end_s": None, "outcome": None}]}
     svg = report.timeline_svg(timeline)
     labels = re.findall(r'text-anchor="end">([^<]+)</text>', svg)
@@ -86,4 +87,9 @@ def test_the_timeline_shows_background_runs_and_the_longest_tests_in_order_of_st
     assert "test_6" not in labels and f"test_{report.TIMELINE_ROWS + 4}" in labels  # the shortest tests left out
     assert len(labels) == report.TIMELINE_ROWS
     assert "vram-False: 2.0-900.0 s (still going)" in svg and 'fill-opacity="0.45"' in svg
+    # the record's phases end with the run: evaluate from 452.0 to 663.0 s, train before it, named inside the bar
+    assert "GPU tier fine-tunes: e2e · evaluate: 211.0 s" in svg and ">train</text>" in svg
+    x_train, x_eval = (float(re.search(rf'<rect x="([0-9.]+)"[^>]*><title>GPU tier fine-tunes: e2e · {p}:', svg)[1])
+                       for p in ("train", "evaluate"))
+    assert x_train < x_eval
     assert report.timeline_svg({}) == "" and report.timeline_svg({"tests": {}, "runs": []}) == ""

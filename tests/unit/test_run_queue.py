@@ -255,17 +255,20 @@ def test_a_timeline_queue_records_each_runs_span_for_the_report(tmp_path, monkey
     quiet = RunQueue(1, desc="scratch", poll_seconds=0.05)
     shown = RunQueue(2, desc="background", poll_seconds=0.05, timeline=True)
     assert run_queue.TIMELINE_QUEUES == [shown] and quiet.spans() == []
-    shown.add("quick", tmp_path / "quick", [sys.executable, "-c", "pass"])
+    record = json.dumps({"complete": True, "phases": {"load": 0.25, "train": 1.5}})
+    shown.add("quick", tmp_path / "quick", [sys.executable, "-c", f"open({str(tmp_path / 'quick' / 'run.json')!r}, 'w')"
+                                                                   f".write({record!r})"])
     shown.add("slow", tmp_path / "slow", [sys.executable, "-c", "import time; time.sleep(30)"])
     before = time.time()
     shown.start()
     shown.wait("quick", timeout=60)
     spans = {s["name"]: s for s in shown.spans()}
     assert before <= spans["quick"]["start"] <= spans["quick"]["end"] <= time.time()
-    assert spans["quick"]["outcome"].startswith("failed (exit 0, run.json complete")  # no run.json: failed, first words
+    assert spans["quick"]["outcome"].startswith("complete in") and spans["quick"]["phases"] == {"load": 0.25, "train": 1.5}
     assert spans["slow"]["end"] is None and spans["slow"]["outcome"] is None
     runs = {r["name"]: r for r in recorder.timeline()["runs"]}
     assert runs["quick"]["queue"] == "background" and 0 <= runs["quick"]["start_s"] <= runs["quick"]["end_s"]
-    assert runs["slow"]["end_s"] is None
+    assert runs["quick"]["phases"] == {"load": 0.25, "train": 1.5}  # the run record's, for the report's segments
+    assert runs["slow"]["end_s"] is None and "phases" not in runs["slow"]
     shown.stop()
     assert {s["name"]: s["end"] is not None for s in shown.spans()} == {"quick": True, "slow": True}
