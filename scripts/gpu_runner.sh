@@ -54,7 +54,8 @@ if [ -n "$LEG" ]; then
   export HARNESS_GPU_FAULT_OUT="$HS/gpu-faults$TAG"
 fi
 # Unsloth compiles patched modules into ./unsloth_compiled_cache by default: one place per leg, not the checkout's
-export UNSLOTH_COMPILE_LOCATION="$HS/unsloth-compiled${TAG:--control}"
+# (a caller's own wins: a probe that must start from cold caches, scripts/probe_generate_warmup.py)
+export UNSLOTH_COMPILE_LOCATION="${UNSLOTH_COMPILE_LOCATION:-$HS/unsloth-compiled${TAG:--control}}"
 LOG="$HS/gpu-tier$TAG.log" DONE="$HS/gpu-tier$TAG.done"
 mkdir -p "$HARNESS_CACHE"
 if [ -f .carry/tokenizer-gemma3.tar.xz ] && [ ! -f "$HS/tokenizer.done" ]; then
@@ -108,6 +109,11 @@ collect() {
   # test; not named run-unsloth-e2e*: the replay tests read those as reference runs)
   [ -f "$HARNESS_E2E_OUT/base-eval/run.json" ] && cp "$HARNESS_E2E_OUT/base-eval/run.json" "$dest/base-eval-run-unsloth.json"
   for f in "$HARNESS_E2E_OUT"/outputs-*.jsonl; do [ -f "$f" ] && cp "$f" "$dest/"; done  # every output of the reference run
+  # the reference run's and its base evaluation's own output (progress bars dropped): what a process did before its
+  # record's first phase (imports, Unsloth's patching: ~70 s of the reference run on an H200, 2026-11-29) shows there
+  for f in "$HARNESS_E2E_OUT/log.txt" "$HARNESS_E2E_OUT/base-eval/log.txt"; do
+    [ -f "$f" ] && grep -v "it/s\]\|s/it\]\|prompt/s\]" "$f" | tail -c 200000 > "$dest/$(basename "$(dirname "$f")")-log.txt"
+  done
   # the GPU fault catalog (tests/faults/test_fault_catalog.py -m gpu --faults): each finished run's outcome and results
   for f in "$HARNESS_GPU_FAULT_OUT"/outcome-*.json; do [ -f "$f" ] && cp "$f" "$dest/gpu-fault-$(basename "$f")"; done
   for f in "$HARNESS_GPU_FAULT_OUT"/*/latest/results.json; do
