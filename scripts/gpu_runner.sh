@@ -109,8 +109,8 @@ collect() {
   # test; not named run-unsloth-e2e*: the replay tests read those as reference runs)
   [ -f "$HARNESS_E2E_OUT/base-eval/run.json" ] && cp "$HARNESS_E2E_OUT/base-eval/run.json" "$dest/base-eval-run-unsloth.json"
   for f in "$HARNESS_E2E_OUT"/outputs-*.jsonl; do [ -f "$f" ] && cp "$f" "$dest/"; done  # every output of the reference run
-  # the reference run's and its base evaluation's own output (progress bars dropped): what a process did before its
-  # record's first phase (imports, Unsloth's patching: ~70 s of the reference run on an H200, 2026-11-29) shows there
+  # the reference run's and its base evaluation's own output (progress bars dropped): what a process did outside its
+  # record's phases (~74 s of the reference run's ~660 s on an H200, 2026-11-29: imports, Unsloth's patching, …?)
   for f in "$HARNESS_E2E_OUT/log.txt" "$HARNESS_E2E_OUT/base-eval/log.txt"; do
     [ -f "$f" ] && grep -v "it/s\]\|s/it\]\|prompt/s\]" "$f" | tail -c 200000 > "$dest/$(basename "$(dirname "$f")")-log.txt"
   done
