@@ -272,3 +272,23 @@ def test_a_timeline_queue_records_each_runs_span_for_the_report(tmp_path, monkey
     assert runs["slow"]["end_s"] is None and "phases" not in runs["slow"]
     shown.stop()
     assert {s["name"]: s["end"] is not None for s in shown.spans()} == {"quick": True, "slow": True}
+
+
+def test_a_records_train_phase_is_split_where_its_first_steps_are_timed(tmp_path):
+    """record_phases: "train" becomes "train: first N steps" (throughput.warmup_seconds) and the rest, in place, the sum
+    kept; a record without the figure, or with one larger than the phase, keeps its phases as they are."""
+    from harness.run_queue import record_phases
+
+    def phases(record):
+        (tmp_path / "run.json").write_text(json.dumps(record))
+        return record_phases(tmp_path)
+
+    record = {"phases": {"load": 29.6, "train": 281.5, "evaluate": 211.0},
+              "throughput": {"warmup_steps_excluded": 3, "warmup_seconds": 167.795}}
+    split = phases(record)
+    assert list(split) == ["load", "train: first 3 steps", "train", "evaluate"]
+    assert split["train: first 3 steps"] == 167.795 and abs(split["train"] + 167.795 - 281.5) < 1e-6
+    assert phases({"phases": {"train": 10.0}}) == {"train": 10.0}
+    assert phases({"phases": {"train": 10.0}, "throughput": {"warmup_steps_excluded": 3, "warmup_seconds": 11.0}}) == {
+        "train": 10.0}
+    assert phases({"complete": True}) is None and phases([1, 2]) is None
