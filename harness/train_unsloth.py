@@ -24,12 +24,28 @@ def _unsloth_env() -> None:
             os.environ.setdefault(key, value)
 
 
+def log_recompiles() -> bool:
+    """$HARNESS_LOG_RECOMPILES=1: torch's recompile and graph-break logs on, after `import unsloth`. Unsloth Zoo pops
+    TORCH_LOGS and sets every torch log to CRITICAL at import (unsloth_zoo/patching_utils.py, patch_torch_compile)
+    unless UNSLOTH_COMPILE_DEBUG=1, which also turns off inductor's caches and compiles on one thread: so
+    TORCH_LOGS=recompiles printed nothing on the H200 (2026-11-29). The GPU tier sets it for the reference run, whose
+    second training step took 67.0 s (a recompile, by a helper's reading of Unsloth's block compile: to confirm)."""
+    if os.environ.get("HARNESS_LOG_RECOMPILES") != "1":
+        return False
+    import torch
+
+    torch._logging.set_logs(recompiles=True, graph_breaks=True)
+    return True
+
+
 def load_unsloth(model_dir: Path, recipe: Recipe = HANDBOOK, *, target_modules=None, gradient_checkpointing=None,
                  max_seq_length: int | None = None):
     """FastModel.from_pretrained(load_in_4bit, use_gradient_checkpointing) then FastModel.get_peft_model(r, alpha, targets)."""
     _unsloth_env()
     import unsloth  # noqa: F401  (must precede transformers/trl/peft patches)
     from unsloth import FastModel
+
+    log_recompiles()
 
     if os.environ.get("HARNESS_FAULT"):  # a fault-injection run of the GPU tier (tests/faults/faults_gpu.py) only;
         from harness.pytest_plugin import apply_planted_fault_in_child  # (pytest is a test extra: imported only then)

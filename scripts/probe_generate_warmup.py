@@ -8,10 +8,12 @@ compilation alone (CUDA context, cuBLAS and allocator warm-up are paid by then).
 
 Measured 2026-11-29 (reports/examples/h200-2026-11-29-gpu-tier-without-experiments): the first call of each new shape
 cost 50-67 s, force_eager or not; a repeat 5-9 s. Named the same day (reports/examples/h200-2026-11-29-gpu-tier-s16):
-TORCH_LOGS=recompiles printed nothing, but the stack sampler (StackSampler, every 0.1 s) put a first call's time in
-torch._dynamo, fake tensors, sympy, Triton's compiler and inductor, under force_eager too (transformers'
-`torch.compile(flex_attention)` and Unsloth's compiled LoRA forward); PROBE_DYNAMIC=1 (dynamic sizes from the first
-call; the flag then, the evaluation's default now; PROBE_STATIC=1 for the former) left one cold compile (67.6 s) and no second one at new batch sizes (5.0-5.6 s), and a second process with the
+TORCH_LOGS=recompiles printed nothing (Unsloth Zoo sets torch's logs to CRITICAL at import; HARNESS_LOG_RECOMPILES=1
+turns them on after it: harness.train_unsloth.log_recompiles), but the stack sampler (StackSampler, every 0.1 s) put a
+first call's time in torch._dynamo, fake tensors, sympy, Triton's compiler and inductor, under force_eager too
+(transformers' `torch.compile(flex_attention)`); PROBE_DYNAMIC=1 (dynamic sizes from the first call; the flag then, the
+evaluation's default now, PROBE_STATIC=1 for the former) left one cold compile (67.6 s) and no second one at new batch
+sizes (5.0-5.6 s), and a second process with the
 same inductor cache paid 29.9 s. harness.evaluate.dynamic_shapes_from_the_first_call is the result. Commands:
   PROBE_CALLS=default-64,default-128,default-32,default-192 PROBE_JSON=dyn-cold.json \
     PYTHONPATH=$PWD scripts/gpu_runner.sh run python3 scripts/probe_generate_warmup.py

@@ -142,10 +142,13 @@ def gpu_runs(request, tmp_path_factory):
         # batch's warm-up (reports/examples/h200-2026-11-29-gpu-tier-without-experiments). Not where runs go one at
         # a time (it would only queue behind), nor for a reference run done earlier with its base score in it.
         runs.base_eval_apart = runs.slots > 1 and not _has_base_eval(runs.e2e_dir)
-        alone = {} if "experiments" in wanted or not runs.base_eval_apart else shared_alone()
+        e2e_env = {} if "experiments" in wanted or not runs.base_eval_apart else shared_alone()
+        # its log then names each recompile (harness.train_unsloth.log_recompiles): its second step took 67.0 s of
+        # compiling on an H200 (reports/examples/h200-2026-11-29-gpu-tier-s16), the cause read from Unsloth's source
+        e2e_env = {**e2e_env, "HARNESS_LOG_RECOMPILES": "1"}
         runs.queue.add("e2e", runs.e2e_dir, [sys.executable, "-m", "harness", "finetune", *common, "--out",
                                              str(runs.e2e_dir), *(["--no-base-eval"] if runs.base_eval_apart else [])],
-                       env=alone)
+                       env=e2e_env)
         if runs.base_eval_apart:
             runs.queue.add("e2e-base", base_eval_dir(runs.e2e_dir),
                            [sys.executable, "-m", "harness", "finetune", *common, "--out",
