@@ -205,8 +205,8 @@ TIMELINE_ROWS = 40
 
 def timeline_svg(timeline: dict) -> str:
     """The session's timeline (harness.results.RunRecorder.timeline): every background run (with its record's phases),
-    then the longest tests up to TIMELINE_ROWS rows in all, in order of start. Where the background runs are the critical path (the GPU tier's
-    reference run), that is where to look; where there are none, the tests alone."""
+    then the longest tests up to TIMELINE_ROWS rows in all, in order of start. Where the background runs are the
+    critical path (the GPU tier's reference run), that is where to look; where there are none, the tests alone."""
     runs = [(f"{r['queue']}: {r['name']}", r["start_s"], r["end_s"], r["queue"], r.get("phases"))
             for r in timeline.get("runs") or []]
     tests = sorted(((nodeid.split("::", 1)[-1], span[0], span[1], "test") for nodeid, span in

@@ -108,8 +108,8 @@ def dies_with_this_process(cmd: list[str]) -> list[str]:
     return [sys.executable, "-c", _DIES_WITH_PARENT, str(os.getpid()), *cmd]
 
 
-# The queues whose runs the report's timeline shows (RunQueue(..., timeline=True)): the session's background work, beside
-# its tests (harness.results reads this list when it writes results.json; a unit test's scratch queue stays out).
+# The queues whose runs the report's timeline shows (RunQueue(..., timeline=True)): the session's background work,
+# beside its tests (harness.results reads this list when it writes results.json; a unit test's scratch queue stays out).
 TIMELINE_QUEUES: list["RunQueue"] = []
 
 

@@ -79,6 +79,12 @@ class StackSampler:
                 "paths": share(self.path)}
 
 
+# what says which caches and modes a probe ran with (Unsloth sets the inductor and Triton folders itself unless given)
+ENV_RECORDED = ("PROBE_STATIC", "PROBE_CALLS", "HARNESS_LOG_RECOMPILES", "UNSLOTH_COMPILE_DISABLE",
+                "UNSLOTH_COMPILE_LOCATION", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TORCHDYNAMO_DISABLE",
+                "TORCH_LOGS")
+
+
 def main() -> int:
     from harness import dataset as ds
     from harness.evaluate import generate_answers, prompt_ids
@@ -111,12 +117,14 @@ def main() -> int:
     dynamic = os.environ.get("PROBE_STATIC") != "1"
     if not dynamic:
         harness.evaluate.dynamic_shapes_from_the_first_call = lambda device_type: _contextlib.nullcontext()
-    if os.environ.get("PROBE_CALLS"):
+    if os.environ.get("PROBE_CALLS"):  # e.g. a fresh process with TORCHDYNAMO_DISABLE=1: PROBE_CALLS=eager-1,eager-2
+        by_label = {c[0]: c for c in calls_wanted}
         # labels not in the table: "<mode>-<prompts>", e.g. default-96 (the first 96 prompts, the default mode)
-        calls_wanted += [(label, label.split("-")[0], int(label.split("-")[1])) for label in os.environ["PROBE_CALLS"].split(",")
-                         if label.split("-")[0] in ("default", "eager") and label.split("-")[1].isdigit()]  # e.g. a fresh process with TORCHDYNAMO_DISABLE=1: PROBE_CALLS=eager-1,eager-2
-        by_label = {c[0]: c for c in calls_wanted}  # in the order given
-        calls_wanted = [by_label[label] for label in os.environ["PROBE_CALLS"].split(",")]
+        for label in os.environ["PROBE_CALLS"].split(","):
+            mode, _, prompts = label.partition("-")
+            if label not in by_label and mode in ("default", "eager") and prompts.isdigit():
+                by_label[label] = (label, mode, int(prompts))
+        calls_wanted = [by_label[label] for label in os.environ["PROBE_CALLS"].split(",")]  # in the order given
     for label, mode, n in calls_wanted:
         stats: dict = {}
         torch.cuda.synchronize()
@@ -143,10 +151,7 @@ def main() -> int:
 
     result = {"torch": torch.__version__, "unsloth": unsloth.__version__, "transformers": transformers.__version__,
               "gpu": torch.cuda.get_device_name(0), "set_stance": has_stance, "load_seconds": round(loaded, 1),
-              "calls": calls, "answers_equal": same, "env": {k: os.environ.get(k) for k in
-                                                             ("PROBE_STATIC", "UNSLOTH_COMPILE_DISABLE", "UNSLOTH_COMPILE_LOCATION", "TORCHINDUCTOR_CACHE_DIR",
-                                                              "TRITON_CACHE_DIR", "TORCHDYNAMO_DISABLE",
-                                                              "TORCH_LOGS", "PROBE_CALLS")}}
+              "calls": calls, "answers_equal": same, "env": {k: os.environ.get(k) for k in ENV_RECORDED}}
     result["dynamic"] = dynamic
     result["answers"] = {label: [[ex.id, a] for ex, a in zip(test[:len(out)] if label != "compiled-64-other-prompts"
                                                           else test[128:192], out)] for label, out in answers.items()}
