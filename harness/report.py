@@ -201,22 +201,30 @@ section <select id="f-section"><option value="">all</option>{section_options}</s
 
 
 TIMELINE_ROWS = 40
+TIMELINE_RUN_ROWS = 30  # the GPU tier with its experiments queues ~55 runs: the longest 30, the rest counted
 
 
 def timeline_svg(timeline: dict) -> str:
-    """The session's timeline (harness.results.RunRecorder.timeline): every background run (with its record's phases),
-    then the longest tests up to TIMELINE_ROWS rows in all, in order of start. Where the background runs are the
+    """The session's timeline (harness.results.RunRecorder.timeline): the longest background runs (with their records'
+    phases; TIMELINE_RUN_ROWS at most), then the longest tests up to TIMELINE_ROWS rows in all, in order of start, and
+    a count of what was left out. Where the background runs are the
     critical path (the GPU tier's reference run), that is where to look; where there are none, the tests alone."""
+    written = timeline.get("written_s") or 0.0
     runs = [(f"{r['queue']}: {r['name']}", r["start_s"], r["end_s"], r["queue"], r.get("phases"))
             for r in timeline.get("runs") or []]
-    tests = sorted(((nodeid.split("::", 1)[-1], span[0], span[1], "test") for nodeid, span in
-                    (timeline.get("tests") or {}).items()), key=lambda row: -(row[2] - row[1]))
-    rows = sorted(runs[:TIMELINE_ROWS] + tests[:max(0, TIMELINE_ROWS - len(runs))], key=lambda row: row[1])
+    tests = [(nodeid.split("::", 1)[-1], span[0], span[1], "test") for nodeid, span in (timeline.get("tests") or {}).items()]
+    longest = lambda row: -((row[2] if row[2] is not None else max(written, row[1])) - row[1])  # noqa: E731
+    shown_runs = sorted(runs, key=longest)[:TIMELINE_RUN_ROWS]
+    shown_tests = sorted(tests, key=longest)[:TIMELINE_ROWS - len(shown_runs)]
+    rows = sorted(shown_runs + shown_tests, key=lambda row: row[1])
     if not rows:
         return ""
-    end = max([timeline.get("written_s") or 0.0] + [r[2] if r[2] is not None else r[1] for r in rows])
-    legend = list(dict.fromkeys(["test"] + [r[3] for r in runs]))
-    return svg.timeline_chart("Timeline of the session", rows, end, legend)
+    end = max([written] + [r[2] if r[2] is not None else r[1] for r in rows])
+    legend = list(dict.fromkeys(["test"] + [r[3] for r in shown_runs]))
+    left_out = [f"{n} {what}" for n, what in ((len(runs) - len(shown_runs), "shorter runs"),
+                                              (len(tests) - len(shown_tests), "shorter tests")) if n]
+    return svg.timeline_chart("Timeline of the session", rows, end, legend,
+                              note=f"not shown: {', '.join(left_out)}" if left_out else "")
 
 
 SLOT_STATUS = (("correct", "#2ca02c"), ("wrong", "#d62728"), ("missing", "#bbbbbb"))

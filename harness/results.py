@@ -207,7 +207,10 @@ class RunRecorder:
                 "timeline": self.timeline()}
 
     def add_span(self, nodeid: str, start: float, stop: float) -> None:
-        """A test phase's wall-clock start and stop (pytest's report.start/stop): the test's span grows to cover it."""
+        """A test phase's wall-clock start and stop (pytest's report.start/stop): the test's span grows to cover it. A
+        report without times (another plugin's, start 0) is left out."""
+        if not start or not stop or stop < start:
+            return
         span = self.spans.setdefault(nodeid, [start, stop])
         span[0], span[1] = min(span[0], start), max(span[1], stop)
 
@@ -225,8 +228,8 @@ class RunRecorder:
                  "end_s": None if span["end"] is None else round(span["end"] - t0, 1), "outcome": span["outcome"],
                  **({"phases": span["phases"]} if span.get("phases") else {})}
                 for queue in list(queues) for span in queue.spans()]
-        return {"unit": "seconds from the session's start", "written_s": round(time.time() - t0, 1), "tests": tests,
-                "runs": runs}
+        return {"unit": "seconds from the session's start", "t0": round(t0, 3), "written_s": round(time.time() - t0, 1),
+                "tests": tests, "runs": runs}
 
     def write(self, complete: bool) -> Path:
         return write_run(self.payload(complete), self.run_dir)

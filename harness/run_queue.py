@@ -14,6 +14,7 @@ per-GPU count: `devices={"0": 2, "1": 7}` where GPU 0 also hosts the foreground 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -44,10 +45,13 @@ def record_phases(folder: Path) -> dict | None:
     phases = record.get("phases") if isinstance(record, dict) else None
     if not isinstance(phases, dict):
         return None
-    phases = {str(k): float(v) for k, v in phases.items() if isinstance(v, (int, float))}
-    warm = record.get("throughput") or {}
+    def seconds(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    phases = {str(k): float(v) for k, v in phases.items() if seconds(v)}
+    warm = record.get("throughput") if isinstance(record.get("throughput"), dict) else {}
     first, steps = warm.get("warmup_seconds"), warm.get("warmup_steps_excluded")
-    if "train" in phases and isinstance(first, (int, float)) and steps and 0 < first <= phases["train"]:
+    if "train" in phases and seconds(first) and isinstance(steps, int) and steps > 0 and 0 < first <= phases["train"]:
         split = {}
         for name, seconds in phases.items():
             if name == "train":
@@ -163,12 +167,23 @@ class RunQueue:
         """Each run started so far: its wall-clock span (time.time(); `end` None while it runs) and its outcome's first
         words (the report's timeline of the session)."""
         spans = []
-        for name, start in list(self.started.items()):  # list(): the queue's thread adds runs meanwhile
-            outcome = self.outcomes.get(name)
-            spans.append({"queue": self.desc, "name": name, "start": start, "end": self.ended.get(name),
-                          "outcome": None if outcome is None else outcome.split(":")[0].splitlines()[0][:80],
-                          "phases": self.phases.get(name)})
+        with self._done:  # the queue's thread sets a run's end, phases and outcome together under this lock
+            for name, start in list(self.started.items()):
+                outcome = self.outcomes.get(name)
+                spans.append({"queue": self.desc, "name": name, "start": start, "end": self.ended.get(name),
+                              "outcome": None if outcome is None else outcome.split(":")[0].splitlines()[0][:80],
+                              "phases": self.phases.get(name)})
         return spans
+
+    def _phases_for_timeline(self, folder: Path) -> dict | None:
+        """The run record's phases for the report's timeline (queues shown there only); never an error of the queue: a
+        record it cannot read gives none."""
+        if self not in TIMELINE_QUEUES:
+            return None
+        try:
+            return record_phases(folder)
+        except Exception:  # noqa: BLE001 (a cosmetic figure must not stop the runs)
+            return None
 
     def add(self, name: str, folder: Path, cmd: list[str], env: dict | None = None) -> None:
         if self._thread is not None:
@@ -193,10 +208,12 @@ class RunQueue:
         self._thread.start()
         return self
 
-    def _finish(self, name: str, outcome: str) -> None:
+    def _finish(self, name: str, outcome: str, phases: dict | None = None) -> None:
         with self._done:
             if name in self.started:
                 self.ended.setdefault(name, time.time())
+            if phases:
+                self.phases[name] = phases
             self.outcomes[name] = outcome
             self._done.notify_all()
 
@@ -234,8 +251,7 @@ class RunQueue:
                     took = time.time() - self.started[name]
                     written = complete(run.folder)
                     if proc.returncode == 0 and written:
-                        self.phases[name] = record_phases(run.folder)
-                        self._finish(name, f"complete in {took:.0f} s")
+                        self._finish(name, f"complete in {took:.0f} s", self._phases_for_timeline(run.folder))
                     else:
                         tail = (run.folder / "log.txt").read_text(errors="replace")[-1500:]
                         self._finish(name, f"failed (exit {proc.returncode}, run.json complete: {written}) "

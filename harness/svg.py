@@ -77,25 +77,36 @@ def bar_chart(title: str, groups: dict[str, dict[str, float]], ylabel: str, ymax
         .replace(f'>{0:.4g}</text>', '></text>', 2)
 
 
-def timeline_chart(title: str, rows: list[tuple], end: float, legend: list[str]) -> str:
+def timeline_chart(title: str, rows: list[tuple], end: float, legend: list[str], note: str = "") -> str:
     """Horizontal bars on a time axis: rows of (label, start, stop or None for still going at `end`, series[, phases]),
     one row each in the given order; series names index COLORS in the order of `legend`. `phases` ({name: seconds}, in
     the order they ran) are drawn as segments laid end to end so that the last ends with the bar (what comes before
-    the first is the process's start: imports, before its record's first phase), each named where it is wide enough."""
+    the first is the process's start: imports, before its record's first phase), each named where it is wide enough.
+    `note` (e.g. what was left out) is written under the rows."""
     if not rows or end <= 0:
         return ""
     label_w, row_h, width = 250, 13, 760
-    height = PAD + len(rows) * row_h + 28
+    # the legend placed by its names' lengths (~6.5 px a character at 11 px), wrapped to more lines where it is full
+    legend_svg, lx, ly = "", 10.0, 17
+    for i, name in enumerate(legend):
+        span = 14 + 6.5 * len(name) + 16
+        if lx > 10 and lx + span > width:
+            lx, ly = 10.0, ly + 16
+        legend_svg += (f'<rect x="{lx:.0f}" y="{ly - 9}" width="10" height="10" fill="{COLORS[i % len(COLORS)]}"/>'
+                       f'<text x="{lx + 14:.0f}" y="{ly}" font-size="11">{escape(name)}</text>')
+        lx += span
+    top = ly + 10 + (PAD - 27)  # the rows start below the legend's last line
+    height = top + len(rows) * row_h + 28
     scale = (width - label_w - 16) / end
     step = next((s for s in (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600) if end / s <= 10), 7200)
     ticks = "".join(
-        f'<line x1="{label_w + t * scale:.1f}" x2="{label_w + t * scale:.1f}" y1="{PAD - 6}" y2="{height - 26}" '
+        f'<line x1="{label_w + t * scale:.1f}" x2="{label_w + t * scale:.1f}" y1="{top - 6}" y2="{height - 26}" '
         f'stroke="#ddd"/><text x="{label_w + t * scale:.1f}" y="{height - 14}" font-size="10" text-anchor="middle">'
         f'{t:g}</text>' for t in range(0, int(end) + 1, step))
     body = ""
     for i, (label, start, stop, series, *rest) in enumerate(rows):
         phases = rest[0] if rest else None
-        y = PAD + i * row_h
+        y = top + i * row_h
         color = COLORS[legend.index(series) % len(COLORS)] if series in legend else "#888"
         going = stop is None
         pale = ' fill-opacity="0.45"' if going else ""
@@ -108,6 +119,8 @@ def timeline_chart(title: str, rows: list[tuple], end: float, legend: list[str])
         if phases and not going:
             at = max(start, stop - sum(phases.values()))
             for k, (phase, seconds) in enumerate(phases.items()):
+                if at >= stop:  # phases longer than the run's span (clocks of two processes): the rest stays undrawn
+                    break
                 x, w = label_w + at * scale, max(0.5, min(seconds, stop - at) * scale)
                 body += (f'<rect x="{x:.1f}" y="{y + 2}" width="{w:.1f}" height="{row_h - 4}" fill="#fff" '
                          f'fill-opacity="{0.15 if k % 2 else 0.35}" stroke="{color}" stroke-width="0.5">'
@@ -116,10 +129,8 @@ def timeline_chart(title: str, rows: list[tuple], end: float, legend: list[str])
                     body += (f'<text x="{x + w / 2:.1f}" y="{y + 9.5}" font-size="8" text-anchor="middle" fill="#000">'
                              f'{escape(phase)}</text>')
                 at += seconds
-    legend_svg = "".join(f'<rect x="{label_w + i * 170}" y="8" width="10" height="10" fill="{COLORS[i % len(COLORS)]}"/>'
-                         f'<text x="{label_w + 14 + i * 170}" y="17" font-size="11">{escape(n)}</text>'
-                         for i, n in enumerate(legend))
     return (f'<svg class="plot" role="img" aria-label="{escape(title)}" viewBox="0 0 {width} {height}" width="{width}" '
             f'height="{height}" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>{legend_svg}{ticks}'
             f'{body}<text x="{label_w + (width - label_w) / 2}" y="{height - 2}" font-size="11" text-anchor="middle">'
-            f'seconds from the session\'s start</text></svg>')
+            f'seconds from the session\'s start</text>'
+            f'{f"""<text x="10" y="{height - 2}" font-size="10">{escape(note)}</text>""" if note else ""}</svg>')

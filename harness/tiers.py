@@ -99,29 +99,39 @@ def merge(parts: list[tuple[str, dict]], run_id: str) -> dict:
 
 
 def merged_timeline(parts: list[tuple[str, dict]]) -> dict:
-    """The tiers' timelines on one axis: each shifted by its start after the first tier's (results.json `started`,
-    whole seconds), its tests named with the tier."""
+    """The tiers' timelines on one axis: each shifted by its start after the first tier's (the timeline's `t0`, else
+    results.json `started` in whole seconds), its tests named with the tier. A tier without a timeline adds nothing; one
+    whose start cannot be read is left out (`not_aligned`), not drawn over another."""
     import datetime as dt
 
     def start(data) -> float | None:
+        t0 = (data.get("timeline") or {}).get("t0")
+        if isinstance(t0, (int, float)):
+            return float(t0)
         try:
             return dt.datetime.fromisoformat(data["started"]).timestamp()
         except (KeyError, TypeError, ValueError):
             return None
 
+    parts = [(label, data) for label, data in parts if data.get("timeline")]
     starts = [start(data) for _, data in parts]
     t0 = min((t for t in starts if t is not None), default=None)
-    tests, runs, written = {}, [], 0.0
+    tests, runs, written, not_aligned = {}, [], 0.0, []
     for (label, data), t in zip(parts, starts):
-        timeline = data.get("timeline") or {}
-        shift = 0.0 if t is None or t0 is None else t - t0
+        timeline = data["timeline"]
+        if t is None:
+            not_aligned.append(label)
+            continue
+        shift = t - t0
         tests.update({f"{nodeid} [{label}]": [round(a + shift, 1), round(b + shift, 1)]
                       for nodeid, (a, b) in (timeline.get("tests") or {}).items()})
         runs += [{**run, "queue": f"{label}: {run['queue']}", "start_s": round(run["start_s"] + shift, 1),
                   "end_s": None if run.get("end_s") is None else round(run["end_s"] + shift, 1)}
                  for run in timeline.get("runs") or []]
         written = max(written, (timeline.get("written_s") or 0.0) + shift)
-    return {"unit": "seconds from the first tier's start", "written_s": round(written, 1), "tests": tests, "runs": runs}
+    return {"unit": "seconds from the first tier's start", **({"t0": t0} if t0 is not None else {}),
+            "written_s": round(written, 1), "tests": tests, "runs": runs,
+            **({"not_aligned": not_aligned} if not_aligned else {})}
 
 
 def _load(root: Path) -> dict | None:

@@ -70,7 +70,8 @@ def test_a_scratch_repository_gets_marker_certify_and_results(tmp_path):
     # provenance: no checkout here, so no commit, but the digest of the code that ran
     assert data["environment"]["git_commit"] is None or len(data["environment"]["git_commit"]) == 12
     assert len(data["environment"]["source_digest"]) == 16
-    assert "Where the time went" in (tmp_path / "reports" / "latest" / "index.html").read_text()
+    page = (tmp_path / "reports" / "latest" / "index.html").read_text()
+    assert "Where the time went" in page and "<h3>Timeline</h3>" in page and "test_that_takes_a_second" in page
 
 
 BROKEN_SETUP = '''

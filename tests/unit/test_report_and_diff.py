@@ -93,3 +93,24 @@ def test_the_timeline_shows_background_runs_and_the_longest_tests_in_order_of_st
                        for p in ("train", "evaluate"))
     assert x_train < x_eval
     assert report.timeline_svg({}) == "" and report.timeline_svg({"tests": {}, "runs": []}) == ""
+
+
+def test_the_timeline_keeps_its_legend_and_phases_inside_and_counts_what_it_leaves_out():
+    """Four long queue names (a merged certify --gpu run) stay inside the chart's width; phases longer than their run
+    stay inside its bar; with more runs than TIMELINE_RUN_ROWS the longest are drawn and the rest counted."""
+    from harness import report
+
+    runs = [{"queue": f"{tier} tier: GPU tier {kind}", "name": f"r{i}", "start_s": float(i), "end_s": 10.0 + 3 * i,
+             "outcome": "complete"} for i, (tier, kind) in enumerate([("cpu", "fine-tunes"), ("cpu", "probes"),
+                                                                      ("gpu", "fine-tunes"), ("gpu", "probes")] * 10)]
+    runs[0].update(end_s=190.0, phases={"load": 100.0, "train": 150.0, "evaluate": 20.0})  # 270 s in a 190 s span
+    svg = report.timeline_svg({"written_s": 200.0, "tests": {}, "runs": runs})
+    for x, text in re.findall(r'<text x="([0-9.]+)" y="[0-9.]+" font-size="11">([^<]+)</text>', svg):
+        if "tier" in text:
+            assert float(x) + 6.5 * len(text) <= 760
+    rect = r'<rect x="([0-9.]+)" y="[0-9.]+" width="([0-9.]+)"[^>]*><title>cpu tier: GPU tier fine-tunes: r0'
+    bar = re.search(rect + ":", svg)
+    segments = re.findall(rect + " · ", svg)
+    assert segments and all(float(x) + float(w) <= float(bar[1]) + float(bar[2]) + 0.2 for x, w in segments)
+    assert svg.count("<title>") - 1 - sum(1 for _ in re.finditer(r' · ', svg)) == report.TIMELINE_RUN_ROWS
+    assert f"not shown: {40 - report.TIMELINE_RUN_ROWS} shorter runs" in svg

@@ -292,3 +292,5 @@ def test_a_records_train_phase_is_split_where_its_first_steps_are_timed(tmp_path
     assert phases({"phases": {"train": 10.0}, "throughput": {"warmup_steps_excluded": 3, "warmup_seconds": 11.0}}) == {
         "train": 10.0}
     assert phases({"complete": True}) is None and phases([1, 2]) is None
+    # what is not a number of seconds is left out, and a throughput that is not a table splits nothing
+    assert phases({"phases": {"load": True, "tokenize": float("nan"), "train": 5.0}, "throughput": [1]}) == {"train": 5.0}

@@ -101,3 +101,16 @@ def test_the_tiers_timelines_share_one_axis():
     assert merged["tests"] == {"t.py::a [cpu]": [1.0, 5.0], "t.py::a [gpu]": [102.0, 104.0]}
     assert merged["runs"] == [{"queue": "gpu: fine-tunes", "name": "e2e", "start_s": 101.0, "end_s": None, "outcome": None}]
     assert merged["written_s"] == 800.0
+
+
+def test_a_tier_without_a_timeline_or_a_readable_start_is_not_drawn_over_another():
+    """merge() carries the merged timeline; a tier without one adds nothing (older results.json), one whose start
+    cannot be read is named in not_aligned instead of drawn at the first tier's start."""
+    from harness.tiers import merged_timeline
+
+    timed = {"timeline": {"t0": 1000.0, "written_s": 50.0, "tests": {"t.py::a": [1.0, 5.0]}, "runs": []}}
+    lost = {"started": "not a time", "timeline": {"written_s": 9.0, "tests": {"t.py::b": [1.0, 2.0]}, "runs": []}}
+    merged = merged_timeline([("old", {"started": "2026-11-29T10:00:00+00:00"}), ("cpu", timed), ("gpu", lost)])
+    assert merged["tests"] == {"t.py::a [cpu]": [1.0, 5.0]} and merged["written_s"] == 50.0
+    assert merged["not_aligned"] == ["gpu"]
+    assert "timeline" in merge([("cpu tier", run([])), ("gpu tier", run([]))], "all")
