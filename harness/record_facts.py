@@ -23,6 +23,35 @@ def write_record(record: dict, path: Path) -> Path:
     return path
 
 
+def timeline_phases(record: dict) -> dict | None:
+    """A run record's phases ({name: seconds}, in the order they ran) for the report's timeline, if it has them; its
+    "train" split in two where the record times its first steps (throughput.warmup_seconds: where compilation lands):
+    "train: first N steps" and "train", their sum the phase's. On an H200 (2026-11-29) the reference run's first two
+    steps took 167.5 s of its 281.5 s train phase, beside the probes compiling theirs: the timeline shows it."""
+    import math
+
+    def is_seconds(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    phases = record.get("phases") if isinstance(record, dict) else None
+    if not isinstance(phases, dict):
+        return None
+    phases = {str(k): float(v) for k, v in phases.items() if is_seconds(v)}
+    warm = record.get("throughput") if isinstance(record.get("throughput"), dict) else {}
+    first, steps = warm.get("warmup_seconds"), warm.get("warmup_steps_excluded")
+    if not ("train" in phases and is_seconds(first) and isinstance(steps, int) and steps > 0
+            and 0 < first <= phases["train"]):
+        return phases
+    split = {}
+    for name, seconds in phases.items():
+        if name == "train":
+            split[f"train: first {steps} steps"] = round(float(first), 3)
+            split["train"] = round(seconds - first, 3)
+        else:
+            split[name] = seconds
+    return split
+
+
 def base_eval_dir(e2e_dir: Path) -> Path:
     """Where the GPU tier's reference run has its base model scored, in a process of its own beside it
     (`finetune --base-eval-only`; tests/gpu/conftest.py queues it, tests/gpu/test_unsloth_tier.py merges it)."""

@@ -207,8 +207,8 @@ TIMELINE_RUN_ROWS = 30  # the GPU tier with its experiments queues ~55 runs: the
 def timeline_svg(timeline: dict) -> str:
     """The session's timeline (harness.results.RunRecorder.timeline): the longest background runs (with their records'
     phases; TIMELINE_RUN_ROWS at most), then the longest tests up to TIMELINE_ROWS rows in all, in order of start, and
-    a count of what was left out. Where the background runs are the
-    critical path (the GPU tier's reference run), that is where to look; where there are none, the tests alone."""
+    a count of what was left out. Where the background runs are the critical path (the GPU tier's reference run),
+    that is where to look; where there are none, the tests alone."""
     written = timeline.get("written_s") or 0.0
     runs = [(f"{r['queue']}: {r['name']}", r["start_s"], r["end_s"], r["queue"], r.get("phases"))
             for r in timeline.get("runs") or []]

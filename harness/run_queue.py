@@ -14,7 +14,6 @@ per-GPU count: `devices={"0": 2, "1": 7}` where GPU 0 also hosts the foreground 
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -26,41 +25,17 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 
-def complete(folder: Path) -> bool:
-    try:
-        return json.loads((Path(folder) / "run.json").read_text()).get("complete") is True
-    except (OSError, ValueError):
-        return False
-
-
-def record_phases(folder: Path) -> dict | None:
-    """The phases of a run's record (harness.run_record: {name: seconds}, in the order they ran), if it has them; its
-    "train" split in two where the record times its first steps (throughput.warmup_seconds: where compilation lands):
-    "train: first N steps" and "train", their sum the phase's. On an H200 (2026-11-29) the reference run's first two
-    steps took 167.5 s of its 281.5 s train phase, beside the probes compiling theirs: the timeline shows it."""
+def read_record(folder: Path) -> dict | None:
+    """A run's record (run.json), None where there is none that reads."""
     try:
         record = json.loads((Path(folder) / "run.json").read_text())
     except (OSError, ValueError):
         return None
-    phases = record.get("phases") if isinstance(record, dict) else None
-    if not isinstance(phases, dict):
-        return None
-    def seconds(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return record if isinstance(record, dict) else None
 
-    phases = {str(k): float(v) for k, v in phases.items() if seconds(v)}
-    warm = record.get("throughput") if isinstance(record.get("throughput"), dict) else {}
-    first, steps = warm.get("warmup_seconds"), warm.get("warmup_steps_excluded")
-    if "train" in phases and seconds(first) and isinstance(steps, int) and steps > 0 and 0 < first <= phases["train"]:
-        split = {}
-        for name, seconds in phases.items():
-            if name == "train":
-                split[f"train: first {steps} steps"] = round(float(first), 3)
-                split["train"] = round(seconds - first, 3)
-            else:
-                split[name] = seconds
-        phases = split
-    return phases
+
+def complete(folder: Path) -> bool:
+    return (read_record(folder) or {}).get("complete") is True
 
 
 def visible_devices() -> list[str]:
@@ -175,13 +150,15 @@ class RunQueue:
                               "phases": self.phases.get(name)})
         return spans
 
-    def _phases_for_timeline(self, folder: Path) -> dict | None:
-        """The run record's phases for the report's timeline (queues shown there only); never an error of the queue: a
-        record it cannot read gives none."""
+    def _phases_for_timeline(self, record: dict) -> dict | None:
+        """A complete run's phases for the report's timeline (harness.record_facts.timeline_phases; queues shown there
+        only); never an error of the queue: a record it cannot read gives none."""
         if self not in TIMELINE_QUEUES:
             return None
         try:
-            return record_phases(folder)
+            from harness.record_facts import timeline_phases
+
+            return timeline_phases(record)
         except Exception:  # noqa: BLE001 (a cosmetic figure must not stop the runs)
             return None
 
@@ -249,9 +226,10 @@ class RunQueue:
                         continue
                     log.close()
                     took = time.time() - self.started[name]
-                    written = complete(run.folder)
+                    record = read_record(run.folder)  # read once: whether it is complete, and its phases
+                    written = (record or {}).get("complete") is True
                     if proc.returncode == 0 and written:
-                        self._finish(name, f"complete in {took:.0f} s", self._phases_for_timeline(run.folder))
+                        self._finish(name, f"complete in {took:.0f} s", self._phases_for_timeline(record))
                     else:
                         tail = (run.folder / "log.txt").read_text(errors="replace")[-1500:]
                         self._finish(name, f"failed (exit {proc.returncode}, run.json complete: {written}) "

@@ -110,13 +110,11 @@ def main() -> int:
     # generate_answers compiles with dynamic sizes from the first call on a GPU (the runs of 2026-11-29 set that
     # with PROBE_DYNAMIC=1, before it was the evaluation's default); PROBE_STATIC=1 brings back torch's default
     # (a static graph first, dynamic from the second shape on): the behaviour measured before
-    import contextlib as _contextlib
-
     import harness.evaluate
 
     dynamic = os.environ.get("PROBE_STATIC") != "1"
     if not dynamic:
-        harness.evaluate.dynamic_shapes_from_the_first_call = lambda device_type: _contextlib.nullcontext()
+        harness.evaluate.dynamic_shapes_from_the_first_call = lambda device_type: contextlib.nullcontext()
     if os.environ.get("PROBE_CALLS"):  # e.g. a fresh process with TORCHDYNAMO_DISABLE=1: PROBE_CALLS=eager-1,eager-2
         by_label = {c[0]: c for c in calls_wanted}
         # labels not in the table: "<mode>-<prompts>", e.g. default-96 (the first 96 prompts, the default mode)

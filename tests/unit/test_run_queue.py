@@ -274,14 +274,10 @@ def test_a_timeline_queue_records_each_runs_span_for_the_report(tmp_path, monkey
     assert {s["name"]: s["end"] is not None for s in shown.spans()} == {"quick": True, "slow": True}
 
 
-def test_a_records_train_phase_is_split_where_its_first_steps_are_timed(tmp_path):
-    """record_phases: "train" becomes "train: first N steps" (throughput.warmup_seconds) and the rest, in place, the sum
-    kept; a record without the figure, or with one larger than the phase, keeps its phases as they are."""
-    from harness.run_queue import record_phases
-
-    def phases(record):
-        (tmp_path / "run.json").write_text(json.dumps(record))
-        return record_phases(tmp_path)
+def test_a_records_train_phase_is_split_where_its_first_steps_are_timed():
+    """timeline_phases: "train" becomes "train: first N steps" (throughput.warmup_seconds) and the rest, in place, the
+    sum kept; a record without the figure, or with one larger than the phase, keeps its phases as they are."""
+    from harness.record_facts import timeline_phases as phases
 
     record = {"phases": {"load": 29.6, "train": 281.5, "evaluate": 211.0},
               "throughput": {"warmup_steps_excluded": 3, "warmup_seconds": 167.795}}
