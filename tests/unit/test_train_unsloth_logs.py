@@ -21,3 +21,17 @@ def test_recompile_logs_follow_the_variable(monkeypatch):
         assert internal.log_state.is_artifact_enabled("graph_breaks")
     finally:
         torch._logging.set_logs()  # torch's defaults again for the rest of the session
+
+
+def test_a_torch_that_cannot_log_recompiles_only_says_so(monkeypatch, capsys):
+    """The variable on a torch without set_logs' artifacts: a printed line, never an error of the fine-tune."""
+    import torch
+
+    from harness.train_unsloth import log_recompiles
+
+    def refuses(**kwargs):
+        raise TypeError("set_logs() got an unexpected keyword argument 'recompiles'")
+
+    monkeypatch.setenv("HARNESS_LOG_RECOMPILES", "1")
+    monkeypatch.setattr(torch._logging, "set_logs", refuses)
+    assert log_recompiles() is False and "cannot log recompiles" in capsys.readouterr().out
