@@ -290,3 +290,72 @@ def test_a_records_train_phase_is_split_where_its_first_steps_are_timed():
     assert phases({"complete": True}) is None and phases([1, 2]) is None
     # what is not a number of seconds is left out, and a throughput that is not a table splits nothing
     assert phases({"phases": {"load": True, "tokenize": float("nan"), "train": 5.0}, "throughput": [1]}) == {"train": 5.0}
+
+
+def test_a_gated_run_waits_for_its_gate_and_holds_no_run_behind_it(tmp_path):
+    """A run with `not_before` starts only once its gate opens; the run queued after it starts meanwhile (one slot
+    each: the gated run does not take a slot while it waits). Planted: the gate opened by a file written later."""
+    opened = tmp_path / "opened"
+    queue = RunQueue(2, desc="test", poll_seconds=0.05)
+    queue.add("gated", tmp_path / "gated", _writes_run_json(tmp_path / "gated"), not_before=opened.exists)
+    queue.add("free", tmp_path / "free", _writes_run_json(tmp_path / "free"))
+    queue.start()
+    assert queue.wait("free", timeout=30)["free"].startswith("complete in")
+    time.sleep(0.3)
+    assert "gated" not in queue.started  # still held: its gate is shut
+    opened.write_text("")
+    assert queue.wait("gated", timeout=30)["gated"].startswith("complete in")
+    assert queue.started["gated"] > queue.ended["free"]
+
+
+def test_a_gate_that_raises_counts_as_open(tmp_path):
+    def broken():
+        raise OSError("cannot read the marker")
+
+    queue = RunQueue(1, desc="test", poll_seconds=0.05)
+    queue.add("gated", tmp_path / "gated", _writes_run_json(tmp_path / "gated"), not_before=broken)
+    assert queue.start().wait("gated", timeout=30)["gated"].startswith("complete in")
+
+
+def test_after_marker_opens_at_the_marker_at_the_other_runs_end_or_after_its_hold(tmp_path):
+    """The GPU tier's side runs wait for the reference run's first training steps (harness.run_record's marker): open
+    once the marker exists, once that run has an outcome or was never queued, and never later than the hold."""
+    from harness.run_queue import after_marker
+
+    marker = tmp_path / "e2e" / "first-steps-done.json"
+    queue = RunQueue(1, desc="test", poll_seconds=0.05)
+    queue.add("e2e", tmp_path / "e2e", _writes_run_json(tmp_path / "e2e"))
+    gate = after_marker(marker, queue, "e2e", hold_seconds=3600)
+    assert gate() is False
+    marker.parent.mkdir(parents=True)
+    marker.write_text("{}")
+    assert gate() is True
+    marker.unlink()
+    queue.outcomes["e2e"] = "failed (exit 1)"  # the run ended without the marker: nothing left to wait for
+    assert gate() is True
+    assert after_marker(marker, queue, "never-queued", hold_seconds=3600)() is True
+    held = RunQueue(1, desc="test")
+    held.add("e2e", tmp_path / "other", _writes_run_json(tmp_path / "other"))
+    short = after_marker(tmp_path / "other" / "m", held, "e2e", hold_seconds=0.2)
+    assert short() is False
+    time.sleep(0.3)
+    assert short() is True
+
+
+def test_the_step_recorder_marks_its_first_steps_done_once_they_end(tmp_path):
+    """StepRecorder writes its marker when its `warmup_steps`-th step ends, not before; without a marker path none."""
+    from types import SimpleNamespace
+
+    from harness.run_record import StepRecorder
+
+    marker = tmp_path / "first-steps-done.json"
+    recorder = StepRecorder(warmup_steps=2, first_steps_marker=marker)
+    for step in range(3):
+        recorder.on_step_begin(None, SimpleNamespace(global_step=step), None)
+        assert marker.exists() == (step >= 2)
+        recorder.on_step_end(None, SimpleNamespace(global_step=step + 1), None)
+    assert json.loads(marker.read_text())["steps"] == 2
+    plain = StepRecorder(warmup_steps=1)
+    plain.on_step_begin(None, SimpleNamespace(global_step=0), None)
+    plain.on_step_end(None, SimpleNamespace(global_step=1), None)
+    assert list(tmp_path.iterdir()) == [marker]
