@@ -110,17 +110,20 @@ def test_the_gpu_batch_follows_the_free_memory():
 
 def test_after_the_first_batch_the_gpu_batch_follows_its_measured_peak():
     """The first batch (the longest prompts) measured: a slot of the shared tier (1/13 of a quarter of 139 GiB) held
-    16 at the worst case; at 10 MiB a prompt (KV cache and last-position logits) it grows to CUDA_BATCH; at the worst
+    16 at the worst case; at 10 MiB a prompt (KV cache and last-position logits) it grows to 128; at the worst
     case's 320 MiB it stays; it never shrinks below the batch that ran; a short first batch is counted per prompt."""
     from harness.evaluate import CUDA_BATCH, measured_batch
 
     gib, mib = 1 << 30, 1 << 20
     slot = 0.25 / 13
-    assert measured_batch(16, 16 * 10 * mib, 16, 139 * gib, slot) == CUDA_BATCH  # 2.67 GiB / 20 MiB = 133 → 128
+    assert measured_batch(16, 16 * 10 * mib, 16, 139 * gib, slot) == 128  # 2.67 GiB / 20 MiB = 133 → 128
     assert measured_batch(16, 16 * 40 * mib, 16, 139 * gib, slot) == 32  # 2.67 GiB / 80 MiB = 34
     assert measured_batch(16, 16 * 320 * mib, 16, 139 * gib, slot) == 16  # the worst case measured: no growth
     assert measured_batch(16, 16 * 320 * mib, 16, 1 * gib, slot) == 16  # never below the batch that ran
-    assert measured_batch(16, 5 * 10 * mib, 5, 139 * gib, slot) == CUDA_BATCH  # a short first batch: per prompt
+    assert measured_batch(16, 5 * 10 * mib, 5, 139 * gib, slot) == 128  # a short first batch: per prompt
+    # the reference run alone (a quarter of ~120 GiB free) at its measured 17.5 MB a prompt (H200, 2026-11-29): the cap
+    assert measured_batch(64, 64 * 17_519_391, 64, 120 * gib, 0.25) == CUDA_BATCH == 512
+    assert measured_batch(64, 64 * 17_519_391, 64, 120 * gib, 0.25 / 13) == 64  # a slot of the shared tier: unchanged
     assert measured_batch(16, 0, 16, 139 * gib, slot) == 16  # nothing measured (memory freed during it): no growth
     assert measured_batch(16, -mib, 16, 139 * gib, slot) == 16
     # the margin is a factor on the measured cost: at 1 (none) 2.67 GiB / 40 MiB = 68 → 64; at 2, 32
