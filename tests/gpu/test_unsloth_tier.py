@@ -5,6 +5,7 @@ its record and its exports.
 """
 
 import json
+import time
 
 import pytest
 
@@ -85,14 +86,25 @@ def test_unsloth_q8_0_export_offline_is_verified(e2e, dataset, certify, run_extr
     art = e2e.get("artifacts") or {}
     unsloth_file = unsloth_gguf(e2e)  # a converter missing on this runner: a skip with the fix, not a failure
     ours, merged = Path(art["gguf"]), Path(art["merged"])
+    # where this test's time goes (123.2 s on an H200 on 2026-11-29, not yet told apart): the report's extras
+    seconds, clock = {}, time.perf_counter()
+
+    def lap(name):
+        nonlocal clock
+        seconds[name] = round(time.perf_counter() - clock, 2)
+        clock = time.perf_counter()
+
     comparison = compare(unsloth_file, ours)  # tensors and metadata; llama.cpp below, in child processes first
+    lap("compare the two exports")
     run_extras["gguf_exporters"] = {"metadata": comparison["metadata"], "tensors": {
-        k: v for k, v in comparison["tensors"].items() if k != "value_differences"}}
+        k: v for k, v in comparison["tensors"].items() if k != "value_differences"}, "seconds": seconds}
     reader = read(unsloth_file)
     certify("GGUF-Q8-EXPORT", {"exporter": "unsloth save_pretrained_gguf (vendored llama.cpp)",
                                "seconds": art.get("gguf_unsloth_seconds"), **layout(reader),
                                **summary(comparison)}, "unsloth", soft=True)
+    lap("read and layout")
     certify("GGUF-Q8-ERROR", error_vs_checkpoint(reader, merged), "gpu", soft=True)
+    lap("error against the merged checkpoint")
     from harness.doctor import EnvironmentProblem
 
     try:  # each load in a child process; a reader that fails on Google's own GGUF too raises EnvironmentProblem
@@ -100,9 +112,11 @@ def test_unsloth_q8_0_export_offline_is_verified(e2e, dataset, certify, run_extr
     except EnvironmentProblem:
         certify.check()  # the exporters' verdicts above stand; then the skip says it is the environment
         raise
+    lap("llama.cpp loads both")
     if loads[unsloth_file.name][0]:
         prompts = [ex.messages[:-1] for ex in dataset["test"][:20]]
         certify("GGUF-LLAMACPP", llamacpp_checks(unsloth_file, merged, prompts, tokenizer_corpus()), "gpu", soft=True)
+        lap("llama.cpp tokens and greedy against transformers")
     else:  # a reader healthy on Google's file fails on Unsloth's: that is the file's fault
         certify("GGUF-LLAMACPP", {"loaded": False, "token_strings": 0, "token_mismatches": None,
                                   "reason": loads[unsloth_file.name][1]}, "gpu", soft=True)
