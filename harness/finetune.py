@@ -16,7 +16,7 @@ import torch
 from harness import backends
 from harness.recipe import ARMS, HANDBOOK, Recipe
 from harness.record_facts import write_record as write
-from harness.run_record import FIRST_STEPS_MARKER, PhaseClock, StepRecorder, peak_memory
+from harness.run_record import PhaseClock, StepRecorder, peak_memory
 
 MERGE_CHECK_PROMPTS = 8  # held-out prompts on which the merged checkpoint is compared with the trained model
 
@@ -83,7 +83,6 @@ class ReferenceFinetune:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
         self.out_dir = Path(out_dir or Path("reports") / f"finetune-{backend}-{model.replace('/', '_')}-{stamp}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / FIRST_STEPS_MARKER).unlink(missing_ok=True)  # an earlier attempt's must not open its waiters' gates
         self.clock = PhaseClock()
         self.expected, deviations = self.impl.expected(recipe, self.on_gpu)
         self.record = {"schema": 1, "model": model, "backend": backend, "arm": arm, "recipe": recipe.to_dict(),
@@ -134,7 +133,7 @@ class ReferenceFinetune:
             train_rows = impl.train_rows(train_rows)
         if self.evaluate_base:
             self.evaluate_base_model()
-        self.recorder = StepRecorder(reference_labels=masker, first_steps_marker=self.out_dir / FIRST_STEPS_MARKER)
+        self.recorder = StepRecorder(reference_labels=masker)
         with self.clock.phase("build_trainer"):
             built = impl.build_trainer(self.peft_model, self.tokenizer, recipe, self.out_dir, self.source.path, train_rows,
                                        val_rows, self.report_to, [self.recorder], self.on_gpu)

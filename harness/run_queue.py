@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,34 +98,6 @@ class Run:
     folder: Path
     cmd: list[str]
     env: dict | None = None  # this run's own variables, over the queue's
-    not_before: Callable[[], bool] | None = None  # started only once this says True (or raises); runs behind go on
-
-
-def _gate_open(run: Run) -> bool:
-    if run.not_before is None:
-        return True
-    try:
-        return bool(run.not_before())
-    except Exception:  # noqa: BLE001 (a gate that cannot answer must not hold its run for ever)
-        return True
-
-
-def after_marker(marker: Path, queue: "RunQueue", name: str, hold_seconds: float) -> Callable[[], bool]:
-    """A `not_before` gate: open once `marker` exists, once run `name` of `queue` has an outcome (it ended, failed or
-    was complete earlier, or it was never queued), or `hold_seconds` after the gate's first question: a run held
-    behind another's milestone never waits longer than that, whatever happens to the other run."""
-    asked_first: list[float] = []  # when the gate was first asked: the hold counts from there
-
-    def gate() -> bool:
-        now = time.time()
-        if not asked_first:
-            asked_first.append(now)
-        if name in queue.outcomes or all(r.name != name for r in queue.runs):
-            return True
-        return Path(marker).exists() or now - asked_first[0] >= hold_seconds
-
-    gate.__doc__ = f"after {Path(marker).name} of {name} (at most {hold_seconds:.0f} s)"
-    return gate
 
 
 class RunQueue:
@@ -191,17 +162,13 @@ class RunQueue:
         except Exception:  # noqa: BLE001 (a cosmetic figure must not stop the runs)
             return None
 
-    def add(self, name: str, folder: Path, cmd: list[str], env: dict | None = None,
-            not_before: Callable[[], bool] | None = None) -> None:
-        """Queue a run. `not_before`: asked at each poll while the run waits; it starts once that returns True (a gate
-        that raises counts as open: a broken gate must not hold a run for ever), and the runs queued after it are not
-        held behind it."""
+    def add(self, name: str, folder: Path, cmd: list[str], env: dict | None = None) -> None:
         if self._thread is not None:
             raise RuntimeError("RunQueue.add after start: queue every run first")
         if complete(folder):
             self.outcomes[name] = "complete (earlier)"
         else:
-            self.runs.append(Run(name, Path(folder), list(cmd), dict(env or {}), not_before))
+            self.runs.append(Run(name, Path(folder), list(cmd), dict(env or {})))
 
     def run_env(self, device: str | None = None) -> dict:
         """A run's environment: at most min(slots, queued runs) run at once on the host, and on `device` at most
@@ -234,11 +201,8 @@ class RunQueue:
         bar = tqdm(total=len(todo), desc=f"{self.desc} ({self.slots} at a time{where})", unit="run")
         try:
             while (todo or running) and not self._stopping:
-                while len(running) < self.slots:
-                    run = next((r for r in todo if _gate_open(r)), None)
-                    if run is None:
-                        break
-                    todo.remove(run)
+                while todo and len(running) < self.slots:
+                    run = todo.pop(0)
                     run.folder.mkdir(parents=True, exist_ok=True)
                     log = open(run.folder / "log.txt", "w")
                     self.started[run.name] = time.time()

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -53,25 +50,6 @@ def on_training_batches(trainer, see) -> None:
     trainer.compute_loss = seen
 
 
-# Written into a run's folder once its first `warmup_steps` steps are done (StepRecorder's `first_steps_marker`): the
-# GPU tier starts its side runs (probes, the base evaluation) after it, so that they do not compile beside the
-# reference run's first steps (100.5 + 67.0 s of compiling beside four probes on an H200 on 2026-11-29,
-# reports/examples/h200-2026-11-29-gpu-tier-s16).
-FIRST_STEPS_MARKER = "first-steps-done.json"
-
-
-def _write_marker(path: Path, facts: dict) -> None:
-    """Atomically (a reader sees the whole file or none); a marker that cannot be written only costs its waiters their
-    hold time (harness.run_queue.after_marker), never the run."""
-    try:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(facts))
-        os.replace(tmp, path)
-    except OSError as exc:
-        print(f"[run_record] could not write {path}: {exc}", flush=True)
-
-
 class StepRecorder(TrainerCallback):
     """Per-step loss, learning rate and grad norm; step times; and a check of every batch fed to the model.
 
@@ -80,9 +58,8 @@ class StepRecorder(TrainerCallback):
     what the model was given; `reference` recomputes the expected labels from the batch's own ids.
     """
 
-    def __init__(self, reference_labels=None, warmup_steps: int = 3, first_steps_marker: Path | None = None):
+    def __init__(self, reference_labels=None, warmup_steps: int = 3):
         self.steps: list[dict] = []
-        self.first_steps_marker = first_steps_marker
         self.reference_labels = reference_labels
         self.warmup_steps = warmup_steps
         self.masking = {"batches": 0, "label_positions": 0, "trained_positions": 0, "contributing_masked": 0,
@@ -118,9 +95,6 @@ class StepRecorder(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.steps[-1]["seconds"] = round(time.perf_counter() - self._t0, 4)
         self.steps[-1]["tokens"] = self._tokens
-        if self.first_steps_marker is not None and len(self.steps) == self.warmup_steps:
-            _write_marker(self.first_steps_marker, {"steps": self.warmup_steps,
-                                                    "seconds": round(sum(x["seconds"] for x in self.steps), 3)})
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not self.steps:

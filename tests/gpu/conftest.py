@@ -58,7 +58,7 @@ def _has_base_eval(e2e_dir: Path) -> bool:
 
 
 def shared_alone() -> dict:
-    """The reference run's share when only its base evaluation runs beside it (from its first training steps on): a run alone's
+    """The reference run's share when only its base evaluation runs beside it, for its first ~2 minutes: a run alone's
     (the queue counts queued runs, not runs alive together: it would keep half the threads and memory share for ~12
     minutes, and its held-out evaluation would start at half the batch)."""
     from harness.run_queue import shared_gpu_env
@@ -152,7 +152,7 @@ def gpu_runs(request, tmp_path_factory):
         if runs.base_eval_apart:
             runs.queue.add("e2e-base", base_eval_dir(runs.e2e_dir),
                            [sys.executable, "-m", "harness", "finetune", *common, "--out",
-                            str(base_eval_dir(runs.e2e_dir)), "--base-eval-only"], not_before=after_first_steps(runs))
+                            str(base_eval_dir(runs.e2e_dir)), "--base-eval-only"])
     if "experiments" in wanted:
         runs.experiments_root = Path(os.environ.get("HARNESS_EXPERIMENTS_DIR") or tmp_path_factory.mktemp("experiments"))
         runs.experiment_runs = queue_arms(runs.queue, runs.experiments_root, all_arms(), SEEDS, model=model,
@@ -160,25 +160,6 @@ def gpu_runs(request, tmp_path_factory):
     runs.queue.start()
     yield runs
     runs.queue.stop()
-
-
-# How long a side run waits at most for the reference run's first training steps (they ended ~215 s into the session
-# on an H200 on 2026-11-29, compiling beside the probes).
-SIDE_RUN_HOLD_SECONDS = 600
-
-
-def after_first_steps(runs: GpuRuns):
-    """The gate of the side runs (the probes, the base evaluation): open once the reference run's first training steps
-    are done (harness.run_record.FIRST_STEPS_MARKER), once it ended or when it is not queued, or after
-    SIDE_RUN_HOLD_SECONDS. Why: its first two steps took 100.5 + 67.0 s of compiling beside four probes and the base
-    evaluation, each compiling its own graphs on the same 16 cores (reports/examples/h200-2026-11-29-gpu-tier-s16), and
-    the reference run is the tier's critical path; the side runs are not (they ended ~350 s before it)."""
-    from harness.run_queue import after_marker
-    from harness.run_record import FIRST_STEPS_MARKER
-
-    if runs.e2e_dir is None:
-        return None
-    return after_marker(runs.e2e_dir / FIRST_STEPS_MARKER, runs.queue, "e2e", SIDE_RUN_HOLD_SECONDS)
 
 
 @dataclass
@@ -198,10 +179,9 @@ class GpuProbes:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def gpu_probes(request, tmp_path_factory, gpu_runs):
+def gpu_probes(request, tmp_path_factory):
     """Queue and start the probes the selected tests read (harness.probe_runs), `at_once` at a time on the
-    first GPU, beside the fine-tunes, once the reference run's first steps are done (after_first_steps); stop what is
-    left at the end."""
+    first GPU, beside the fine-tunes; stop what is left at the end."""
     import torch
 
     from harness.probe_runs import at_once, command, probes
@@ -221,8 +201,7 @@ def gpu_probes(request, tmp_path_factory, gpu_runs):
         table = probes(_perf_model(request)[1], request.getfixturevalue("gemma_dir"), root)
         for name in (n for n in table if n in wanted):  # the table's order: the slowest first
             folders[name] = root / name
-            queue.add(name, folders[name], command(table[name], folders[name]), env=table[name].env,
-                      not_before=after_first_steps(gpu_runs))
+            queue.add(name, folders[name], command(table[name], folders[name]), env=table[name].env)
     queue.start()
     recorder = _recorder(request.config)
     yield GpuProbes(queue, folders, recorder.extras if recorder is not None else {})

@@ -35,18 +35,6 @@ def test_run_record_is_written_and_complete(run):
     assert printed["eval"] == {k: on_disk["eval"][k] for k in printed["eval"]}
 
 
-def test_the_first_steps_marker_is_written_with_their_time(run):
-    """The run marks its first timed steps done in its folder (the GPU tier's side runs wait for it:
-    harness.run_queue.after_marker), with the seconds the record gives them."""
-    from pathlib import Path
-
-    from harness.run_record import FIRST_STEPS_MARKER
-
-    marker = json.loads((Path(run["out_dir"]) / FIRST_STEPS_MARKER).read_text())
-    assert marker["steps"] == run["throughput"]["warmup_steps_excluded"] == 3
-    assert marker["seconds"] == pytest.approx(run["throughput"]["warmup_seconds"], abs=0.002)
-
-
 def test_loss_falls(run):
     """The mean loss of the last 10 steps is below that of the first 10."""
     assert run["loss_last10"] < run["loss_first10"] - 0.1
