@@ -111,8 +111,11 @@ collect() {
   for f in "$HARNESS_E2E_OUT"/outputs-*.jsonl; do [ -f "$f" ] && cp "$f" "$dest/"; done  # every output of the reference run
   # the reference run's and its base evaluation's own output (progress bars dropped): what a process did outside its
   # record's phases (~74 s of the reference run's ~660 s on an H200, 2026-11-29: imports, Unsloth's patching, …?)
+  # Dynamo's recompile messages keep their guard failures and lose their source stack (each ~40 lines): with the stacks
+  # the last 200 kB held only the evaluation's recompiles, not the training's first (2026-11-29, session 17)
   for f in "$HARNESS_E2E_OUT/log.txt" "$HARNESS_E2E_OUT/base-eval/log.txt"; do
-    [ -f "$f" ] && grep -v "it/s\]\|s/it\]\|prompt/s\]" "$f" | tail -c 200000 > "$dest/$(basename "$(dirname "$f")")-log.txt"
+    [ -f "$f" ] && grep -v "it/s\]\|s/it\]\|prompt/s\]\|\[__recompiles\]     -  \|\[__graph_breaks\]     -  " "$f" \
+      | tail -c 200000 > "$dest/$(basename "$(dirname "$f")")-log.txt"
   done
   # the GPU fault catalog (tests/faults/test_fault_catalog.py -m gpu --faults): each finished run's outcome and results
   for f in "$HARNESS_GPU_FAULT_OUT"/outcome-*.json; do [ -f "$f" ] && cp "$f" "$dest/gpu-fault-$(basename "$f")"; done
