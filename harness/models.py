@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -140,14 +141,38 @@ def _refresh_tokenizer(folder: Path) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def gguf_py_reads_fast():
+    """transformers' GGUF loader reads through harness.gguf_verify's fast reader inside the block (it imports
+    `gguf.GGUFReader` at each call); gguf-py's own reader is put back after, also on an error.
+
+    Why: materializing the 270M took 39.2 s on 2 cores (2026-11-29, session 17), 40 of 63 profiled seconds in gguf-py's
+    field parsing, done twice (the config, then the weights; the 262,144-token vocabulary is ~786,000 values), 4 s in
+    dequantizing; the fast reader gives the same fields and tensors (tests/unit/test_gguf_reader.py): 17.5 s, and the same
+    model.safetensors byte for byte (sha256 d9df495a…). On a fresh GPU runner this ran before the reference run could
+    start: the tier's first test set up for 56.5 s and the fine-tunes were queued at 62 s
+    (reports/examples/h200-2026-11-29-gpu-tier-s17)."""
+    import gguf
+
+    from harness.gguf_verify import fast_reader_class
+
+    before = gguf.GGUFReader
+    gguf.GGUFReader = fast_reader_class()
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = before
+
+
 def _build_embedded(tmp: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
     gguf = embedded_gguf()
     steps = tqdm(total=3, desc="materialize gemma3-270m", unit="step")
-    steps.set_postfix_str("dequantizing the GGUF (~1 min)")
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    steps.set_postfix_str("dequantizing the GGUF (~20 s)")
+    with gguf_py_reads_fast():
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
     steps.update()
     # The GGUF loader leaves a gguf quantization_config behind; save_pretrained refuses it, and the
     # weights are plain bf16 tensors by now.

@@ -79,3 +79,40 @@ def test_a_reader_that_misreads_one_value_is_told_apart(small_gguf):
     found = differences(fast_reader_class()(str(small_gguf)), Flipping(str(small_gguf)))
     assert found == ["field tokenizer.ggml.tokens: values"]
 
+
+
+def test_transformers_gguf_loader_parses_the_same_through_the_fast_reader(small_gguf):
+    """harness.models materializes the embedded model with transformers' GGUF loader reading through the fast reader
+    (gguf_py_reads_fast): the loader's parse of a file is the same through either reader, and gguf-py's reader is put
+    back after the block, also after an error. Planted: the misreading reader above changes the parse."""
+    import gguf
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from harness.gguf_verify import fast_reader_class
+    from harness.models import gguf_py_reads_fast
+
+    original = gguf.GGUFReader
+    reference = load_gguf_checkpoint(str(small_gguf))
+    with gguf_py_reads_fast():
+        assert gguf.GGUFReader is not original and issubclass(gguf.GGUFReader, original)
+        fast = load_gguf_checkpoint(str(small_gguf))
+    assert gguf.GGUFReader is original
+    assert fast == reference and reference["config"]["num_hidden_layers"] == 2
+    assert reference["tokenizer"]["tokens"][7] == "▁كلمة7"
+    with pytest.raises(RuntimeError), gguf_py_reads_fast():
+        raise RuntimeError("a failed load")
+    assert gguf.GGUFReader is original
+
+    class Flipping(fast_reader_class()):
+        def _get(self, offset, dtype, count=1, override_order=None):
+            arr = super()._get(offset, dtype, count, override_order)
+            if np.dtype(dtype) == np.uint8 and bytes(arr[:3]) == "▁".encode():
+                arr = arr.copy()
+                arr[-1] ^= 1
+            return arr
+
+    gguf.GGUFReader = Flipping
+    try:
+        assert load_gguf_checkpoint(str(small_gguf)) != reference
+    finally:
+        gguf.GGUFReader = original
