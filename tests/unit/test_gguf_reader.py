@@ -25,6 +25,21 @@ def differences(a, b) -> list[str]:
     return out
 
 
+def flipping_reader():
+    """A reader that flips the last byte of the vocabulary's "▁" words (sizes kept): a planted misreading."""
+    from harness.gguf_verify import fast_reader_class
+
+    class Flipping(fast_reader_class()):
+        def _get(self, offset, dtype, count=1, override_order=None):
+            arr = super()._get(offset, dtype, count, override_order)
+            if np.dtype(dtype) == np.uint8 and bytes(arr[:3]) == "▁".encode():
+                arr = arr.copy()
+                arr[-1] ^= 1
+            return arr
+
+    return Flipping
+
+
 @pytest.fixture(scope="module")
 def small_gguf(tmp_path_factory):
     """Every kind of value the exports hold (string, integer and float scalars; string, float and integer arrays;
@@ -68,15 +83,7 @@ def test_a_reader_that_misreads_one_value_is_told_apart(small_gguf):
     that field and no other."""
     from harness.gguf_verify import fast_reader_class
 
-    class Flipping(fast_reader_class()):
-        def _get(self, offset, dtype, count=1, override_order=None):
-            arr = super()._get(offset, dtype, count, override_order)
-            if np.dtype(dtype) == np.uint8 and bytes(arr[:3]) == "▁".encode():
-                arr = arr.copy()
-                arr[-1] ^= 1
-            return arr
-
-    found = differences(fast_reader_class()(str(small_gguf)), Flipping(str(small_gguf)))
+    found = differences(fast_reader_class()(str(small_gguf)), flipping_reader()(str(small_gguf)))
     assert found == ["field tokenizer.ggml.tokens: values"]
 
 
@@ -88,7 +95,6 @@ def test_transformers_gguf_loader_parses_the_same_through_the_fast_reader(small_
     import gguf
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    from harness.gguf_verify import fast_reader_class
     from harness.models import gguf_py_reads_fast
 
     original = gguf.GGUFReader
@@ -103,15 +109,7 @@ def test_transformers_gguf_loader_parses_the_same_through_the_fast_reader(small_
         raise RuntimeError("a failed load")
     assert gguf.GGUFReader is original
 
-    class Flipping(fast_reader_class()):
-        def _get(self, offset, dtype, count=1, override_order=None):
-            arr = super()._get(offset, dtype, count, override_order)
-            if np.dtype(dtype) == np.uint8 and bytes(arr[:3]) == "▁".encode():
-                arr = arr.copy()
-                arr[-1] ^= 1
-            return arr
-
-    gguf.GGUFReader = Flipping
+    gguf.GGUFReader = flipping_reader()
     try:
         assert load_gguf_checkpoint(str(small_gguf)) != reference
     finally:
