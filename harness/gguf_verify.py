@@ -171,34 +171,63 @@ def hf_greedy(checkpoint: Path, prompt_ids: list[list[int]], stop: set[int], pad
     Cached by checkpoint bytes, prompts, torch/transformers versions and the CPU's vector features (float32
     kernels dispatch on them): 20 prompts of the 270M take ~27 s on 2 cores.
 
-    It runs in the calling process (pytest's, on a GPU runner beside the tier's fine-tunes and llama.cpp children)
-    on at most `single_child_threads()` threads: torch's default is every core, and two GPU fault runs each starting
-    16 spinning OpenMP threads on a 16-core runner shared with three fine-tunes sat 7+ min in the export test that
-    took 146 s with one run beside it (2026-11-29; the cause not measured, this is the first suspect)."""
+    It runs on the CPU on at most `single_child_threads()` threads: torch's default is every core, and two GPU fault
+    runs each starting 16 spinning OpenMP threads on a 16-core runner shared with three fine-tunes sat 7+ min in the
+    export test that took 146 s with one run beside it (2026-11-29; the cause not measured, this is the first suspect).
+    In the calling process, unless Unsloth is imported there (the GPU tier's pytest process): its import rewrites
+    transformers' Gemma 3 code for the whole process (unsloth_zoo's temporary patches: the attention's forward, the
+    RMS norm), so the reference would be Unsloth's code, not transformers'; it then runs in a child process of its own
+    (_hf_child). On the GPU tier this reference with the llama.cpp child took 117.8 s of the Q8_0 export test's 138.2 s
+    (reports/examples/h200-2026-11-29-gpu-tier-s17)."""
     from harness import measure_cache as mc
 
-    def generate() -> list:
-        import torch
-        from transformers import AutoModelForCausalLM
+    job = {"checkpoint": str(checkpoint), "prompt_ids": prompt_ids, "stop": sorted(stop), "pad": pad_id,
+           "max_new_tokens": max_new_tokens, "threads": single_child_threads()}
 
-        model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
-        outputs = []
-        with torch_threads(single_child_threads()):
-            for ids in prompt_ids:
-                with torch.no_grad():
-                    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                                         eos_token_id=sorted(stop), pad_token_id=pad_id)
-                hf = out[0][len(ids):].tolist()
-                while hf and hf[-1] in stop:
-                    hf.pop()
-                outputs.append(hf)
-        return outputs
+    def generate() -> list:
+        return _hf_child(job) if unsloth_imported() else _hf_side(job)
 
     inputs = {"checkpoint": mc.folder_digest(checkpoint, ("config.json", "generation_config.json", "model.safetensors")),
               "prompt_ids": prompt_ids, "stop": sorted(stop), "pad": pad_id, "max_new_tokens": max_new_tokens,
               "versions": mc.versions("torch", "transformers"), "cpu": mc.cpu_signature(),
-              "code": mc.code_digest(generate)}
+              "code": mc.code_digest(generate, _hf_side)}
     return mc.cached("hf-greedy", inputs, generate)
+
+
+def unsloth_imported() -> bool:
+    """Whether this process imported Unsloth (and with it, its patches of transformers' model code)."""
+    return "unsloth" in sys.modules or "unsloth_zoo" in sys.modules
+
+
+def _hf_side(job: dict) -> list:
+    """transformers' float32 greedy continuations of `job`'s prompts on the CPU (in the caller, or in _hf_child)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(job["checkpoint"], dtype=torch.float32).eval()
+    stop, outputs = job["stop"], []
+    with torch_threads(job["threads"]):
+        for ids in job["prompt_ids"]:
+            with torch.no_grad():
+                out = model.generate(torch.tensor([ids]), max_new_tokens=job["max_new_tokens"], do_sample=False,
+                                     eos_token_id=stop, pad_token_id=job["pad"])
+            hf = out[0][len(ids):].tolist()
+            while hf and hf[-1] in stop:
+                hf.pop()
+            outputs.append(hf)
+    return outputs
+
+
+def _hf_child(job: dict, timeout: int = 1800) -> list:
+    """_hf_side in a fresh process (`python -m harness.gguf_verify`, the job on stdin, its outputs on the last line of
+    stdout), on the CPU: CUDA hidden, so it neither starts a CUDA context beside the tier's runs nor computes elsewhere
+    than the in-process reference does."""
+    env = {**_child_env(), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(_child_command(), input=json.dumps({"hf_greedy": job}), capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the transformers reference's child process failed: {_failure(proc)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @contextlib.contextmanager
@@ -455,8 +484,11 @@ def single_child_threads() -> int:
 
 
 def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], corpus: list[str],
-                    max_new_tokens: int = 16) -> dict:
-    """GGUF-LLAMACPP: load in llama.cpp; token ids vs the HF tokenizer; greedy outputs vs the HF model."""
+                    max_new_tokens: int = 16, timings: dict | None = None) -> dict:
+    """GGUF-LLAMACPP: load in llama.cpp; token ids vs the HF tokenizer; greedy outputs vs the HF model.
+    `timings`, if given, gets the seconds of each side (llama.cpp's child, transformers' reference)."""
+    import time
+
     from harness.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(str(checkpoint))
@@ -464,14 +496,20 @@ def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], cor
     prompt_ids = [list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
                   for messages in prompts]
     # the held-out prompts share their developer turn: its KV cache is kept from one prompt to the next (llama_greedy)
+    started = time.perf_counter()
     llama = llama_outputs(path, corpus, prompt_ids, stop, max_new_tokens, reuse_prefix=True)
+    llama_seconds = time.perf_counter() - started
     mismatches, first = 0, None
     for text, a in zip(corpus, llama["tokens"]):
         b = tokenizer.encode(text, add_special_tokens=False)
         if a != b:
             mismatches += 1
             first = first or {"text": text, "llama.cpp": a[:20], "hf": b[:20]}
+    started = time.perf_counter()
     references = hf_greedy(checkpoint, prompt_ids, stop, tokenizer.pad_token_id, max_new_tokens)
+    if timings is not None:
+        timings.update({"llama.cpp": round(llama_seconds, 2),
+                        "transformers reference": round(time.perf_counter() - started, 2)})
     same, top1, differences = 0, 0, []
     for messages, hf, lc in zip(prompts, references, llama["greedy"]):
         same += hf == lc
@@ -511,5 +549,6 @@ def verify(path: Path, checkpoint: Path | None = None, llama: bool = True, promp
     return report
 
 
-if __name__ == "__main__":  # the child of llama_children and _llama_child: a job on stdin, outputs on the last line
-    print(json.dumps(_llama_side(json.loads(sys.stdin.read()))))
+if __name__ == "__main__":  # the child of llama_children, _llama_child and _hf_child: a job on stdin, outputs on the last line
+    _job_in = json.loads(sys.stdin.read())
+    print(json.dumps(_hf_side(_job_in["hf_greedy"]) if "hf_greedy" in _job_in else _llama_side(_job_in)))

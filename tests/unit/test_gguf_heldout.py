@@ -5,6 +5,7 @@ a merge that costs accuracy; a faithful export), the pairing on planted outputs,
 child processes coming back in the prompts' order."""
 
 import json
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -210,7 +211,7 @@ def test_the_children_never_outnumber_the_cores_with_their_threads(monkeypatch, 
 
 
 def test_the_transformers_reference_runs_on_a_bounded_share_of_the_cores(tiny_dir, monkeypatch):
-    """hf_greedy (GGUF-LLAMACPP's reference) computes in the pytest process: on a 64-core runner it takes at most 4
+    """hf_greedy (GGUF-LLAMACPP's reference) computes in the pytest process (Unsloth not imported): on a 64-core runner it takes at most 4
     torch threads (torch's default, every core, let two fault runs' OpenMP pools spin on one runner), and the
     process's own setting is back afterwards. Planted: without the bound it would run on the process's 8."""
     import torch
@@ -252,3 +253,23 @@ def test_the_reference_never_gets_more_threads_than_the_process_had(tiny_dir, mo
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_where_unsloth_is_imported_the_reference_is_computed_in_a_child_process(tiny_dir, monkeypatch):
+    """Unsloth's import rewrites transformers' Gemma 3 code for the whole process (the GPU tier's pytest process): the
+    reference is then computed in a fresh process, and gives what the in-process reference gives. Planted: a process
+    that has imported Unsloth (a module of that name) must not run the reference itself."""
+    import types
+
+    from harness import gguf_verify
+
+    monkeypatch.setenv("HARNESS_MEASUREMENT_CACHE", "0")
+    prompts, stop = [[2, 105, 2364, 107], [2, 105, 4368]], {106, 1}
+    here = gguf_verify.hf_greedy(tiny_dir, prompts, stop, 0, 3)
+    assert not gguf_verify.unsloth_imported()
+    monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))
+    assert gguf_verify.unsloth_imported()
+    in_process = []
+    monkeypatch.setattr(gguf_verify, "_hf_side", lambda job: in_process.append(job) or [])
+    assert gguf_verify.hf_greedy(tiny_dir, prompts, stop, 0, 3) == here  # the child imports the real _hf_side
+    assert in_process == []
