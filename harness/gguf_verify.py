@@ -178,7 +178,9 @@ def hf_greedy(checkpoint: Path, prompt_ids: list[list[int]], stop: set[int], pad
     transformers' Gemma 3 code for the whole process (unsloth_zoo's temporary patches: the attention's forward, the
     RMS norm), so the reference would be Unsloth's code, not transformers'; it then runs in a child process of its own
     (_hf_child). On the GPU tier this reference with the llama.cpp child took 117.8 s of the Q8_0 export test's 138.2 s
-    (reports/examples/h200-2026-11-29-gpu-tier-s17)."""
+    (reports/examples/h200-2026-11-29-gpu-tier-s17); measured apart on an idle H200 runner, 20 prompts: 126.4 s in a
+    process that had loaded the 270M through Unsloth, 40.8 s in a child, the same answers
+    (reports/examples/h200-2026-11-29-probe-hf-reference-s17)."""
     from harness import measure_cache as mc
 
     job = {"checkpoint": str(checkpoint), "prompt_ids": prompt_ids, "stop": sorted(stop), "pad": pad_id,
