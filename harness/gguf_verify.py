@@ -197,8 +197,10 @@ def hf_greedy(checkpoint: Path, prompt_ids: list[list[int]], stop: set[int], pad
 
 
 def unsloth_imported() -> bool:
-    """Whether this process imported Unsloth (and with it, its patches of transformers' model code)."""
-    return "unsloth" in sys.modules or "unsloth_zoo" in sys.modules
+    """Whether this process imported Unsloth (and with it, its patches of transformers' model code). unsloth_zoo alone
+    does not count: the CPU tier imports its dataset utilities for the masking reader (harness.masking), and that import
+    leaves the Gemma 3 classes' forwards as transformers defines them (checked on 2026-11-29, unsloth_zoo 2026.10.9)."""
+    return "unsloth" in sys.modules
 
 
 def _hf_side(job: dict) -> list:
