@@ -36,6 +36,7 @@ SELF_TESTS = {
     # The harness's own bookkeeping around a real generate call (threads it gives torch; the stats it keeps): what they
     # check is this project's code, which no library upgrade changes; the calls themselves are certify's elsewhere.
     "test_gguf_heldout.py::test_the_transformers_reference_runs_on_a_bounded_share_of_the_cores",
+    "test_gguf_heldout.py::test_where_unsloth_is_imported_the_reference_is_computed_in_a_child_process",
     "test_evaluate.py::test_the_first_batch_is_timed_apart",
     "test_gguf_heldout.py::test_one_reader_of_the_share_for_the_argument_and_the_environment",
     "test_gguf_heldout.py::test_a_share_argument_that_is_not_a_count_is_refused",
