@@ -52,6 +52,34 @@ def timeline_phases(record: dict) -> dict | None:
     return split
 
 
+RECOMPILES_ON = "HARNESS_LOG_RECOMPILES: torch's recompile and graph-break logs are on"
+
+
+def dynamo_recompiles(log_text: str) -> dict:
+    """What a run's log says torch's compiler did again (its output with $HARNESS_LOG_RECOMPILES=1,
+    harness.train_unsloth.log_recompiles): each recompiled function with how many times, the recompile limit's hits
+    (torch falls back to running that function uncompiled: a slowdown, never a wrong answer) and graph breaks.
+    `logged` False: the run did not have those logs on, so zero counts say nothing.
+
+    Why: on an H200 (2026-11-29, reports/examples/h200-2026-11-29-gpu-tier-s17) the reference run's first three steps
+    took 191.7 s, and transformers' Gemma3DecoderLayer.forward (Unsloth's compiled block) reached its 8th compiled
+    entry during training, torch's default limit: one more shape class would have run every layer uncompiled."""
+    recompiled: dict[str, int] = {}
+    limit_hits, graph_breaks = [], 0
+    for line in log_text.splitlines():
+        if "[__recompiles] Recompiling function " in line:
+            function, _, where = line.split("Recompiling function ", 1)[1].strip().partition(" in ")
+            name = f"{function} in {'/'.join(where.split('/')[-2:])}" if where else function  # the file's last folders
+            recompiled[name] = recompiled.get(name, 0) + 1
+        elif "torch._dynamo hit config." in line:
+            limit_hits.append(line.split("torch._dynamo hit ", 1)[1].strip()[:200])
+        elif "[__graph_breaks] Graph break" in line:
+            graph_breaks += 1
+    return {"logged": RECOMPILES_ON in log_text, "recompiles": sum(recompiled.values()),
+            "recompiled": dict(sorted(recompiled.items(), key=lambda kv: -kv[1])), "recompile_limit_hits": limit_hits,
+            "graph_breaks": graph_breaks}
+
+
 def base_eval_dir(e2e_dir: Path) -> Path:
     """Where the GPU tier's reference run has its base model scored, in a process of its own beside it
     (`finetune --base-eval-only`; tests/gpu/conftest.py queues it, tests/gpu/test_unsloth_tier.py merges it)."""

@@ -29,7 +29,9 @@ def log_recompiles() -> bool:
     TORCH_LOGS and sets every torch log to CRITICAL at import (unsloth_zoo/patching_utils.py, patch_torch_compile)
     unless UNSLOTH_COMPILE_DEBUG=1, which also turns off inductor's caches and compiles on one thread: so
     TORCH_LOGS=recompiles printed nothing on the H200 (2026-11-29). The GPU tier sets it for the reference run, whose
-    second training step took 67.0 s (a recompile, by a helper's reading of Unsloth's block compile: to confirm)."""
+    second training step took 67.0 s: a recompile, confirmed by this log in session 17 (the decoder layer recompiled for
+    the two mask functions, grad mode and the packed length; reports/examples/h200-2026-11-29-gpu-tier-s17); the tier
+    summarizes it (harness.record_facts.dynamo_recompiles)."""
     if os.environ.get("HARNESS_LOG_RECOMPILES") != "1":
         return False
     import torch
@@ -39,6 +41,9 @@ def log_recompiles() -> bool:
     except (AttributeError, TypeError) as exc:  # a torch without these artifacts: a diagnostic, never the run's failure
         print(f"HARNESS_LOG_RECOMPILES: torch {torch.__version__} cannot log recompiles here ({exc})", flush=True)
         return False
+    from harness.record_facts import RECOMPILES_ON
+
+    print(RECOMPILES_ON, flush=True)
     return True
 
 

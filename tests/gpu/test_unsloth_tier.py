@@ -24,6 +24,11 @@ def e2e(gpu_runs, run_extras):
                                                           "base_eval", "base_eval_run", "val_loss", "memory",
                                                           "artifacts")}
     run_extras["finetune"]["shared_gpu_with"] = f"up to {gpu_runs.slots - 1} other runs (its step times are not speed figures)"
+    log = gpu_runs.e2e_dir / "log.txt"  # what torch's compiler did again in it (the first steps' time: issue #13)
+    if log.is_file():
+        from harness.record_facts import dynamo_recompiles
+
+        run_extras["finetune"]["dynamo"] = dynamo_recompiles(log.read_text(errors="replace"))
     return record
 
 
