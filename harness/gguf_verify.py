@@ -196,11 +196,21 @@ def hf_greedy(checkpoint: Path, prompt_ids: list[list[int]], stop: set[int], pad
     return mc.cached("hf-greedy", inputs, generate)
 
 
+GEMMA3_CLASSES = ("Gemma3Attention", "Gemma3RMSNorm", "Gemma3MLP", "Gemma3DecoderLayer", "Gemma3TextModel",
+                  "Gemma3ForCausalLM")
+
+
 def unsloth_imported() -> bool:
-    """Whether this process imported Unsloth (and with it, its patches of transformers' model code). unsloth_zoo alone
-    does not count: the CPU tier imports its dataset utilities for the masking reader (harness.masking), and that import
-    leaves the Gemma 3 classes' forwards as transformers defines them (checked on 2026-11-29, unsloth_zoo 2026.10.9)."""
-    return "unsloth" in sys.modules
+    """Whether this process's transformers model code may be Unsloth's: Unsloth imported (its import patches it), or a
+    Gemma 3 class whose forward is no longer the one transformers defines (a patch by any other way). unsloth_zoo
+    alone does not count: the CPU tier imports its dataset utilities for the masking reader (harness.masking), and that
+    import leaves those forwards as transformers defines them (checked on 2026-11-29, unsloth_zoo 2026.10.9)."""
+    if "unsloth" in sys.modules:
+        return True
+    gemma3 = sys.modules.get("transformers.models.gemma3.modeling_gemma3")
+    return gemma3 is not None and any(
+        getattr(getattr(getattr(gemma3, name, None), "forward", None), "__module__", gemma3.__name__) != gemma3.__name__
+        for name in GEMMA3_CLASSES)
 
 
 def _hf_side(job: dict) -> list:
@@ -227,11 +237,20 @@ def _hf_child(job: dict, timeout: int = 1800) -> list:
     stdout), on the CPU: CUDA hidden, so it neither starts a CUDA context beside the tier's runs nor computes elsewhere
     than the in-process reference does."""
     env = {**_child_env(), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(_child_command(), input=json.dumps({"hf_greedy": job}), capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    try:
+        proc = subprocess.run(_child_command(), input=json.dumps({"hf_greedy": job}), capture_output=True, text=True,
+                              timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"the transformers reference's child process ran past {timeout} s ({job['checkpoint']})") \
+            from exc
     if proc.returncode != 0:
         raise RuntimeError(f"the transformers reference's child process failed: {_failure(proc)}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError) as exc:
+        raise RuntimeError(f"the transformers reference's child process printed no answers: "
+                           f"{proc.stdout[-300:]!r} {proc.stderr[-300:]!r}") from exc
 
 
 @contextlib.contextmanager
@@ -490,9 +509,8 @@ def single_child_threads() -> int:
 def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], corpus: list[str],
                     max_new_tokens: int = 16, timings: dict | None = None) -> dict:
     """GGUF-LLAMACPP: load in llama.cpp; token ids vs the HF tokenizer; greedy outputs vs the HF model.
-    `timings`, if given, gets the seconds of each side (llama.cpp's child, transformers' reference)."""
-    import time
-
+    `timings`, if given, gets the seconds of each side (llama.cpp's child, transformers' reference: ~0 where the
+    measurement cache held it)."""
     from harness.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(str(checkpoint))
@@ -502,7 +520,8 @@ def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], cor
     # the held-out prompts share their developer turn: its KV cache is kept from one prompt to the next (llama_greedy)
     started = time.perf_counter()
     llama = llama_outputs(path, corpus, prompt_ids, stop, max_new_tokens, reuse_prefix=True)
-    llama_seconds = time.perf_counter() - started
+    if timings is not None:
+        timings["llama.cpp"] = round(time.perf_counter() - started, 2)
     mismatches, first = 0, None
     for text, a in zip(corpus, llama["tokens"]):
         b = tokenizer.encode(text, add_special_tokens=False)
@@ -512,8 +531,7 @@ def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], cor
     started = time.perf_counter()
     references = hf_greedy(checkpoint, prompt_ids, stop, tokenizer.pad_token_id, max_new_tokens)
     if timings is not None:
-        timings.update({"llama.cpp": round(llama_seconds, 2),
-                        "transformers reference": round(time.perf_counter() - started, 2)})
+        timings["transformers reference"] = round(time.perf_counter() - started, 2)
     same, top1, differences = 0, 0, []
     for messages, hf, lc in zip(prompts, references, llama["greedy"]):
         same += hf == lc

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +142,9 @@ def _refresh_tokenizer(folder: Path) -> Path:
     return folder
 
 
+_GGUF_READER_SWAP = threading.RLock()
+
+
 @contextlib.contextmanager
 def gguf_py_reads_fast():
     """transformers' GGUF loader reads through harness.gguf_verify's fast reader inside the block (it imports
@@ -157,12 +161,13 @@ def gguf_py_reads_fast():
 
     from harness.gguf_verify import fast_reader_class
 
-    before = gguf.GGUFReader
-    gguf.GGUFReader = fast_reader_class()
-    try:
-        yield
-    finally:
-        gguf.GGUFReader = before
+    with _GGUF_READER_SWAP:  # one swap at a time: two interleaved blocks would leave the fast reader in place
+        before = gguf.GGUFReader
+        gguf.GGUFReader = fast_reader_class()
+        try:
+            yield
+        finally:
+            gguf.GGUFReader = before
 
 
 def _build_embedded(tmp: Path) -> None:

@@ -273,3 +273,33 @@ def test_where_unsloth_is_imported_the_reference_is_computed_in_a_child_process(
     monkeypatch.setattr(gguf_verify, "_hf_side", lambda job: in_process.append(job) or [])
     assert gguf_verify.hf_greedy(tiny_dir, prompts, stop, 0, 3) == here  # the child imports the real _hf_side
     assert in_process == []
+
+
+def test_a_gemma3_forward_patched_without_unsloth_still_sends_the_reference_to_a_child(monkeypatch):
+    """A Gemma 3 class whose forward is not transformers' own counts as patched model code, Unsloth imported or not.
+    Planted: the attention's forward replaced by a function of this module."""
+    from transformers.models.gemma3 import modeling_gemma3
+
+    from harness import gguf_verify
+
+    monkeypatch.delitem(sys.modules, "unsloth", raising=False)
+    assert not gguf_verify.unsloth_imported()
+
+    def forward(self, *args, **kwargs):
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(modeling_gemma3.Gemma3Attention, "forward", forward)
+    assert gguf_verify.unsloth_imported()
+
+
+def test_a_reference_child_that_hangs_or_prints_nothing_is_named(monkeypatch):
+    """The child's failures say it was the transformers reference: past its time, or no answers on its last line."""
+    from harness import gguf_verify
+
+    job = {"checkpoint": "/nowhere"}
+    monkeypatch.setattr(gguf_verify, "_child_command", lambda: [sys.executable, "-c", "import sys; sys.stdin.read()"])
+    with pytest.raises(RuntimeError, match="printed no answers"):
+        gguf_verify._hf_child(job)
+    monkeypatch.setattr(gguf_verify, "_child_command", lambda: [sys.executable, "-c", "import time; time.sleep(30)"])
+    with pytest.raises(RuntimeError, match="ran past 1 s"):
+        gguf_verify._hf_child(job, timeout=1)
