@@ -91,7 +91,8 @@ def test_unsloth_q8_0_export_offline_is_verified(e2e, dataset, certify, run_extr
     art = e2e.get("artifacts") or {}
     unsloth_file = unsloth_gguf(e2e)  # a converter missing on this runner: a skip with the fix, not a failure
     ours, merged = Path(art["gguf"]), Path(art["merged"])
-    # where this test's time goes (123.2 s on an H200 on 2026-11-29, not yet told apart): the report's extras
+    # where this test's time goes, in the report's extras: 138.2 s on an H200 at a7fde14, 117.8 of them llama.cpp and
+    # the transformers reference (reports/examples/h200-2026-11-29-gpu-tier-s17; the reference now runs in a child)
     seconds, clock = {}, time.perf_counter()
 
     def lap(name):
