@@ -18,8 +18,9 @@ from harness.scoring import score as _score
 # The largest GPU generation batch. A decoding step costs about the same from 16 to 128 prompts on an H200 (kernel
 # launches and Python, not arithmetic: 0.092 s a step over batches of 64 and 128 for the diagnostic split, 0.15 s beside
 # the base evaluation for the test split; reports/examples/h200-2026-11-29-gpu-tier-s16), so an evaluation costs its
-# decoding steps: 2,240 prompts took 18 batches and 665 steps at a cap of 128. At 512 the same prompts need ~6 batches.
-# The memory stays measured (measured_batch: 17.5 MB a prompt for the reference run, ~9 GB for 512).
+# decoding steps: 2,240 prompts took 18 batches and 665 steps at a cap of 128 (147.2 s), and at 512 6 batches and 220
+# steps (71.9 s, 0.12 s a step at 512; reports/examples/h200-2026-11-29-gpu-tier-s17). The memory stays measured
+# (measured_batch: 17.5 MB a prompt for the reference run, ~9 GB for 512).
 CUDA_BATCH = 512
 CUDA_MIN_BATCH = 16
 CPU_BATCH = 16

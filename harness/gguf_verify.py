@@ -187,7 +187,7 @@ def hf_greedy(checkpoint: Path, prompt_ids: list[list[int]], stop: set[int], pad
            "max_new_tokens": max_new_tokens, "threads": single_child_threads()}
 
     def generate() -> list:
-        return _hf_child(job) if unsloth_imported() else _hf_side(job)
+        return _hf_child(job) if model_code_patched() else _hf_side(job)
 
     inputs = {"checkpoint": mc.folder_digest(checkpoint, ("config.json", "generation_config.json", "model.safetensors")),
               "prompt_ids": prompt_ids, "stop": sorted(stop), "pad": pad_id, "max_new_tokens": max_new_tokens,
@@ -200,8 +200,8 @@ GEMMA3_CLASSES = ("Gemma3Attention", "Gemma3RMSNorm", "Gemma3MLP", "Gemma3Decode
                   "Gemma3ForCausalLM")
 
 
-def unsloth_imported() -> bool:
-    """Whether this process's transformers model code may be Unsloth's: Unsloth imported (its import patches it), or a
+def model_code_patched() -> bool:
+    """Whether this process's transformers model code may not be transformers' own: Unsloth imported (its import patches it), or a
     Gemma 3 class whose forward is no longer the one transformers defines (a patch by any other way). unsloth_zoo
     alone does not count: the CPU tier imports its dataset utilities for the masking reader (harness.masking), and that
     import leaves those forwards as transformers defines them (checked on 2026-11-29, unsloth_zoo 2026.10.9)."""
@@ -236,10 +236,8 @@ def _hf_child(job: dict, timeout: int = 1800) -> list:
     """_hf_side in a fresh process (`python -m harness.gguf_verify`, the job on stdin, its outputs on the last line of
     stdout), on the CPU: CUDA hidden, so it neither starts a CUDA context beside the tier's runs nor computes elsewhere
     than the in-process reference does."""
-    env = {**_child_env(), "CUDA_VISIBLE_DEVICES": ""}
     try:
-        proc = subprocess.run(_child_command(), input=json.dumps({"hf_greedy": job}), capture_output=True, text=True,
-                              timeout=timeout, env=env)
+        proc = _child({"hf_greedy": job}, timeout, CUDA_VISIBLE_DEVICES="")
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"the transformers reference's child process ran past {timeout} s ({job['checkpoint']})") \
             from exc
@@ -378,8 +376,13 @@ def _llama_child(job: dict, timeout: int) -> subprocess.CompletedProcess:
     """`python -m harness.gguf_verify` with the job on stdin: llama.cpp alone in a fresh process, its failure judged by
     the caller: the doctor (on Google's own file any failure, a hang included, is the reader's) and llamacpp_loads (a
     failed load is retried without mmap and returned as (False, why)). Other callers: llama_children."""
+    return _child(job, timeout)
+
+
+def _child(job: dict, timeout: float, **env) -> subprocess.CompletedProcess:
+    """This module as a child process (_child_command, _child_env with `env` over it), `job` on its stdin."""
     return subprocess.run(_child_command(), input=json.dumps(job), capture_output=True, text=True, timeout=timeout,
-                          env=_child_env())
+                          env={**_child_env(), **env})
 
 
 POLL_S = 0.05  # how often llama_children looks for a finished child: nothing next to children that run for seconds

@@ -26,8 +26,8 @@ def write_record(record: dict, path: Path) -> Path:
 def timeline_phases(record: dict) -> dict | None:
     """A run record's phases ({name: seconds}, in the order they ran) for the report's timeline, if it has them; its
     "train" split in two where the record times its first steps (throughput.warmup_seconds: where compilation lands):
-    "train: first N steps" and "train", their sum the phase's. On an H200 (2026-11-29) the reference run's first two
-    steps took 167.5 s of its 281.5 s train phase, beside the probes compiling theirs: the timeline shows it."""
+    "train: first N steps" and "train", their sum the phase's. On an H200 (2026-11-29) the reference run's first three
+    steps took 167.8 s of its 281.5 s train phase, beside the probes compiling theirs: the timeline shows it."""
     import math
 
     def is_seconds(value) -> bool:

@@ -86,7 +86,7 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001 (a CPU machine: the probe's second half needs Unsloth and a GPU)
         facts["unsloth"] = f"not loaded: {type(exc).__name__}: {exc}"
     else:
-        facts["unsloth_imported"] = gguf_verify.unsloth_imported()
+        facts["model_code_patched"] = gguf_verify.model_code_patched()
         answers["in_process_after_unsloth"] = timed(seconds, "reference in this process, after Unsloth",
                                                     lambda: gguf_verify._hf_side(job))
         answers["child_after_unsloth"] = timed(seconds, "reference in a child, after Unsloth",

@@ -266,9 +266,9 @@ def test_where_unsloth_is_imported_the_reference_is_computed_in_a_child_process(
     monkeypatch.setenv("HARNESS_MEASUREMENT_CACHE", "0")
     prompts, stop = [[2, 105, 2364, 107], [2, 105, 4368]], {106, 1}
     here = gguf_verify.hf_greedy(tiny_dir, prompts, stop, 0, 3)
-    assert not gguf_verify.unsloth_imported()
+    assert not gguf_verify.model_code_patched()
     monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))
-    assert gguf_verify.unsloth_imported()
+    assert gguf_verify.model_code_patched()
     in_process = []
     monkeypatch.setattr(gguf_verify, "_hf_side", lambda job: in_process.append(job) or [])
     assert gguf_verify.hf_greedy(tiny_dir, prompts, stop, 0, 3) == here  # the child imports the real _hf_side
@@ -283,13 +283,13 @@ def test_a_gemma3_forward_patched_without_unsloth_still_sends_the_reference_to_a
     from harness import gguf_verify
 
     monkeypatch.delitem(sys.modules, "unsloth", raising=False)
-    assert not gguf_verify.unsloth_imported()
+    assert not gguf_verify.model_code_patched()
 
     def forward(self, *args, **kwargs):
         raise AssertionError("never called")
 
     monkeypatch.setattr(modeling_gemma3.Gemma3Attention, "forward", forward)
-    assert gguf_verify.unsloth_imported()
+    assert gguf_verify.model_code_patched()
 
 
 def test_a_reference_child_that_hangs_or_prints_nothing_is_named(monkeypatch):
