@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness.gguf_verify import _job, host_load, llama_children, use_mmap
@@ -83,6 +85,35 @@ def workers_default() -> int:
     return int(env) if env else max(1, min(8, host_load()[1] // THREADS_PER_WORKER))
 
 
+def workers_beside(reserved_threads: int) -> int:
+    """Children for answering while other CPU work holds `reserved_threads` cores (the GPU tier's Q8_0 check runs its
+    llama.cpp and transformers children of single_child_threads() each, the step servers warm up beside them): the rest
+    of the cores, THREADS_PER_WORKER a child, at least one; $HARNESS_LLAMA_WORKERS still decides where it is set.
+    Spinning llama.cpp threads crawl once the cores are oversubscribed (threads_per_worker)."""
+    env = os.environ.get("HARNESS_LLAMA_WORKERS")
+    if env:
+        return int(env)
+    return max(1, min(8, (host_load()[1] - max(0, reserved_threads)) // THREADS_PER_WORKER))
+
+
+@contextmanager
+def beside(measure, *args, wanted: bool = True, why_not: str = "not asked for in this session"):
+    """A Future of `measure(*args)` computed in a thread while the block runs other work; `.result()` returns it or
+    raises what it raised (pytest's skip, an EnvironmentProblem, an AssertionError: the reader of the result gets
+    them, not the block's other work). Leaving the block waits for the thread, so nothing outlives it. With
+    `wanted` false nothing is started and `.result()` raises RuntimeError(`why_not`)."""
+    if not wanted:
+        future: Future = Future()
+        future.set_exception(RuntimeError(why_not))
+        yield future
+        return
+    pool = ThreadPoolExecutor(1, thread_name_prefix="beside")
+    try:
+        yield pool.submit(measure, *args)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def llama_answers(path: Path, prompt_ids: list[list[int]], stop: set[int], max_new_tokens: int,
                   workers: int | None = None, timeout: int = 1800) -> list[list[int]]:
     """llama.cpp's greedy continuation (token ids, stop excluded) of each prompt, in order, from `workers` children
@@ -143,11 +174,13 @@ def compare(examples, gguf_outputs: list[str], trained: dict[str, dict]) -> dict
 
 
 def heldout_facts(gguf_path: Path, checkpoint: Path, examples, outputs_jsonl: Path, max_new_tokens: int = 64,
-                  out_path: Path | None = None, per_combination: int | None | str = "default") -> dict:
+                  out_path: Path | None = None, per_combination: int | None | str = "default",
+                  workers: int | None = None) -> dict:
     """GGUF-HELDOUT's measurement: the GGUF at `gguf_path` (exported from `checkpoint`, whose tokenizer builds the
     prompts) answers `examples` (heldout_sample's share of them: `per_combination`, by default
     per_combination_default()); compared with the trained model's outputs in `outputs_jsonl` for the same items.
-    `out_path`: where to store every GGUF answer (JSONL rows as harness.evaluate.output_rows)."""
+    `out_path`: where to store every GGUF answer (JSONL rows as harness.evaluate.output_rows). `workers`: llama.cpp
+    children (default workers_default(); workers_beside() where other work shares the cores)."""
     from harness.evaluate import output_rows, prompt_ids, write_outputs
     from harness.tokenizer import load_tokenizer
 
@@ -165,7 +198,8 @@ def heldout_facts(gguf_path: Path, checkpoint: Path, examples, outputs_jsonl: Pa
     stop = {tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id}
     started = time.perf_counter()
     ids = prompt_ids(tokenizer, [ex.messages[:-1] for ex in examples])
-    tokens = llama_answers(gguf_path, ids, stop, max_new_tokens)
+    children = max(1, min(workers or workers_default(), len(ids) or 1))
+    tokens = llama_answers(gguf_path, ids, stop, max_new_tokens, workers=children)
     outputs = tokenizer.batch_decode(tokens, skip_special_tokens=True)
     facts = compare(examples, outputs, trained_in_sample)
     facts["sample"] = {"per_combination": per_combination if per_combination is not None else "all", "prompts": len(examples), "of": offered,
@@ -173,7 +207,6 @@ def heldout_facts(gguf_path: Path, checkpoint: Path, examples, outputs_jsonl: Pa
                        "rule": (f"the first {per_combination} of each held-out combination, in test-split order"
                                 if per_combination else "every prompt the reference run scored")}
     facts["seconds"] = round(time.perf_counter() - started, 1)
-    children = max(1, min(workers_default(), len(ids)))
     facts["reader"] = f"llama.cpp (llama-cpp-python), {children} children × {threads_per_worker(children)} threads"
     if out_path is not None:
         facts.update(write_outputs(out_path, output_rows(examples, outputs)))

@@ -210,6 +210,73 @@ def test_the_children_never_outnumber_the_cores_with_their_threads(monkeypatch, 
     assert gguf_heldout.threads_per_worker(workers) == threads
 
 
+@pytest.mark.parametrize("cores, reserved, env, workers", [(16, 6, None, 5), (64, 6, None, 8), (8, 6, None, 1),
+                                                        (2, 6, None, 1), (16, 6, "3", 3)])
+def test_children_beside_other_work_take_the_cores_it_leaves(monkeypatch, cores, reserved, env, workers):
+    """The GPU tier's held-out children answer beside the Q8_0 check's child (4 threads) and the warming step servers:
+    on a 16-core H200 runner 5 children of 2 threads, never fewer than one; $HARNESS_LLAMA_WORKERS still decides."""
+    from harness import gguf_heldout
+
+    monkeypatch.setattr(gguf_heldout, "host_load", lambda: (0.0, cores))
+    if env is None:
+        monkeypatch.delenv("HARNESS_LLAMA_WORKERS", raising=False)
+    else:
+        monkeypatch.setenv("HARNESS_LLAMA_WORKERS", env)
+    assert gguf_heldout.workers_beside(reserved) == workers
+    if env is None:  # with the others' cores left alone (one child of 2 threads where fewer are left)
+        assert workers * gguf_heldout.threads_per_worker(workers) <= max(cores - reserved, 2)
+
+
+def test_a_measurement_beside_gives_its_result_and_its_exceptions_to_the_reader():
+    """tests/gpu/test_unsloth_tier.py measures GGUF-HELDOUT in a thread during the Q8_0 check: what the measurement
+    raises (a skip for a missing converter, an environment problem, a failed assertion) must reach the held-out test,
+    and never the Q8_0 check that runs meanwhile; the block's end waits for the thread."""
+    import threading
+
+    from harness.gguf_heldout import beside
+
+    started, release = threading.Event(), threading.Event()
+
+    def measure(x):
+        started.set()
+        release.wait(5)
+        return {"x": x}
+
+    with beside(measure, 3) as future:
+        assert started.wait(5)  # it runs while the block does other work
+        assert not future.done()
+        release.set()
+        assert future.result(5) == {"x": 3}
+
+    def skipped():
+        pytest.skip("llama.cpp's converter is missing on this runner")
+
+    with beside(skipped) as future:
+        pass  # the block's own work is not interrupted
+    assert future.done()
+    with pytest.raises(pytest.skip.Exception, match="converter is missing"):
+        future.result()
+
+    def failing():
+        raise AssertionError("the reference run scored other prompts")
+
+    with beside(failing) as future:
+        pass
+    with pytest.raises(AssertionError, match="scored other prompts"):
+        future.result()
+
+
+def test_a_measurement_not_wanted_is_never_started():
+    from harness.gguf_heldout import beside
+
+    calls = []
+    with beside(calls.append, 1, wanted=False, why_not="the held-out test is not selected") as future:
+        pass
+    assert calls == []
+    with pytest.raises(RuntimeError, match="not selected"):
+        future.result()
+
+
 def test_the_transformers_reference_runs_on_a_bounded_share_of_the_cores(tiny_dir, monkeypatch):
     """hf_greedy (GGUF-LLAMACPP's reference) computes in the pytest process (Unsloth not imported): on a 64-core runner it takes at most 4
     torch threads (torch's default, every core, let two fault runs' OpenMP pools spin on one runner), and the
