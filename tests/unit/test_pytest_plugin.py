@@ -112,8 +112,8 @@ def test_a_test_that_errors_is_red_and_told_apart_from_evidence_that_moved(tmp_p
     (tmp_path / "test_broken.py").write_text(BROKEN_SETUP)
     env = {**os.environ, "HARNESS_REPORTS": str(tmp_path / "reports"),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "harness.pytest_plugin",
-                           "--rootdir", str(tmp_path), "-c", os.devnull, "test_broken.py"], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+                           "-p", "harness.pytest_plugin", "--rootdir", str(tmp_path), "-c", os.devnull, "test_broken.py"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     data = json.loads((tmp_path / "reports" / "latest" / "results.json").read_text())
     claims = {c["id"]: c for c in data["claims"]}
@@ -131,3 +131,46 @@ def test_a_test_that_errors_is_red_and_told_apart_from_evidence_that_moved(tmp_p
     assert kind == "regressions" and "1 claim(s) left their recorded evidence (LORA-RANK)" in headline
     assert "3 claim(s) red because a test bound to them failed" in headline
     assert "3 claim(s) red because a test bound to them failed" in proc.stdout
+
+
+@pytest.mark.parametrize("platform, nodes, torch_loaded, expected", [
+    ("linux", set(), False, True),  # this CPU machine: no device node, torch not asked
+    ("linux", {"/dev/nvidiactl"}, False, False),  # NVIDIA's driver: ask torch
+    ("linux", {"/dev/dxg"}, False, False),  # WSL 2
+    ("linux", {"/dev/kfd"}, False, False),  # ROCm
+    ("linux", set(), True, False),  # torch loaded already: asking it costs nothing
+    ("darwin", set(), False, False),  # no device nodes to read: ask torch
+])
+def test_no_gpu_is_known_without_torch_only_where_no_gpu_device_node_exists(monkeypatch, platform, nodes,
+                                                                            torch_loaded, expected):
+    """cuda_available() and the report's environment skip importing torch (~1 s of each pytest process) only where
+    no CUDA or ROCm device could exist; a wrong True here would skip every GPU test of a GPU runner."""
+    import sys
+
+    from harness import pytest_plugin, results
+
+    monkeypatch.setattr(results.sys, "platform", platform)
+    monkeypatch.setattr(results.os.path, "exists", lambda path: path in nodes)
+    modules = dict(sys.modules)
+    modules.pop("torch", None)
+    if torch_loaded:
+        modules["torch"] = object()
+    monkeypatch.setattr(results.sys, "modules", modules)
+    assert results.no_gpu_possible() is expected
+    if expected:
+        assert pytest_plugin.cuda_available() is False
+        assert results.environment()["gpu"] is None and "torch" not in modules
+
+
+def test_where_the_shortcut_says_no_gpu_torch_agrees():
+    """On the machine running this: where no GPU device node exists (the shortcut's condition), torch sees no CUDA
+    device either."""
+    import os
+
+    from harness import results
+
+    if not sys.platform.startswith("linux") or any(os.path.exists(n) for n in results.GPU_DEVICE_NODES):
+        pytest.skip("a GPU device node exists here (or not Linux): the shortcut is not taken")
+    import torch
+
+    assert not torch.cuda.is_available()
