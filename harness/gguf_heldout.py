@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,30 +89,42 @@ def workers_default() -> int:
 def workers_beside(reserved_threads: int) -> int:
     """Children for answering while other CPU work holds `reserved_threads` cores (the GPU tier's Q8_0 check runs its
     llama.cpp and transformers children of single_child_threads() each, the step servers warm up beside them): the rest
-    of the cores, THREADS_PER_WORKER a child, at least one; $HARNESS_LLAMA_WORKERS still decides where it is set.
-    Spinning llama.cpp threads crawl once the cores are oversubscribed (threads_per_worker)."""
+    of the cores, THREADS_PER_WORKER a child; 0 where fewer cores than that are left (then answer after the other
+    work: spinning llama.cpp threads crawl once the cores are oversubscribed, threads_per_worker);
+    $HARNESS_LLAMA_WORKERS still decides where it is set."""
     env = os.environ.get("HARNESS_LLAMA_WORKERS")
     if env:
         return int(env)
-    return max(1, min(8, (host_load()[1] - max(0, reserved_threads)) // THREADS_PER_WORKER))
+    left = host_load()[1] - max(0, reserved_threads)
+    return 0 if left < THREADS_PER_WORKER else min(8, left // THREADS_PER_WORKER)
 
 
 @contextmanager
-def beside(measure, *args, wanted: bool = True, why_not: str = "not asked for in this session"):
-    """A Future of `measure(*args)` computed in a thread while the block runs other work; `.result()` returns it or
-    raises what it raised (pytest's skip, an EnvironmentProblem, an AssertionError: the reader of the result gets
-    them, not the block's other work). Leaving the block waits for the thread, so nothing outlives it. With
-    `wanted` false nothing is started and `.result()` raises RuntimeError(`why_not`)."""
-    if not wanted:
-        future: Future = Future()
-        future.set_exception(RuntimeError(why_not))
-        yield future
-        return
-    pool = ThreadPoolExecutor(1, thread_name_prefix="beside")
+def beside(measure, *args, **kwargs):
+    """A Future of `measure(*args, **kwargs)` computed in a thread while the block runs other work; `.result()`
+    returns it or raises what it raised (pytest's skip, an EnvironmentProblem, an AssertionError: the reader of the
+    result gets them, not the block's other work). Leaving the block waits for the thread, so that nothing it
+    started outlives the block into later work (the GPU tier's timed rounds); a KeyboardInterrupt while waiting (a
+    second Ctrl-C) leaves at once, and the thread, a daemon, does not hold the process's exit."""
+    future: Future = Future()
+
+    def run():
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = measure(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader of the result, whatever it is
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    thread = threading.Thread(target=run, name="beside", daemon=True)
+    thread.start()
     try:
-        yield pool.submit(measure, *args)
+        yield future
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        while thread.is_alive():
+            thread.join(0.5)
 
 
 def llama_answers(path: Path, prompt_ids: list[list[int]], stop: set[int], max_new_tokens: int,

@@ -28,18 +28,26 @@ TIMELINE_MIN_SECONDS = 1.0  # shorter tests stay out of results.json's timeline 
 
 
 # Device nodes without which no CUDA (or ROCm) device can exist on Linux: NVIDIA's driver (also in containers run
-# with the NVIDIA runtime), WSL 2's GPU paravirtualization, AMD's kernel driver (ROCm builds of torch answer torch.cuda).
-GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
+# with the NVIDIA runtime), WSL 2's GPU paravirtualization, AMD's kernel driver (ROCm builds of torch answer
+# torch.cuda), NVIDIA's Tegra/Jetson driver (no /dev/nvidiactl there before JetPack 6).
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd", "/dev/nvhost-ctrl",
+                    "/dev/nvmap", "/dev/nvgpu")
 
 
-def no_gpu_possible() -> bool:
-    """True where torch could not see a GPU, known without importing torch: Linux without any GPU_DEVICE_NODES and
-    torch not loaded yet. Importing torch to ask costs ~1 s of each pytest process on a CPU machine (1.3 s on 2 cores,
-    2026-11-29), and the suite's self-tests start a dozen scratch pytest processes. Elsewhere (another OS, a device
-    node present, torch already loaded) the caller asks torch."""
-    if "torch" in sys.modules or not sys.platform.startswith("linux"):
+def no_gpu_possible(modules=None, exists=os.path.exists, platform: str | None = None, environ=None) -> bool:
+    """True where torch could not see a GPU, known without importing torch: Linux without any GPU_DEVICE_NODES, torch
+    not loaded yet, no NVIDIA container runtime naming devices ($NVIDIA_VISIBLE_DEVICES). Importing torch to ask
+    costs ~1 s of each pytest process on a CPU machine (1.3 s on 2 cores, 2026-11-29), and the suite's self-tests
+    start a dozen scratch pytest processes. Anywhere else the caller asks torch: a wrong True would skip a GPU
+    runner's GPU tests. The arguments are for tests (default: this process's)."""
+    modules = sys.modules if modules is None else modules
+    platform = sys.platform if platform is None else platform
+    environ = os.environ if environ is None else environ
+    if "torch" in modules or not platform.startswith("linux"):
         return False
-    return not any(os.path.exists(node) for node in GPU_DEVICE_NODES)
+    if environ.get("NVIDIA_VISIBLE_DEVICES", "").strip().lower() not in ("", "void", "none"):
+        return False
+    return not any(exists(node) for node in GPU_DEVICE_NODES)
 
 
 def reports_root() -> Path:
@@ -57,17 +65,16 @@ def environment(command: str | None = None) -> dict:
             pass
     gpu = None
     try:
-        if no_gpu_possible():
-            raise ImportError("no GPU device node on this machine")  # the report says gpu: None, as torch would
-        import torch
+        if not no_gpu_possible():  # (else gpu stays None, as torch would say, without importing it)
+            import torch
 
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            gpu = {"name": props.name, "memory_mib": props.total_memory // 2**20, "cuda": torch.version.cuda,
-                   "count": torch.cuda.device_count()}
-            driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
-            if driver:
-                gpu["driver"] = driver.splitlines()[0]
+            if torch.cuda.is_available():
+                props = torch.cuda.get_device_properties(0)
+                gpu = {"name": props.name, "memory_mib": props.total_memory // 2**20, "cuda": torch.version.cuda,
+                       "count": torch.cuda.device_count()}
+                driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+                if driver:
+                    gpu["driver"] = driver.splitlines()[0]
     except Exception:  # an environment report must never break the run it describes
         pass
     return {

@@ -211,10 +211,11 @@ def test_the_children_never_outnumber_the_cores_with_their_threads(monkeypatch, 
 
 
 @pytest.mark.parametrize("cores, reserved, env, workers", [(16, 6, None, 5), (64, 6, None, 8), (8, 6, None, 1),
-                                                        (2, 6, None, 1), (16, 6, "3", 3)])
+                                                        (7, 6, None, 0), (2, 6, None, 0), (16, 6, "3", 3)])
 def test_children_beside_other_work_take_the_cores_it_leaves(monkeypatch, cores, reserved, env, workers):
     """The GPU tier's held-out children answer beside the Q8_0 check's child (4 threads) and the warming step servers:
-    on a 16-core H200 runner 5 children of 2 threads, never fewer than one; $HARNESS_LLAMA_WORKERS still decides."""
+    on a 16-core H200 runner 5 children of 2 threads; none (answer afterwards) where fewer than 2 cores are left;
+    $HARNESS_LLAMA_WORKERS still decides."""
     from harness import gguf_heldout
 
     monkeypatch.setattr(gguf_heldout, "host_load", lambda: (0.0, cores))
@@ -223,8 +224,8 @@ def test_children_beside_other_work_take_the_cores_it_leaves(monkeypatch, cores,
     else:
         monkeypatch.setenv("HARNESS_LLAMA_WORKERS", env)
     assert gguf_heldout.workers_beside(reserved) == workers
-    if env is None:  # with the others' cores left alone (one child of 2 threads where fewer are left)
-        assert workers * gguf_heldout.threads_per_worker(workers) <= max(cores - reserved, 2)
+    if env is None and workers:  # the others' cores are left alone
+        assert workers * gguf_heldout.threads_per_worker(workers) <= cores - reserved
 
 
 def test_a_measurement_beside_gives_its_result_and_its_exceptions_to_the_reader():
@@ -266,15 +267,72 @@ def test_a_measurement_beside_gives_its_result_and_its_exceptions_to_the_reader(
         future.result()
 
 
-def test_a_measurement_not_wanted_is_never_started():
-    from harness.gguf_heldout import beside
+def _tier_module():
+    """tests/gpu/test_unsloth_tier.py, imported by path (its tests skip on the CPU; its helpers run here)."""
+    import importlib.util
+    from pathlib import Path
 
+    path = Path(__file__).resolve().parents[1] / "gpu" / "test_unsloth_tier.py"
+    spec_ = importlib.util.spec_from_file_location("unsloth_tier_under_test", path)
+    module = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(module)
+    return module, path
+
+
+def test_the_held_out_measurement_starts_beside_only_where_its_test_comes_later():
+    """A GPU fault run orders its tests otherwise (tests/faults/faults_gpu.py: the held-out test before the Q8_0
+    check): a measurement started then would run unread, twice over."""
+    tier, path = _tier_module()
+    other = path.with_name("test_blind_spots_gpu.py")
+
+    def item(name, where=path):
+        return SimpleNamespace(originalname=name, name=name, path=where, session=session)
+
+    session = SimpleNamespace(items=[])
+    q8, held, elsewhere = item("test_unsloth_q8_0_export_offline_is_verified"), item(tier.HELDOUT_TEST), item("x", other)
+    session.items[:] = [q8, held]
+    assert tier.heldout_test_runs_later(q8)
+    session.items[:] = [held, elsewhere, q8]
+    assert not tier.heldout_test_runs_later(q8)
+    session.items[:] = [q8]
+    assert not tier.heldout_test_runs_later(q8)
+    session.items[:] = [q8, item(tier.HELDOUT_TEST, other)]  # a test of that name in another module is not it
+    assert not tier.heldout_test_runs_later(q8)
+
+
+@pytest.mark.parametrize("workers", [5, 0])
+def test_the_held_out_measurement_is_read_once_beside_or_taken_when_asked(monkeypatch, workers):
+    """Started beside (cores to spare): the held-out test reads what the thread measured, with its exception; with no
+    cores to spare it measures when its test asks, as before."""
+    from contextlib import ExitStack
+
+    import harness.gguf_heldout as gh
+
+    tier, _ = _tier_module()
     calls = []
-    with beside(calls.append, 1, wanted=False, why_not="the held-out test is not selected") as future:
-        pass
-    assert calls == []
-    with pytest.raises(RuntimeError, match="not selected"):
-        future.result()
+
+    def measure(e2e, dataset, workers=None):
+        calls.append(workers)
+        if e2e == "broken":
+            raise AssertionError("the reference run scored other prompts")
+        return {"workers": workers}
+
+    monkeypatch.setattr(tier, "heldout_facts_of", measure)
+    monkeypatch.setattr(gh, "workers_beside", lambda reserved: workers)
+    for e2e in ("run", "broken"):
+        calls.clear()
+        with ExitStack() as stack:
+            measurement = tier.HeldoutMeasurement(e2e, None, stack)
+            measurement.start_beside()
+            measurement.start_beside()  # once only
+            assert calls == [] or workers  # with no cores to spare nothing ran yet
+            if e2e == "broken":
+                with pytest.raises(AssertionError, match="scored other prompts"):
+                    measurement.facts()
+            else:
+                assert measurement.facts() == {"workers": workers or None}
+            assert ("beside" in measurement.how) == bool(workers)
+        assert calls == [workers or None]
 
 
 def test_the_transformers_reference_runs_on_a_bounded_share_of_the_cores(tiny_dir, monkeypatch):

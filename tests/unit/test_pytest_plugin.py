@@ -133,33 +133,51 @@ def test_a_test_that_errors_is_red_and_told_apart_from_evidence_that_moved(tmp_p
     assert "3 claim(s) red because a test bound to them failed" in proc.stdout
 
 
-@pytest.mark.parametrize("platform, nodes, torch_loaded, expected", [
-    ("linux", set(), False, True),  # this CPU machine: no device node, torch not asked
-    ("linux", {"/dev/nvidiactl"}, False, False),  # NVIDIA's driver: ask torch
-    ("linux", {"/dev/dxg"}, False, False),  # WSL 2
-    ("linux", {"/dev/kfd"}, False, False),  # ROCm
-    ("linux", set(), True, False),  # torch loaded already: asking it costs nothing
-    ("darwin", set(), False, False),  # no device nodes to read: ask torch
+@pytest.mark.parametrize("platform, nodes, torch_loaded, environ, expected", [
+    ("linux", set(), False, {}, True),  # this CPU machine: no device node, torch not asked
+    ("linux", {"/dev/nvidiactl"}, False, {}, False),  # NVIDIA's driver: ask torch
+    ("linux", {"/proc/driver/nvidia"}, False, {}, False),  # a host whose /dev nodes are not made yet
+    ("linux", {"/dev/dxg"}, False, {}, False),  # WSL 2
+    ("linux", {"/dev/kfd"}, False, {}, False),  # ROCm
+    ("linux", {"/dev/nvhost-ctrl"}, False, {}, False),  # Jetson
+    ("linux", set(), False, {"NVIDIA_VISIBLE_DEVICES": "all"}, False),  # NVIDIA's container runtime names devices
+    ("linux", set(), False, {"NVIDIA_VISIBLE_DEVICES": "void"}, True),
+    ("linux", set(), True, {}, False),  # torch loaded already: asking it costs nothing
+    ("darwin", set(), False, {}, False),  # no device nodes to read: ask torch
 ])
-def test_no_gpu_is_known_without_torch_only_where_no_gpu_device_node_exists(monkeypatch, platform, nodes,
-                                                                            torch_loaded, expected):
+def test_no_gpu_is_known_without_torch_only_where_no_gpu_device_node_exists(platform, nodes, torch_loaded, environ,
+                                                                            expected):
     """cuda_available() and the report's environment skip importing torch (~1 s of each pytest process) only where
     no CUDA or ROCm device could exist; a wrong True here would skip every GPU test of a GPU runner."""
-    import sys
+    from harness import results
 
+    modules = {"torch": object()} if torch_loaded else {}
+    assert results.no_gpu_possible(modules, nodes.__contains__, platform, environ) is expected
+
+
+class _Torch:
+    """A stand-in for torch in sys.modules: says whether it was asked."""
+
+    def __init__(self, available):
+        self.asked, self.cuda = [], self
+        self.available = available
+
+    def is_available(self):
+        self.asked.append(True)
+        return self.available
+
+
+@pytest.mark.parametrize("possible", [True, False])
+def test_cuda_available_asks_torch_unless_no_gpu_is_possible(monkeypatch, possible):
     from harness import pytest_plugin, results
 
-    monkeypatch.setattr(results.sys, "platform", platform)
-    monkeypatch.setattr(results.os.path, "exists", lambda path: path in nodes)
-    modules = dict(sys.modules)
-    modules.pop("torch", None)
-    if torch_loaded:
-        modules["torch"] = object()
-    monkeypatch.setattr(results.sys, "modules", modules)
-    assert results.no_gpu_possible() is expected
-    if expected:
-        assert pytest_plugin.cuda_available() is False
-        assert results.environment()["gpu"] is None and "torch" not in modules
+    torch = _Torch(available=True)
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setattr(results, "no_gpu_possible", lambda: not possible)
+    assert pytest_plugin.cuda_available() is possible
+    assert torch.asked == ([True] if possible else [])
+    if not possible:  # the report's environment does not ask either: no GPU in its header, as torch would say
+        assert results.environment()["gpu"] is None and torch.asked == []
 
 
 def test_where_the_shortcut_says_no_gpu_torch_agrees():
