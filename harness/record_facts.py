@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -53,31 +54,43 @@ def timeline_phases(record: dict) -> dict | None:
 
 
 RECOMPILES_ON = "HARNESS_LOG_RECOMPILES: torch's recompile and graph-break logs are on"
+RECOMPILE_LIMIT = "HARNESS_LOG_RECOMPILES: torch's recompile limit is "  # followed by the number, from the run's torch
 
 
 def dynamo_recompiles(log_text: str) -> dict:
     """What a run's log says torch's compiler did again (its output with $HARNESS_LOG_RECOMPILES=1,
-    harness.train_unsloth.log_recompiles): each recompiled function with how many times, the recompile limit's hits
-    (torch falls back to running that function uncompiled: a slowdown, never a wrong answer) and graph breaks.
-    `logged` False: the run did not have those logs on, so zero counts say nothing.
+    harness.train_unsloth.log_recompiles): each recompiled function with how many times and how many compiled entries
+    its frame reached, the recompile limit the run's torch had (printed by log_recompiles), the functions at it, the
+    limit's hits (torch falls back to running that function uncompiled: a slowdown, never a wrong answer) and graph
+    breaks. `logged` False: the run did not have those logs on, so zero counts say nothing.
 
-    Why: on an H200 (2026-11-29, reports/examples/h200-2026-11-29-gpu-tier-s17) the reference run's first three steps
-    took 191.7 s, and transformers' Gemma3DecoderLayer.forward (Unsloth's compiled block) reached its 8th compiled
-    entry during training, torch's default limit: one more shape class would have run every layer uncompiled."""
+    Why: on an H200 (2026-11-29, reports/examples/h200-2026-11-29-gpu-tier-s17 and -s18) the reference run's first
+    three steps took 187-192 s, and transformers' Gemma3DecoderLayer.forward (Unsloth's compiled block) reached 8
+    compiled entries during training, create_block_mask 10. torch's default limit is 8, but Unsloth Zoo's import sets
+    recompile_limit (and cache_size_limit) to 1024 (unsloth_zoo/patching_utils.py, patch_torch_compile, 2026.10.9):
+    session 17 read the 8 entries against the default and called the layer one shape class from running uncompiled;
+    with the run's own limit recorded, at_the_limit says it."""
     recompiled: dict[str, int] = {}
-    limit_hits, graph_breaks = [], 0
+    entries: dict[str, int] = {}  # compiled entries of each function's frame: [frame/n] names the n-th recompile
+    limit_hits, graph_breaks, limit = [], 0, None
     for line in log_text.splitlines():
         if "[__recompiles] Recompiling function " in line:
             function, _, where = line.split("Recompiling function ", 1)[1].strip().partition(" in ")
             name = f"{function} in {'/'.join(where.split('/')[-2:])}" if where else function  # the file's last folders
             recompiled[name] = recompiled.get(name, 0) + 1
+            match = re.search(r"\] \[\d+/(\d+)\] \[__recompiles\]", line)
+            entries[name] = max(entries.get(name, 0), int(match.group(1)) + 1 if match else recompiled[name] + 1)
         elif "torch._dynamo hit config." in line:
             limit_hits.append(line.split("torch._dynamo hit ", 1)[1].strip()[:200])
         elif "[__graph_breaks] Graph break" in line:
             graph_breaks += 1
+        elif line.startswith(RECOMPILE_LIMIT) and line[len(RECOMPILE_LIMIT):].strip().isdigit():
+            limit = int(line[len(RECOMPILE_LIMIT):].strip())
     return {"logged": RECOMPILES_ON in log_text, "recompiles": sum(recompiled.values()),
-            "recompiled": dict(sorted(recompiled.items(), key=lambda kv: -kv[1])), "recompile_limit_hits": limit_hits,
-            "graph_breaks": graph_breaks}
+            "recompiled": dict(sorted(recompiled.items(), key=lambda kv: -kv[1])),
+            "entries": dict(sorted(entries.items(), key=lambda kv: -kv[1])), "recompile_limit": limit,
+            "at_the_limit": sorted(name for name, n in entries.items() if limit is not None and n >= limit),
+            "recompile_limit_hits": limit_hits, "graph_breaks": graph_breaks}
 
 
 def base_eval_dir(e2e_dir: Path) -> Path:

@@ -180,6 +180,7 @@ def render(data: dict) -> str:
         extra_sections += (f"<h3>Timeline</h3><p>the background runs and the longest tests, as they ran (results.json "
                            f"<code>timeline</code>); a pale bar was still going when the report was written</p>"
                            f"<figure>{timeline}</figure>")
+    extra_sections += dynamo_html(((data.get("extras") or {}).get("finetune") or {}).get("dynamo") or {})
     diff = (data.get("extras") or {}).get("diff_html")
     if diff:
         extra_sections += diff
@@ -262,6 +263,28 @@ def _pct(x) -> str:
 
 def _ci(ci) -> str:
     return f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else ""
+
+
+def dynamo_html(dynamo: dict) -> str:
+    """What torch's compiler did again in the reference run (extras.finetune.dynamo, harness.record_facts
+    .dynamo_recompiles): an upgrade that adds a shape class or a guard shows here as more recompiles, and a function
+    at its recompile limit runs uncompiled from there on (slower, the same answers). Nothing where the run's
+    recompile logs were off."""
+    if not dynamo.get("logged"):
+        return ""
+    limit = dynamo.get("recompile_limit")
+    at_limit = list(dynamo.get("at_the_limit") or []) + list(dynamo.get("recompile_limit_hits") or [])
+    entries = dynamo.get("entries") or {}
+    rows = "".join(f"<tr><td>{escape(name)}</td><td>{count}</td><td>{escape(str(entries.get(name, '')))}</td></tr>"
+                   for name, count in (dynamo.get("recompiled") or {}).items())
+    warning = (f'<p class="banner incomplete">At the recompile limit: {escape("; ".join(at_limit))}: torch runs '
+               f'these uncompiled from there on (slower, the same answers)</p>' if at_limit else "")
+    return (f"<h3>torch's compiler in the reference run</h3>{warning}<p>{dynamo.get('recompiles', 0)} recompiles, "
+            f"{dynamo.get('graph_breaks', 0)} graph breaks; recompile limit "
+            f"{escape(str(limit)) if limit is not None else 'not recorded'} (results.json "
+            f"<code>extras.finetune.dynamo</code>)</p>"
+            + (f"<table><tr><th>function</th><th>recompiles</th><th>compiled entries</th></tr>{rows}</table>"
+               if rows else ""))
 
 
 def evaluation_html(ft: dict) -> str:

@@ -31,7 +31,8 @@ def log_recompiles() -> bool:
     TORCH_LOGS=recompiles printed nothing on the H200 (2026-11-29). The GPU tier sets it for the reference run, whose
     second training step took 67.0 s: a recompile, confirmed by this log in session 17 (the decoder layer recompiled for
     the two mask functions, grad mode and the packed length; reports/examples/h200-2026-11-29-gpu-tier-s17); the tier
-    summarizes it (harness.record_facts.dynamo_recompiles)."""
+    summarizes it (harness.record_facts.dynamo_recompiles). It also prints the recompile limit in force: Unsloth Zoo
+    sets it to 1024 at the same import, not torch's default 8."""
     if os.environ.get("HARNESS_LOG_RECOMPILES") != "1":
         return False
     import torch
@@ -41,9 +42,13 @@ def log_recompiles() -> bool:
     except (AttributeError, TypeError) as exc:  # a torch without these artifacts: a diagnostic, never the run's failure
         print(f"HARNESS_LOG_RECOMPILES: torch {torch.__version__} cannot log recompiles here ({exc})", flush=True)
         return False
-    from harness.record_facts import RECOMPILES_ON
+    from harness.record_facts import RECOMPILE_LIMIT, RECOMPILES_ON
 
     print(RECOMPILES_ON, flush=True)
+    config = torch._dynamo.config  # recompile_limit since torch 2.6, cache_size_limit before
+    limit = getattr(config, "recompile_limit", None) or getattr(config, "cache_size_limit", None)
+    if isinstance(limit, int):
+        print(f"{RECOMPILE_LIMIT}{limit}", flush=True)
     return True
 
 

@@ -62,6 +62,27 @@ def test_report_has_one_row_per_claim_and_no_external_assets():
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
 
 
+def test_report_shows_what_torch_compiled_again_and_names_a_function_at_its_limit():
+    """extras.finetune.dynamo (the GPU tier's reference run): recompiles per function with their compiled entries and
+    the limit of the run's torch; a function at the limit is named in a banner. Nothing where the logs were off."""
+    from harness.record_facts import dynamo_recompiles
+
+    log = ("HARNESS_LOG_RECOMPILES: torch's recompile and graph-break logs are on\n"
+           "HARNESS_LOG_RECOMPILES: torch's recompile limit is {limit}\n"
+           "V1129 14:57:33.564000 2882 torch/_dynamo/guards.py:4760] [2/7] [__recompiles] Recompiling function forward "
+           "in /x/transformers/models/gemma3/modeling_gemma3.py:399\n")
+    data = results({})
+    data["extras"] = {"finetune": {"dynamo": dynamo_recompiles(log.format(limit=1024))}}
+    page = render(data)
+    assert "torch's compiler in the reference run" in page and "recompile limit 1024" in page
+    assert "<td>forward in gemma3/modeling_gemma3.py:399</td><td>1</td><td>8</td>" in page
+    assert "At the recompile limit" not in page
+    data["extras"]["finetune"]["dynamo"] = dynamo_recompiles(log.format(limit=8))  # torch's default: 8 entries of 8
+    assert "At the recompile limit: forward in gemma3/modeling_gemma3.py:399" in render(data)
+    data["extras"]["finetune"]["dynamo"] = dynamo_recompiles(log.split("\n", 1)[1])  # the logs were off
+    assert "compiler in the reference run" not in render(data)
+
+
 def test_report_shows_the_context_expectation_and_its_band():
     """A context's recorded band shows as "refuted or unsupported", not the claim's default expectation."""
     data = results({"MASK-STABILITY": "unsupported"})

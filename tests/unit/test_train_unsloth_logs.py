@@ -20,7 +20,10 @@ def test_recompile_logs_follow_the_variable(monkeypatch, capsys):
         assert RECOMPILES_ON not in capsys.readouterr().out
         monkeypatch.setenv("HARNESS_LOG_RECOMPILES", "1")
         assert log_recompiles() is True
-        assert RECOMPILES_ON in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert RECOMPILES_ON in out
+        limit = getattr(torch._dynamo.config, "recompile_limit", None) or torch._dynamo.config.cache_size_limit
+        assert f"torch's recompile limit is {limit}\n" in out  # this torch's, for the summary's at_the_limit
         assert internal.log_state.is_artifact_enabled("recompiles")
         assert internal.log_state.is_artifact_enabled("graph_breaks")
     finally:
@@ -62,7 +65,16 @@ def test_a_runs_log_is_summarized_into_what_was_compiled_again():
     assert seen == {"logged": True, "recompiles": 3,
                     "recompiled": {"forward in gemma3/modeling_gemma3.py:399": 2,
                                    "create_block_mask in attention/flex_attention.py:1207": 1},
-                    "recompile_limit_hits": [], "graph_breaks": 0}
+                    "entries": {"forward in gemma3/modeling_gemma3.py:399": 5,  # [2/4]: its 4th recompile, 5 entries
+                                "create_block_mask in attention/flex_attention.py:1207": 4},
+                    "recompile_limit": None, "at_the_limit": [], "recompile_limit_hits": [], "graph_breaks": 0}
+    # the limit the run's torch printed: a function whose entries reach it is named (one more shape class and torch
+    # runs it uncompiled: session 18's decoder layer had 8 entries of 8)
+    with_limit = dynamo_recompiles(SESSION_17_LOG.replace(
+        "are on\n", "are on\nHARNESS_LOG_RECOMPILES: torch's recompile limit is 5\n", 1))
+    assert with_limit["recompile_limit"] == 5 and with_limit["at_the_limit"] == ["forward in gemma3/modeling_gemma3.py:399"]
+    assert dynamo_recompiles(SESSION_17_LOG.replace("are on\n", "are on\nHARNESS_LOG_RECOMPILES: torch's recompile "
+                                                                   "limit is 8\n", 1))["at_the_limit"] == []
     hit = ("W1129 12:16:04.000000 2884 torch/_dynamo/convert_frame.py:1994] torch._dynamo hit config.recompile_limit (8)\n"
            "V1129 12:16:05.000000 2884 torch/_dynamo/symbolic_convert.py:1] [2/8] [__graph_breaks] Graph break in user code\n")
     planted = dynamo_recompiles(SESSION_17_LOG + hit)
