@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import threading
+import time
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
