@@ -81,9 +81,15 @@ def threads_per_worker(workers: int) -> int:
 
 
 def workers_default() -> int:
-    """$HARNESS_LLAMA_WORKERS, else one child per THREADS_PER_WORKER cores (1 to 8)."""
-    env = os.environ.get("HARNESS_LLAMA_WORKERS")
-    return int(env) if env else max(1, min(8, host_load()[1] // THREADS_PER_WORKER))
+    """$HARNESS_LLAMA_WORKERS, else one child per THREADS_PER_WORKER cores (1 to 8): workers_beside with nothing
+    reserved, one child at least."""
+    return max(1, workers_beside(0))
+
+
+def children_for(workers: int | None, prompts: int) -> int:
+    """How many children answer `prompts` prompts: `workers` (workers_default() where None), never more than the
+    prompts, at least one."""
+    return max(1, min(workers or workers_default(), prompts or 1))
 
 
 def workers_beside(reserved_threads: int) -> int:
@@ -131,7 +137,7 @@ def llama_answers(path: Path, prompt_ids: list[list[int]], stop: set[int], max_n
                   workers: int | None = None, timeout: int = 1800) -> list[list[int]]:
     """llama.cpp's greedy continuation (token ids, stop excluded) of each prompt, in order, from `workers` children
     (harness.gguf_verify.llama_children says whose fault a failed child is: a starved host's, the reader's or the file's)."""
-    workers = max(1, min(workers or workers_default(), len(prompt_ids) or 1))
+    workers = children_for(workers, len(prompt_ids))
     jobs = [{**_job(path, [], prompt_ids[w::workers], stop, max_new_tokens, use_mmap()),
              "threads": threads_per_worker(workers), "reuse_prefix": True} for w in range(workers)]
     outputs = llama_children(jobs, timeout, doing="answering the held-out prompts of", claims=("GGUF-HELDOUT",),
@@ -211,7 +217,7 @@ def heldout_facts(gguf_path: Path, checkpoint: Path, examples, outputs_jsonl: Pa
     stop = {tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id}
     started = time.perf_counter()
     ids = prompt_ids(tokenizer, [ex.messages[:-1] for ex in examples])
-    children = max(1, min(workers or workers_default(), len(ids) or 1))
+    children = children_for(workers, len(ids))  # as llama_answers counts them, for the facts' reader line
     tokens = llama_answers(gguf_path, ids, stop, max_new_tokens, workers=children)
     outputs = tokenizer.batch_decode(tokens, skip_special_tokens=True)
     facts = compare(examples, outputs, trained_in_sample)
