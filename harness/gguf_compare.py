@@ -61,13 +61,13 @@ def metadata_diff(ra, rb) -> dict:
 def llamacpp_agreement(a: Path, b: Path, prompt_ids: list[list[int]], corpus: list[str],
                        max_new_tokens: int = 24) -> dict:
     """Load both in llama.cpp: token ids on a corpus and greedy continuations of the same prompts."""
-    from harness.gguf_verify import _job, llama_children, single_child_threads, use_mmap
+    from harness.gguf_verify import _job, llama_child_threads, llama_children, use_mmap
     from harness.recipe import END_OF_TURN_ID, EOS_ID
 
     stop = {EOS_ID, END_OF_TURN_ID}
     # both files at once, each in its own child on half the threads, the prompts' shared developer turn kept in the KV
     # cache (harness.gguf_verify.llama_greedy)
-    threads = max(1, single_child_threads() // 2)
+    threads = max(1, llama_child_threads() // 2)
     outs = llama_children([{**_job(p, corpus, prompt_ids, stop, max_new_tokens, use_mmap()), "reuse_prefix": True,
                             "threads": threads} for p in (a, b)], 1800, doing="comparing")
     token_mismatch = [text for text, ta, tb in zip(corpus, outs[0]["tokens"], outs[1]["tokens"]) if ta != tb]

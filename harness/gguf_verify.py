@@ -499,7 +499,7 @@ def llama_outputs(path: Path, corpus: list[str], prompt_ids: list[list[int]], st
     llama.cpp never shares a process with torch/CUDA here: on a GPU runner the pytest process (torch,
     Unsloth, CUDA loaded) died of SIGSEGV inside llama-cpp-python; a child's crash is an error instead."""
     return llama_children([{**_job(path, corpus, prompt_ids, stop, max_new_tokens, use_mmap()),
-                            "reuse_prefix": reuse_prefix, "threads": single_child_threads()}], timeout)[0]
+                            "reuse_prefix": reuse_prefix, "threads": llama_child_threads()}], timeout)[0]
 
 
 def single_child_threads() -> int:
@@ -507,6 +507,19 @@ def single_child_threads() -> int:
     cores (1 of 2 here) and reads prompts on all (127 threads a child on a 64-core runner); a 270M model gains little
     past 4 (GGUF-HELDOUT's children: 2 threads each, 8.2 s where one child of 4 took 15.5 s, on 2 cores)."""
     return max(1, min(4, host_load()[1]))
+
+
+def llama_child_threads() -> int:
+    """Threads for a llama.cpp child: single_child_threads(), less the cores this process's own background runs hold
+    now (harness.run_queue.cpu_threads_held: the CPU session's tiny fine-tune, one thread, for its first ~70 s).
+
+    Why: llama.cpp's threads spin at each step's barrier, and a core taken by another process stalls them all. On 2
+    cores (2026-11-29) the 270M's GGUF-LLAMACPP child took 9.9 s on 2 threads and 17.5 s on 1 alone, but beside one busy
+    process 26.2 s on 2 threads and 17.4 s on 1; test_gguf.py's two llama.cpp tests beside one took 17.8 s on 2 threads
+    each, 12.1 s on 1. The transformers reference keeps single_child_threads() (its result is cached, computed alike)."""
+    from harness.run_queue import cpu_threads_held
+
+    return max(1, min(single_child_threads(), host_load()[1] - cpu_threads_held()))
 
 
 def llamacpp_checks(path: Path, checkpoint: Path, prompts: list[list[dict]], corpus: list[str],

@@ -90,6 +90,14 @@ def dies_with_this_process(cmd: list[str]) -> list[str]:
 # The queues whose runs the report's timeline shows (RunQueue(..., timeline=True)): the session's background work,
 # beside its tests (harness.results reads this list when it writes results.json; a unit test's scratch queue stays out).
 TIMELINE_QUEUES: list["RunQueue"] = []
+# The queues whose runs declared the cores each holds on this host (RunQueue(..., cpu_threads=N)): the CPU session's
+# tiny fine-tune (one torch thread). harness.gguf_verify.llama_child_threads gives llama.cpp's children what is left.
+CPU_QUEUES: list["RunQueue"] = []
+
+
+def cpu_threads_held() -> int:
+    """The cores held now by the running runs of queues that declared theirs (CPU_QUEUES); 0 where none runs."""
+    return sum(queue.threads_running() for queue in list(CPU_QUEUES))
 
 
 @dataclass
@@ -111,7 +119,7 @@ class RunQueue:
 
     def __init__(self, slots: int, env: dict | None = None, desc: str = "runs", poll_seconds: float = 2.0,
                  devices: list[str] | dict[str, int] | None = None, gpu_sharing_env: bool = True,
-                 timeline: bool = False):
+                 timeline: bool = False, cpu_threads: int | None = None):
         # Fine-tunes take minutes: a 2 s poll costs nothing there; the unit tests poll faster.
         if devices is not None and not isinstance(devices, dict):
             devices = {str(d): max(1, slots) for d in devices}
@@ -137,6 +145,17 @@ class RunQueue:
         self._stopping = False
         if timeline:
             TIMELINE_QUEUES.append(self)
+        # the cores each running run keeps busy on this host, where the caller knows it (cpu_threads_held)
+        self.cpu_threads = cpu_threads
+        if cpu_threads:
+            CPU_QUEUES.append(self)
+
+    def threads_running(self) -> int:
+        """cpu_threads for each run started and not yet ended (0 for a queue that declared none)."""
+        if not self.cpu_threads:
+            return 0
+        with self._done:
+            return self.cpu_threads * sum(name not in self.ended for name in list(self.started))
 
     def spans(self) -> list[dict]:
         """Each run started so far: its wall-clock span (time.time(); `end` None while it runs) and its outcome's first

@@ -23,7 +23,7 @@ def start(out: Path) -> None:
 
         # the CLI keeps the memory its steps free on a CPU (harness.malloc_policy): 69.3 → 59.4 s of this run
         queue = RunQueue(1, env={"OMP_NUM_THREADS": "1"}, desc="tiny fine-tune", poll_seconds=0.5,
-                         timeline=True)
+                         timeline=True, cpu_threads=1)
         queue.add("tiny", out, [sys.executable, "-m", "harness", "finetune", "--model", "tiny", "--backend", "hf",
                                 "--out", str(out), "--max-steps", str(STEPS), "--batch-size", str(BATCH),
                                 "--eval-limit", str(EVAL)])

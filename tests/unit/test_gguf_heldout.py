@@ -380,6 +380,27 @@ def test_the_reference_never_gets_more_threads_than_the_process_had(tiny_dir, mo
         torch.set_num_threads(before)
 
 
+def test_a_llama_child_gets_the_cores_the_sessions_background_runs_leave(monkeypatch):
+    """llama.cpp's threads spin at each step's barrier: a child gets single_child_threads() less the cores this
+    process's declared background runs hold now (the CPU session's tiny fine-tune), one at least, and llama_outputs
+    hands that to its child. Planted: ignoring the held cores gives 2 threads beside the tiny fine-tune on 2 cores."""
+    from pathlib import Path
+
+    from harness import gguf_verify, run_queue
+
+    for cores, held, threads in ((2, 0, 2), (2, 1, 1), (2, 3, 1), (16, 0, 4), (16, 1, 4), (16, 14, 2)):
+        monkeypatch.setattr(gguf_verify, "host_load", lambda cores=cores: (0.0, cores))
+        monkeypatch.setattr(run_queue, "cpu_threads_held", lambda held=held: held)
+        assert gguf_verify.llama_child_threads() == threads, (cores, held)
+    jobs = []
+    monkeypatch.setattr(gguf_verify, "llama_children",
+                        lambda given, timeout, **kw: jobs.extend(given) or [{"tokens": [], "greedy": []}])
+    monkeypatch.setattr(gguf_verify, "host_load", lambda: (0.0, 2))
+    monkeypatch.setattr(run_queue, "cpu_threads_held", lambda: 1)
+    gguf_verify.llama_outputs(Path("x.gguf"), [], [[2]], set(), 1)
+    assert [job["threads"] for job in jobs] == [1]
+
+
 def test_where_unsloth_is_imported_the_reference_is_computed_in_a_child_process(tiny_dir, monkeypatch):
     """Unsloth's import rewrites transformers' Gemma 3 code for the whole process (the GPU tier's pytest process): the
     reference is then computed in a fresh process, and gives what the in-process reference gives. Planted: a process

@@ -290,3 +290,32 @@ def test_a_records_train_phase_is_split_where_its_first_steps_are_timed():
     assert phases({"complete": True}) is None and phases([1, 2]) is None
     # what is not a number of seconds is left out, and a throughput that is not a table splits nothing
     assert phases({"phases": {"load": True, "tokenize": float("nan"), "train": 5.0}, "throughput": [1]}) == {"train": 5.0}
+
+
+def test_runs_that_declare_their_cores_are_counted_while_they_run(tmp_path, monkeypatch):
+    """RunQueue(cpu_threads=N) counts N cores for each of its runs between its start and its end
+    (harness.run_queue.cpu_threads_held, which llama.cpp's children are sized by); a queue that declares nothing counts
+    none. Planted: a run that never ends is counted until stop() kills it."""
+    from harness import run_queue
+
+    monkeypatch.setattr(run_queue, "CPU_QUEUES", [])
+    undeclared = RunQueue(1, desc="scratch", poll_seconds=0.05)
+    undeclared.add("busy", tmp_path / "busy", [sys.executable, "-c", "import time; time.sleep(30)"])
+    undeclared.start()
+    declared = RunQueue(2, desc="background", poll_seconds=0.05, cpu_threads=1)
+    assert run_queue.CPU_QUEUES == [declared] and run_queue.cpu_threads_held() == 0
+    declared.add("quick", tmp_path / "quick", _writes_run_json(tmp_path / "quick", sleep=0.5))
+    declared.add("slow", tmp_path / "slow", [sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        declared.start()
+        deadline = time.time() + 20
+        while len(declared.started) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        held_while_both_ran = run_queue.cpu_threads_held()
+        declared.wait("quick", timeout=20)
+        assert held_while_both_ran in (1, 2)  # "quick" may be over before the count is read on a slow host
+        assert run_queue.cpu_threads_held() == 1  # "slow" still runs; the undeclared queue's run is never counted
+    finally:
+        declared.stop()
+        undeclared.stop()
+    assert run_queue.cpu_threads_held() == 0
