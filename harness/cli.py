@@ -159,10 +159,33 @@ def cmd_export_gguf(args) -> int:
     return 0
 
 
+def _checkpoint_folder(value, needs: tuple[str, ...]) -> Path | None:
+    """--against's folder, or None where it was not given; a ModelSourceError (one line, exit 2) where it lacks `needs`."""
+    if value is None:
+        return None
+    from harness.models import ModelSourceError
+
+    folder = Path(value)
+    missing = [name for name in needs if not (folder / name).is_file()]
+    if missing:
+        raise ModelSourceError(f"--against {folder}: not a checkpoint folder (no {', '.join(missing)}); give the folder "
+                               "of the model the GGUF was exported from")
+    return folder
+
+
+def _gguf_file(value) -> Path:
+    from harness.gguf_verify import GGUFVerifyError
+
+    if not Path(value).is_file():
+        raise GGUFVerifyError(f"{value}: no such file")
+    return Path(value)
+
+
 def cmd_verify_gguf(args) -> int:
     from harness.gguf_verify import verify
 
-    report = verify(Path(args.file), Path(args.against) if args.against else None, llama=not args.no_llama)
+    report = verify(_gguf_file(args.file), _checkpoint_folder(args.against, ("config.json", "model.safetensors")),
+                    llama=not args.no_llama)
     print(json.dumps(report, indent=1, ensure_ascii=False, default=str))
     return 0 if report.get("ok") else 1
 
@@ -170,17 +193,19 @@ def cmd_verify_gguf(args) -> int:
 def cmd_compare_gguf(args) -> int:
     from harness.gguf_compare import compare, summary
 
+    a, b = _gguf_file(args.a), _gguf_file(args.b)
+    against = _checkpoint_folder(args.against, ("tokenizer_config.json",))
     prompt_ids = None
-    if args.against:
+    if against:
         from harness.dataset import generate
         from harness.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(str(args.against))
+        tokenizer = load_tokenizer(str(against))
         prompt_ids = [list(tokenizer.apply_chat_template(ex.messages[:-1], add_generation_prompt=True,
                                                          return_dict=True)["input_ids"]) for ex in generate(0)["test"][:20]]
     from harness.corpus import tokenizer_corpus
 
-    report = compare(Path(args.a), Path(args.b), prompt_ids, tokenizer_corpus())
+    report = compare(a, b, prompt_ids, tokenizer_corpus())
     report["summary"] = summary(report)
     print(json.dumps(report, indent=1, ensure_ascii=False, default=str))
     flat = report["summary"]
@@ -405,12 +430,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _offline_defaults()
     args = build_parser().parse_args(argv)
+    from harness.doctor import EnvironmentProblem
+    from harness.gguf_verify import GGUFVerifyError
     from harness.models import ModelSourceError
 
+    # Bad input and a broken reader get one line that says what to do, never a traceback (verify-gguf on a truncated
+    # file printed two chained tracebacks before its message until 2026-11-29).
     try:
         return args.func(args)
     except ModelSourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except GGUFVerifyError as exc:  # the file is at fault: the verdict a failed check gives (exit 1)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except EnvironmentProblem as exc:  # a reader missing or crashing on Google's own file too: not the input's fault
+        print(f"error: {exc} (python -m harness doctor checks every reader)", file=sys.stderr)
         return 2
 
 

@@ -14,12 +14,32 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_truncated_gguf_is_reported_as_corrupt(tiny_gguf, tmp_path):
-    """A GGUF cut in half: verify-gguf exits 1 with 'corrupt or truncated' and the advice to re-export."""
+    """A GGUF cut in half: verify-gguf exits 1 with one line, 'corrupt or truncated' and the advice to re-export, and no
+    traceback (it printed two chained ones before the message until 2026-11-29)."""
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(tiny_gguf.read_bytes()[: tiny_gguf.stat().st_size // 2])
     proc = subprocess.run([sys.executable, "-m", "harness", "verify-gguf", str(broken), "--no-llama"], capture_output=True,
                           text=True, cwd=ROOT)
-    assert proc.returncode != 0 and "corrupt or truncated" in proc.stderr + proc.stdout and "export it again" in proc.stderr + proc.stdout
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: {broken} is not a readable GGUF file") and "Traceback" not in proc.stderr
+    assert "corrupt or truncated" in proc.stderr and "export it again" in proc.stderr
+
+
+def test_a_reader_broken_on_googles_file_too_is_one_line_naming_the_doctor(monkeypatch, capsys, tmp_path):
+    """A CLI command that meets an environment problem (llama.cpp crashing on Google's own GGUF too) exits 2 with the
+    cause, the fix and the doctor, no traceback."""
+    from harness import cli, gguf_verify
+    from harness.doctor import EnvironmentProblem, Health
+
+    def crashing(*args, **kwargs):
+        raise EnvironmentProblem(Health("llama.cpp", False, "crashed (signal 11) on Google's own file", "rebuild it"))
+
+    monkeypatch.setattr(gguf_verify, "verify", crashing)
+    (tmp_path / "any.gguf").write_bytes(b"GGUF")
+    assert cli.main(["verify-gguf", str(tmp_path / "any.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "crashed (signal 11)" in err and "rebuild it" in err
+    assert "python -m harness doctor" in err and "Traceback" not in err
 
 
 def test_not_a_gguf_is_reported(tmp_path):
@@ -121,3 +141,24 @@ def test_llamacpp_build_with_static_libstdcxx_is_named(tmp_path, monkeypatch):
     monkeypatch.delitem(__import__("sys").modules, "llama_cpp", raising=False)
     message = build_problem()
     assert "does not link libstdc++.so" in message and "CXX=/usr/bin/g++" in message
+
+
+@pytest.mark.parametrize("argv, code, says", [
+    (["compare-gguf", "{missing}", "{gguf}"], 1, "{missing}: no such file"),
+    (["verify-gguf", "{missing}", "--no-llama"], 1, "{missing}: no such file"),
+    (["verify-gguf", "{gguf}", "--against", "{tmp}", "--no-llama"], 2,
+     "--against {tmp}: not a checkpoint folder (no config.json, model.safetensors)"),
+    (["compare-gguf", "{gguf}", "{gguf}", "--against", "{tmp}"], 2,
+     "--against {tmp}: not a checkpoint folder (no tokenizer_config.json)"),
+])
+def test_the_gguf_commands_name_a_missing_input_in_one_line(tmp_path, capsys, argv, code, says):
+    """A missing GGUF or a folder that is no checkpoint: one line saying which and what to give, no traceback (both
+    raised FileNotFoundError through the CLI until 2026-11-29)."""
+    from harness import cli
+
+    gguf = tmp_path / "some.gguf"
+    gguf.write_bytes(b"GGUF")  # never read: the other argument is refused first
+    names = {"missing": str(tmp_path / "missing.gguf"), "gguf": str(gguf), "tmp": str(tmp_path)}
+    assert cli.main([arg.format(**names) for arg in argv]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + says.format(**names)) and "Traceback" not in err
