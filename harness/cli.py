@@ -73,6 +73,14 @@ def cmd_certify(args) -> int:
         print("error: --no-experiments goes with --gpu (without it certify runs no experiment claim: they need a GPU "
               "and `certify --gpu` or `pytest -m gpu --experiments`)", file=sys.stderr)
         return 3
+    from harness.models import DEFAULT_MODEL, ModelSourceError, resolve
+
+    if args.model != DEFAULT_MODEL:  # a model the caller named: refused before anything runs (the embedded one's
+        try:                          # absence is an environment problem, reported by the run: conftest.gemma_dir)
+            resolve(args.model)
+        except ModelSourceError as exc:
+            print(f"error: --model {args.model}: {exc}; nothing was certified", file=sys.stderr)
+            return 3
     os.environ["HARNESS_MODEL"] = args.model
     tests = Path(__file__).resolve().parent.parent / "tests"
     if args.gpu:

@@ -284,6 +284,12 @@ def pytest_runtest_makereport(item, call):
         recorder.durations[item.nodeid] = round(recorder.durations.get(item.nodeid, 0.0) + report.duration, 3)
         recorder.add_span(item.nodeid, report.start, report.stop)
     ids = _claim_ids(item)
+    if recorder is not None and not ids and report.skipped:
+        from harness.doctor import is_environment_problem
+
+        reason = (report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)).removeprefix("Skipped: ")
+        if is_environment_problem(reason):  # an instrument's check that could not run here: never silent either
+            recorder.unbound_problems.setdefault(reason, []).append(item.nodeid)
     if recorder is None or not ids:
         return
     record = recorder.test(item.nodeid, ids)
@@ -329,8 +335,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         if regression_split({"claims": claims})[1]:  # some are red by a failing test: say which
             terminalreporter.write_line("  " + regression_headline({"claims": claims}))
     for problem in recorder.environment_problems():
-        terminalreporter.write_line(f"ENVIRONMENT PROBLEM (not a regression; {', '.join(problem['claims'])} could "
-                                    f"not be checked here): {problem['reason']}")
+        unchecked = ", ".join(problem["claims"] or problem.get("tests") or [])
+        terminalreporter.write_line(f"ENVIRONMENT PROBLEM (not a regression; {unchecked} could not be checked here): "
+                                    f"{problem['reason']}")
     faults = recorder.extras.get("faults")
     if faults:
         missed = [f["id"] for f in faults["faults"] if not f["caught"]]

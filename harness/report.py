@@ -44,13 +44,16 @@ def status(data: dict) -> tuple[str, str]:
     problems = data.get("environment_problems") or []
     if problems:
         claims = sorted({cid for p in problems for cid in p["claims"]})
-        return "environment", (f"Environment problem — not a regression: {len(claims)} claim(s) could not be fully "
-                               f"checked on this machine ({', '.join(claims)}); fix the environment and run again")
+        checks = sorted({t for p in problems if not p["claims"] for t in p.get("tests") or []})
+        what = ([f"{len(claims)} claim(s) could not be fully checked on this machine ({', '.join(claims)})"] if claims
+                else []) + ([f"{len(checks)} check(s) of the suite's instruments could not run here"] if checks else [])
+        return "environment", (f"Environment problem — not a regression: {'; '.join(what)}; fix the environment and "
+                               "run again")
     return "certified", "Certified: every claim that ran matches its recorded expectation"
 
 
 def environment_problems_html(data: dict) -> str:
-    items = "".join(f"<li><b>{escape(', '.join(p['claims']))}</b>: {escape(p['reason'])}</li>"
+    items = "".join(f"<li><b>{escape(', '.join(p['claims'] or p.get('tests') or []))}</b>: {escape(p['reason'])}</li>"
                     for p in data.get("environment_problems") or [])
     return f'<ul class="envproblems">{items}</ul>' if items else ""
 

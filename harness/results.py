@@ -145,6 +145,9 @@ class RunRecorder:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.previous = self._previous_run()
         self.tests: dict[str, TestRecord] = {}
+        # environment problems of tests bound to no claim (the instruments' checks: the embedded model's greedy answer,
+        # the tokenizer against llama.cpp, ...): reason -> tests, so that they too keep certify from "certified"
+        self.unbound_problems: dict[str, list[str]] = {}
         self.extras: dict = {}  # plots' data and other sections (loss curves, fault catalog, ...)
         self.durations: dict[str, float] = {}  # seconds per test (setup + call + teardown): where a run's time goes
         self.started_at = time.time()
@@ -219,7 +222,9 @@ class RunRecorder:
         for entry in claims if claims is not None else self.claims():
             if entry.get("environment_problem"):
                 grouped.setdefault(entry["environment_problem"], []).append(entry["id"])
-        return [{"reason": reason, "claims": ids} for reason, ids in grouped.items()]
+        return ([{"reason": reason, "claims": ids} for reason, ids in grouped.items()]
+                + [{"reason": reason, "claims": [], "tests": tests} for reason, tests in self.unbound_problems.items()
+                   if reason not in grouped])
 
     def payload(self, complete: bool) -> dict:
         claims = self.claims()

@@ -93,9 +93,21 @@ def merge(parts: list[tuple[str, dict]], run_id: str) -> dict:
             "started": min(d.get("started") or "" for _, d in parts), "finished": last.get("finished"),
             "previous_run": None, "environment": {**(last.get("environment") or {}),
                                                   "tiers": {label: d.get("run") for label, d in parts}},
-            "claims": claims, "environment_problems": [{"reason": r, "claims": ids} for r, ids in problems.items()],
+            "claims": claims, "environment_problems": [{"reason": r, "claims": ids} for r, ids in problems.items()]
+            + unbound_problems(parts, problems),
             "extras": extras, "durations": dict(sorted(durations.items(), key=lambda kv: -kv[1])),
             "timeline": merged_timeline(parts)}
+
+
+def unbound_problems(parts: list[tuple[str, dict]], claimed: dict[str, list[str]]) -> list[dict]:
+    """The tiers' environment problems of checks bound to no claim (a reason a claim's problem does not already
+    name), their tests gathered over the tiers."""
+    tests: dict[str, list[str]] = {}
+    for _, data in parts:
+        for problem in data.get("environment_problems") or []:
+            if not problem.get("claims") and problem["reason"] not in claimed:
+                tests.setdefault(problem["reason"], []).extend(problem.get("tests") or [])
+    return [{"reason": reason, "claims": [], "tests": names} for reason, names in tests.items()]
 
 
 def merged_timeline(parts: list[tuple[str, dict]]) -> dict:

@@ -162,3 +162,36 @@ def test_the_gguf_commands_name_a_missing_input_in_one_line(tmp_path, capsys, ar
     assert cli.main([arg.format(**names) for arg in argv]) == code
     err = capsys.readouterr().err
     assert err.startswith("error: " + says.format(**names)) and "Traceback" not in err
+
+
+GEMMA_TEST = "tests/slow/test_embedded_model.py::test_greedy_arabic_capital_of_egypt_is_cairo"
+
+
+def test_a_model_that_does_not_resolve_never_passes_in_silence(tmp_path, capsys, monkeypatch):
+    """`certify --model /typo` once certified (exit 0) with the real model's 18 tests skipped. Now: certify refuses a
+    named model that does not resolve before anything runs (exit 3); pytest run with one stops at its first use (exit
+    4, the message); the embedded default that cannot be built (its package missing; here a wrong $HARNESS_GGUF in an
+    empty cache) is an environment problem: a skip with the fix, the report's banner, certify's exit 2."""
+    from harness import cli
+    from harness.results import certify_exit_code
+
+    ran = []
+    monkeypatch.setattr(pytest, "main", lambda *a, **k: ran.append(a) or 0)
+    assert cli.main(["certify", "--model", str(tmp_path / "typo")]) == 3
+    assert capsys.readouterr().err.startswith(f"error: --model {tmp_path / 'typo'}: no such folder") and ran == []
+    monkeypatch.undo()
+
+    env = {**os.environ, "HARNESS_REPORTS": str(tmp_path / "reports")}
+    named = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+                            f"--model={tmp_path / 'typo'}", GEMMA_TEST], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert named.returncode == pytest.ExitCode.USAGE_ERROR, named.stdout[-2000:]
+    assert f"--model {tmp_path / 'typo'}: no such folder" in named.stdout
+
+    (tmp_path / "not-the-model.gguf").write_bytes(b"GGUF")
+    env.update(HARNESS_CACHE=str(tmp_path / "cache"), HARNESS_GGUF=str(tmp_path / "not-the-model.gguf"))
+    embedded = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+                               "-rs", GEMMA_TEST], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert embedded.returncode == 0 and "environment problem: the embedded model:" in embedded.stdout, embedded.stdout[-2000:]
+    data = json.loads((tmp_path / "reports" / "latest" / "results.json").read_text())
+    assert data["environment_problems"] and certify_exit_code(embedded.returncode, data) == 2

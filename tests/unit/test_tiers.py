@@ -48,6 +48,22 @@ def test_environment_problems_and_skip_reasons_survive():
     assert certify_exit_code(0, data) == 2
 
 
+def test_an_instruments_check_that_could_not_run_keeps_the_merged_run_from_certified():
+    """A check bound to no claim (the embedded model's greedy answer) skipped for an environment problem in one tier:
+    the merged run names it and its tests, the report's banner says so, certify exits 2. Planted: the merge once kept
+    only the claims' problems, and the run read "certified"."""
+    from harness.report import status
+
+    reason = "environment problem: the embedded model: no package"
+    cpu = run([entry("GGUF-LLAMACPP", "pass", {"tiny": {}})])
+    cpu["environment_problems"] = [{"reason": reason, "claims": [], "tests": ["tests/slow/t.py::test_greedy"]}]
+    data = merge([("cpu tier", cpu), ("gpu tier", run([]))], "all")
+    assert data["environment_problems"] == [{"reason": reason, "claims": [], "tests": ["tests/slow/t.py::test_greedy"]}]
+    assert certify_exit_code(0, data) == 2
+    kind, headline = status(data)
+    assert kind == "environment" and "1 check(s) of the suite's instruments could not run here" in headline
+
+
 def test_an_incomplete_tier_makes_the_merged_run_incomplete():
     data = merge([("cpu tier", run([], complete=False)), ("gpu tier", run([]))], "all")
     assert data["complete"] is False and certify_exit_code(0, data) == 3
