@@ -256,12 +256,21 @@ def cmd_record_output_baseline(args) -> int:
 def cmd_diff(args) -> int:
     from harness.diff import diff_main
 
-    return diff_main(args.old, args.new, html_out=args.html)
+    try:
+        return diff_main(args.old, args.new, html_out=args.html)
+    except FileNotFoundError as exc:  # diff.load names what it wants: a results.json, a report folder or a root
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_matrix(args) -> int:
     from harness.matrix import matrix_main
 
+    # A leg that left nothing (a CI job that died before its artifact) is a column "could not be installed", by design;
+    # a path that does not exist may also be a typo: said on stderr, the page is still built.
+    for leg in args.legs:
+        if not Path(leg).exists():
+            print(f"warning: {leg} does not exist: shown as a leg that could not be installed", file=sys.stderr)
     return matrix_main(args.legs, out=args.out, keep_order=args.keep_order, rtol=args.rtol)
 
 
@@ -271,7 +280,7 @@ def cmd_experiments(args) -> int:
     from harness.experiments import EXPERIMENTS, all_arms, measurements, run_arms
     from spec.core import evaluate
 
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     outcomes = run_arms(args.out, all_arms(), seeds, model=args.model, backend=args.backend, max_steps=args.max_steps,
                         eval_limit=args.eval_limit, parallel=args.parallel)
     failed = {k: v for k, v in outcomes.items() if not v.startswith("complete")}
@@ -303,6 +312,26 @@ def cmd_bundle(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number ≥ 1 (a step count, a batch, a limit, runs at once); argparse's one-line usage
+    error otherwise (`--max-steps -1` once ran the recipe by epochs: transformers' "no step limit", 4,500 steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return value
+
+
+def _seeds(text: str) -> list[int]:
+    """argparse type: comma-separated whole numbers (training seeds)."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated whole numbers, e.g. 3407,3408,3409") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness import backends
     from harness.recipe import ARMS, EXPERIMENT_SEEDS, HANDBOOK
@@ -323,9 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("finetune", help="run the handbook's recipe end to end and write run.json")
     s.add_argument("--model", default="gemma3-270m", help=model_help)
     s.add_argument("--backend", choices=backends.names(), default="hf")
-    s.add_argument("--max-steps", type=int)
-    s.add_argument("--batch-size", type=int, help=f"per-device batch size (recipe: {HANDBOOK.per_device_train_batch_size})")
-    s.add_argument("--eval-limit", type=int, help=f"held-out conversations to generate from (recipe: {HANDBOOK.eval_limit})")
+    s.add_argument("--max-steps", type=_positive_int, help=f"optimizer steps (recipe: {HANDBOOK.max_steps})")
+    s.add_argument("--batch-size", type=_positive_int,
+                   help=f"per-device batch size (recipe: {HANDBOOK.per_device_train_batch_size})")
+    s.add_argument("--eval-limit", type=_positive_int,
+                   help=f"held-out conversations to generate from (recipe: {HANDBOOK.eval_limit})")
     s.add_argument("--out", type=Path)
     s.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE=offline works)")
     s.add_argument("--no-export", action="store_true")
@@ -333,18 +364,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--base-eval-only", action="store_true",
                    help="load and score the base model only (run.json's base_eval; the GPU tier runs it beside the "
                         "fine-tune, which then takes --no-base-eval)")
-    s.add_argument("--arm", default="handbook", help=f"an experiment arm: {', '.join(ARMS)}")
+    s.add_argument("--arm", default="handbook", choices=list(ARMS), help="an experiment arm")
     s.add_argument("--seed", type=int, help=f"training seed (recipe: {HANDBOOK.seed})")
     s.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("experiments", help="LORA-MLP-ABLATION, MASK-STABILITY, LR-WARMUP-STABILITY: arms × seeds")
     s.add_argument("--model", default="gemma3-270m", help=model_help)
     s.add_argument("--backend", choices=backends.names(), default="unsloth")
-    s.add_argument("--seeds", default=",".join(map(str, EXPERIMENT_SEEDS)),
+    s.add_argument("--seeds", type=_seeds, default=",".join(map(str, EXPERIMENT_SEEDS)),
                    help="comma-separated training seeds (at least 3 to judge noise)")
-    s.add_argument("--max-steps", type=int, help=f"steps per run (recipe: {HANDBOOK.max_steps})")
-    s.add_argument("--eval-limit", type=int, help=f"held-out conversations per run (recipe: {HANDBOOK.eval_limit})")
-    s.add_argument("--parallel", type=int, default=4, help="runs at once (on one GPU: up to ~12 for the 270M model)")
+    s.add_argument("--max-steps", type=_positive_int, help=f"steps per run (recipe: {HANDBOOK.max_steps})")
+    s.add_argument("--eval-limit", type=_positive_int, help=f"held-out conversations per run (recipe: {HANDBOOK.eval_limit})")
+    s.add_argument("--parallel", type=_positive_int, default=4, help="runs at once (on one GPU: up to ~12 for the 270M model)")
     s.add_argument("--out", type=Path, default=Path("reports/experiments"))
     s.set_defaults(func=cmd_experiments)
 

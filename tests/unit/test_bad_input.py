@@ -195,3 +195,34 @@ def test_a_model_that_does_not_resolve_never_passes_in_silence(tmp_path, capsys,
     assert embedded.returncode == 0 and "environment problem: the embedded model:" in embedded.stdout, embedded.stdout[-2000:]
     data = json.loads((tmp_path / "reports" / "latest" / "results.json").read_text())
     assert data["environment_problems"] and certify_exit_code(embedded.returncode, data) == 2
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["finetune", "--model", "tiny", "--max-steps", "-1"], "argument --max-steps: -1 is not a positive whole number"),
+    (["finetune", "--model", "tiny", "--eval-limit", "0"], "argument --eval-limit: 0 is not a positive whole number"),
+    (["finetune", "--model", "tiny", "--arm", "nonsense"], "argument --arm: invalid choice: 'nonsense'"),
+    (["experiments", "--seeds", "3407,x"], "argument --seeds: '3407,x': give comma-separated whole numbers"),
+    (["experiments", "--parallel", "0"], "argument --parallel: 0 is not a positive whole number"),
+])
+def test_an_argument_out_of_range_is_a_usage_error_before_anything_runs(capsys, argv, says):
+    """argparse's one-line usage error, exit 2: `finetune --max-steps -1` once trained by epochs (transformers' "no step
+    limit": 4,500 steps of the tiny model), `--seeds x` and `--arm nonsense` raised a ValueError's traceback."""
+    from harness import cli
+
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_diff_refuses_and_matrix_warns_of_a_path_that_does_not_exist(tmp_path, capsys):
+    """diff raised FileNotFoundError's traceback: now one line naming the path, exit 2. matrix keeps a leg that left
+    nothing as a column "could not be installed" (a CI leg whose job died), and says on stderr that the path does not
+    exist (a typo showed only as such a column)."""
+    from harness import cli
+
+    assert cli.main(["diff", str(tmp_path / "old"), str(tmp_path / "new")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: no results.json at {tmp_path / 'old'}")
+    assert cli.main(["matrix", str(tmp_path / "typo"), "--out", str(tmp_path / "m")]) == 0
+    said = capsys.readouterr()
+    assert said.err == f"warning: {tmp_path / 'typo'} does not exist: shown as a leg that could not be installed\n"
+    assert "typo: could not be installed" in said.out
