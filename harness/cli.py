@@ -79,7 +79,7 @@ def cmd_certify(args) -> int:
         try:                          # absence is an environment problem, reported by the run: conftest.gemma_dir)
             resolve(args.model)
         except ModelSourceError as exc:
-            print(f"error: --model {args.model}: {exc}; nothing was certified", file=sys.stderr)
+            print(f"error: --model {args.model}: {exc} (nothing was certified)", file=sys.stderr)
             return 3
     os.environ["HARNESS_MODEL"] = args.model
     tests = Path(__file__).resolve().parent.parent / "tests"
