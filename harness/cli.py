@@ -73,10 +73,10 @@ def cmd_certify(args) -> int:
         print("error: --no-experiments goes with --gpu (without it certify runs no experiment claim: they need a GPU "
               "and `certify --gpu` or `pytest -m gpu --experiments`)", file=sys.stderr)
         return 3
-    from harness.models import DEFAULT_MODEL, ModelSourceError, resolve
+    from harness.models import EMBEDDED_MODELS, ModelSourceError, resolve
 
-    if args.model != DEFAULT_MODEL:  # a model the caller named: refused before anything runs (the embedded one's
-        try:                          # absence is an environment problem, reported by the run: conftest.gemma_dir)
+    if args.model not in EMBEDDED_MODELS:  # a path or hub name: refused before anything runs (an embedded model that
+        try:                                # cannot be built is an environment problem the run reports: conftest.py)
             resolve(args.model)
         except ModelSourceError as exc:
             print(f"error: --model {args.model}: {exc} (nothing was certified)", file=sys.stderr)
@@ -254,13 +254,14 @@ def cmd_record_output_baseline(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from harness.diff import diff_main
+    from harness.diff import diff_main, load
 
-    try:
-        return diff_main(args.old, args.new, html_out=args.html)
-    except FileNotFoundError as exc:  # diff.load names what it wants: a results.json, a report folder or a root
+    try:  # the inputs first: diff.load names what it wants (a results.json, a report folder or a root)
+        load(args.old), load(args.new)
+    except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return diff_main(args.old, args.new, html_out=args.html)
 
 
 def cmd_matrix(args) -> int:

@@ -26,6 +26,9 @@ from harness.recipe import GEMMA3_VOCAB_SIZE
 DEFAULT_MODEL = "gemma3-270m"
 TINY_MODEL = "tiny"
 RANDOM_MODEL = "gemma3-270m-random"
+# The models this suite builds itself (all from the embedded GGUF: the weights or the tokenizer); a failure to build
+# one is the installation's (an environment problem), not a name the caller got wrong.
+EMBEDDED_MODELS = (DEFAULT_MODEL, TINY_MODEL, RANDOM_MODEL)
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 MANIFEST = "MATERIALIZED.json"
 TINY_SEED = 1234

@@ -20,9 +20,10 @@ def test_truncated_gguf_is_reported_as_corrupt(tiny_gguf, tmp_path):
     broken.write_bytes(tiny_gguf.read_bytes()[: tiny_gguf.stat().st_size // 2])
     proc = subprocess.run([sys.executable, "-m", "harness", "verify-gguf", str(broken), "--no-llama"], capture_output=True,
                           text=True, cwd=ROOT)
-    assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr.startswith(f"error: {broken} is not a readable GGUF file") and "Traceback" not in proc.stderr
-    assert "corrupt or truncated" in proc.stderr and "export it again" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]  # (a library's warning at import may come before it)
+    assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert last.startswith(f"error: {broken} is not a readable GGUF file")
+    assert "corrupt or truncated" in last and "export it again" in last
 
 
 def test_a_reader_broken_on_googles_file_too_is_one_line_naming_the_doctor(monkeypatch, capsys, tmp_path):
@@ -165,6 +166,7 @@ def test_the_gguf_commands_name_a_missing_input_in_one_line(tmp_path, capsys, ar
 
 
 GEMMA_TEST = "tests/slow/test_embedded_model.py::test_greedy_arabic_capital_of_egypt_is_cairo"
+TINY_TEST = "tests/unit/test_tokenizer.py::test_sentencepiece_model_declares_its_unknown_piece"
 
 
 def test_a_model_that_does_not_resolve_never_passes_in_silence(tmp_path, capsys, monkeypatch):
@@ -181,20 +183,25 @@ def test_a_model_that_does_not_resolve_never_passes_in_silence(tmp_path, capsys,
     assert capsys.readouterr().err.startswith(f"error: --model {tmp_path / 'typo'}: no such folder") and ran == []
     monkeypatch.undo()
 
-    env = {**os.environ, "HARNESS_REPORTS": str(tmp_path / "reports")}
+    env = {k: v for k, v in os.environ.items() if k != "HARNESS_MODEL"}  # (certify --model X sets it for its session)
+    env["HARNESS_REPORTS"] = str(tmp_path / "reports")
     named = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
                             f"--model={tmp_path / 'typo'}", GEMMA_TEST], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=300)
     assert named.returncode == pytest.ExitCode.USAGE_ERROR, named.stdout[-2000:]
     assert f"--model {tmp_path / 'typo'}: no such folder" in named.stdout
+    stopped = json.loads((tmp_path / "reports" / "latest" / "results.json").read_text())
+    assert stopped["complete"] is False and certify_exit_code(named.returncode, stopped) == 3  # never "Certified"
 
     (tmp_path / "not-the-model.gguf").write_bytes(b"GGUF")
     env.update(HARNESS_CACHE=str(tmp_path / "cache"), HARNESS_GGUF=str(tmp_path / "not-the-model.gguf"))
     embedded = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
-                               "-rs", GEMMA_TEST], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert embedded.returncode == 0 and "environment problem: the embedded model:" in embedded.stdout, embedded.stdout[-2000:]
+                               "-rs", GEMMA_TEST, TINY_TEST], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert embedded.returncode == 0 and "2 skipped" in embedded.stdout, embedded.stdout[-2000:]
     data = json.loads((tmp_path / "reports" / "latest" / "results.json").read_text())
-    assert data["environment_problems"] and certify_exit_code(embedded.returncode, data) == 2
+    (problem,) = data["environment_problems"]  # tiny's tokenizer is the GGUF's too: the same problem, both tests
+    assert problem["reason"].startswith("environment problem: the embedded model:")
+    assert problem["tests"] == [GEMMA_TEST, TINY_TEST] and certify_exit_code(embedded.returncode, data) == 2
 
 
 @pytest.mark.parametrize("argv, says", [

@@ -192,3 +192,62 @@ def test_where_the_shortcut_says_no_gpu_torch_agrees():
     import torch
 
     assert not torch.cuda.is_available()
+
+
+UNBOUND_SKIPS = '''
+import pytest
+
+
+def test_an_instruments_check_whose_reader_is_missing():
+    pytest.skip("environment problem: unsloth_zoo: not installed — fix: pip install unsloth_zoo")
+
+
+@pytest.mark.claim("LORA-SCALING")
+def test_my_adapter_scaling(certify):
+    certify("LORA-SCALING", {"r": 32, "lora_alpha": 64, "scalings": [2.0] * 7}, "tiny")
+'''
+
+
+@pytest.mark.parametrize("leg", [None, "canary"])
+def test_a_check_bound_to_no_claim_that_could_not_run_is_never_silent(tmp_path, leg):
+    """A test with no claim marker skipped for an environment problem: the run records it (certify's exit 2, the
+    banner) where it once read "Certified"; inside a version leg a leg-pinned reader's skip fails it, as a claim's
+    test does (leg_breakage ran for claim-bound tests only)."""
+    from harness.results import certify_exit_code
+
+    entry_points = {ep.name for ep in importlib.metadata.entry_points(group="pytest11")}
+    if "harness.pytest_plugin" not in entry_points:
+        pytest.skip("handbook-suite is not pip-installed here (no pytest11 entry point): pip install -e .")
+    (tmp_path / "test_mine.py").write_text(UNBOUND_SKIPS)
+    env = {k: v for k, v in os.environ.items() if k != "HARNESS_LEG"}
+    env.update(HARNESS_REPORTS=str(tmp_path / "reports"), **({"HARNESS_LEG": leg} if leg else {}))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+                           "test_mine.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    data = json.loads((tmp_path / "reports" / "latest" / "results.json").read_text())
+    if leg:
+        assert proc.returncode == 1 and "version leg 'canary'" in proc.stdout, proc.stdout[-1500:]
+        return
+    assert proc.returncode == 0, proc.stdout[-1500:]
+    assert data["environment_problems"] == [{
+        "reason": "environment problem: unsloth_zoo: not installed — fix: pip install unsloth_zoo", "claims": [],
+        "tests": ["test_mine.py::test_an_instruments_check_whose_reader_is_missing"]}]
+    assert certify_exit_code(proc.returncode, data) == 2
+    assert "ENVIRONMENT PROBLEM (not a regression; test_mine.py::test_an_instruments_check" in proc.stdout
+    page = (tmp_path / "reports" / "latest" / "index.html").read_text()
+    assert "1 check(s) of the suite&#x27;s instruments could not run here" in page
+
+
+def test_an_empty_harness_model_is_the_embedded_default(monkeypatch):
+    """$HARNESS_MODEL="" (a CI template's empty input) means the default, not the folder ".": it stopped every session
+    once gemma_dir refused models that do not resolve."""
+    from harness import pytest_plugin
+
+    seen = {}
+
+    class Group:
+        def addoption(self, name, **kwargs):
+            seen[name] = kwargs.get("default")
+
+    monkeypatch.setenv("HARNESS_MODEL", "")
+    pytest_plugin.pytest_addoption(type("Parser", (), {"getgroup": lambda self, *a: Group()})())
+    assert seen["--model"] == "gemma3-270m"
