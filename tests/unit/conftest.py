@@ -40,6 +40,7 @@ SELF_TESTS = {
     "test_evaluate.py::test_the_first_batch_is_timed_apart",
     "test_gguf_heldout.py::test_one_reader_of_the_share_for_the_argument_and_the_environment",
     "test_gguf_heldout.py::test_a_share_argument_that_is_not_a_count_is_refused",
+    "test_gguf_heldout.py::test_a_llama_child_gets_the_cores_the_sessions_background_runs_leave",
 }
 # Fixtures that bring an installed library's real behaviour into a test: a test using one checks an instrument.
 LIBRARY_FIXTURES = {"tokenizer", "tiny_dir", "gemma_dir", "tiny_gguf", "tiny_gguf_converter", "gemma_gguf",
