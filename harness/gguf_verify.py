@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -56,13 +57,21 @@ def fast_reader_class():
     return FastGGUFReader
 
 
+# What gguf-py's reader raises on a bad file: 40 corruptions of the tiny export (empty, wrong magic, random bytes, cut at
+# 8 points, 20 with 50 bytes flipped) gave ValueError and IndexError (2026-11-29); the others are the struct and
+# numpy errors of counts and offsets read from garbage. Anything else (an AttributeError after a gguf upgrade, a
+# PermissionError) is not the file's fault and is not blamed on it: "corrupt, export it again" once covered them all.
+FILE_FAULTS = (ValueError, IndexError, KeyError, OverflowError, MemoryError, struct.error)
+
+
 def read(path: Path):
     path = Path(path)
     if not path.is_file():
         raise GGUFVerifyError(f"{path}: no such file")
+    reader = fast_reader_class()  # gguf missing: ImportError, the environment's, never this file's
     try:
-        return fast_reader_class()(str(path))
-    except Exception as exc:  # GGUFReader raises ValueError, struct.error, IndexError ... on bad files
+        return reader(str(path))
+    except FILE_FAULTS as exc:
         raise GGUFVerifyError(
             f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}); it is corrupt or truncated — "
             f"export it again (python -m harness export-gguf ...)") from exc

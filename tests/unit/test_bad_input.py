@@ -53,6 +53,25 @@ def test_not_a_gguf_is_reported(tmp_path):
         read(junk)
 
 
+def test_a_reader_failing_for_its_own_reasons_is_not_blamed_on_the_file(tmp_path, monkeypatch):
+    """Only what a bad file makes gguf-py raise is "corrupt or truncated — export it again"; an AttributeError (a
+    gguf upgrade that moved an attribute) or a PermissionError reach the caller as themselves. Planted: the reader
+    class raising each; a bad file (random bytes) is still the file's."""
+    from harness import gguf_verify
+
+    some = tmp_path / "some.gguf"
+    some.write_bytes(os.urandom(1024))
+    with pytest.raises(gguf_verify.GGUFVerifyError, match="corrupt or truncated"):
+        gguf_verify.read(some)
+    for error in (AttributeError("GGUFReader has no attribute 'fields'"), PermissionError(13, "Permission denied")):
+        def reader(path, error=error):
+            raise error
+
+        monkeypatch.setattr(gguf_verify, "fast_reader_class", lambda reader=reader: reader)
+        with pytest.raises(type(error)):
+            gguf_verify.read(some)
+
+
 def test_model_folder_without_tokenizer(tmp_path):
     """A checkpoint folder with no tokenizer files is refused with the way to get one."""
     from harness.models import ModelSourceError, resolve
