@@ -181,18 +181,10 @@ def _checkpoint_folder(value, needs: tuple[str, ...]) -> Path | None:
     return folder
 
 
-def _gguf_file(value) -> Path:
-    from harness.gguf_verify import GGUFVerifyError
-
-    if not Path(value).is_file():
-        raise GGUFVerifyError(f"{value}: no such file")
-    return Path(value)
-
-
 def cmd_verify_gguf(args) -> int:
     from harness.gguf_verify import verify
 
-    report = verify(_gguf_file(args.file), _checkpoint_folder(args.against, ("config.json", "model.safetensors")),
+    report = verify(Path(args.file), _checkpoint_folder(args.against, ("config.json", "model.safetensors")),
                     llama=not args.no_llama)
     print(json.dumps(report, indent=1, ensure_ascii=False, default=str))
     return 0 if report.get("ok") else 1
@@ -201,7 +193,6 @@ def cmd_verify_gguf(args) -> int:
 def cmd_compare_gguf(args) -> int:
     from harness.gguf_compare import compare, summary
 
-    a, b = _gguf_file(args.a), _gguf_file(args.b)
     against = _checkpoint_folder(args.against, ("tokenizer_config.json",))
     prompt_ids = None
     if against:
@@ -213,7 +204,7 @@ def cmd_compare_gguf(args) -> int:
                                                          return_dict=True)["input_ids"]) for ex in generate(0)["test"][:20]]
     from harness.corpus import tokenizer_corpus
 
-    report = compare(a, b, prompt_ids, tokenizer_corpus())
+    report = compare(Path(args.a), Path(args.b), prompt_ids, tokenizer_corpus())
     report["summary"] = summary(report)
     print(json.dumps(report, indent=1, ensure_ascii=False, default=str))
     flat = report["summary"]
@@ -257,11 +248,11 @@ def cmd_diff(args) -> int:
     from harness.diff import diff_main, load
 
     try:  # the inputs first: diff.load names what it wants (a results.json, a report folder or a root)
-        load(args.old), load(args.new)
+        old, new = load(args.old), load(args.new)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return diff_main(args.old, args.new, html_out=args.html)
+    return diff_main(old, new, html_out=args.html)
 
 
 def cmd_matrix(args) -> int:

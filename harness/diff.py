@@ -104,8 +104,9 @@ def html(d: dict) -> str:
             f'<h3>Claims added / removed</h3><p>{escape(", ".join(d["added"]) or "none")} / {escape(", ".join(d["removed"]) or "none")}</p></section>')
 
 
-def diff_main(old: str, new: str, html_out: str | None = None) -> int:
-    d = compare(load(old), load(new))
+def diff_main(old: str | Path | dict, new: str | Path | dict, html_out: str | None = None) -> int:
+    """`old` and `new`: what load() takes, or results it already loaded."""
+    d = compare(*(run if isinstance(run, dict) else load(run) for run in (old, new)))
     print(text(d))
     if html_out:
         Path(html_out).write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>diff</title></head><body>{html(d)}</body></html>',

@@ -58,6 +58,12 @@ def is_environment_problem(reason: str) -> bool:
     return reason.startswith(PREFIX)
 
 
+def skip_reason(report) -> str:
+    """A skipped test report's reason, without pytest's "Skipped: " (its longrepr is (path, line, text) for a skip)."""
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
 def environment_problem_as_skip(item, call, report) -> None:
     """For pytest_runtest_makereport: a test that raised EnvironmentProblem (a reader failing where its own health
     check fails too) cannot judge its claim; it is reported skipped with the cause and the fix, never failed."""
@@ -78,8 +84,7 @@ def leg_breakage(report) -> None:
     leg = os.environ.get("HARNESS_LEG")
     if not leg or not report.skipped:
         return
-    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    reason = reason.removeprefix("Skipped: ")
+    reason = skip_reason(report)
     if any(reason.startswith(f"{PREFIX}: {reader}:") for reader in LEG_GUARDED_READERS):
         report.outcome = "failed"
         report.longrepr = (f"version leg {leg!r}: {reason.removeprefix(PREFIX + ': ')} — inside a leg the pinned "

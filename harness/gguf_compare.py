@@ -84,7 +84,9 @@ def llamacpp_agreement(a: Path, b: Path, prompt_ids: list[list[int]], corpus: li
 def compare(a: Path, b: Path, prompt_ids: list[list[int]] | None = None, corpus: list[str] | None = None) -> dict:
     """Everything above; `llamacpp` only where llama-cpp-python is installed and prompts were given."""
     from harness import measure_cache as mc
-    from harness.gguf_verify import read
+    from harness.gguf_verify import existing_gguf, read
+
+    a, b = existing_gguf(a), existing_gguf(b)  # (before their digests: a missing file is named, not a traceback)
 
     def both() -> dict:
         ra, rb = read(a), read(b)  # each file parsed once (a 262k-token vocabulary takes ~8 s)

@@ -64,10 +64,16 @@ def fast_reader_class():
 FILE_FAULTS = (ValueError, IndexError, KeyError, OverflowError, MemoryError, struct.error)
 
 
-def read(path: Path):
+def existing_gguf(path) -> Path:
+    """`path` as a Path; GGUFVerifyError (one line in the CLI) where there is no such file."""
     path = Path(path)
     if not path.is_file():
         raise GGUFVerifyError(f"{path}: no such file")
+    return path
+
+
+def read(path: Path):
+    path = existing_gguf(path)
     reader = fast_reader_class()  # gguf missing: ImportError, the environment's, never this file's
     try:
         return reader(str(path))

@@ -276,7 +276,7 @@ def run_extras(request):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
-    from harness.doctor import environment_problem_as_skip, leg_breakage
+    from harness.doctor import environment_problem_as_skip, leg_breakage, skip_reason
 
     environment_problem_as_skip(item, call, report)
     recorder = _recorder(item.config)
@@ -288,16 +288,14 @@ def pytest_runtest_makereport(item, call):
     if recorder is not None and not ids and report.skipped:
         from harness.doctor import is_environment_problem
 
-        reason = (report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)).removeprefix("Skipped: ")
-        if is_environment_problem(reason):  # an instrument's check that could not run here: never silent either
-            recorder.unbound_problems.setdefault(reason, []).append(item.nodeid)
+        if is_environment_problem(skip_reason(report)):  # an instrument's check that could not run here: never silent
+            recorder.unbound_problems.setdefault(skip_reason(report), []).append(item.nodeid)
     if recorder is None or not ids:
         return
     record = recorder.test(item.nodeid, ids)
     if report.skipped and record.outcome != "failed":
         record.outcome = "skipped"
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        record.reason = reason.removeprefix("Skipped: ")
+        record.reason = skip_reason(report)
     elif report.failed:
         record.outcome = "failed"
         crash = getattr(report.longrepr, "reprcrash", None)  # "AssertionError: <message>", where pytest has it
