@@ -97,7 +97,10 @@ class ReferenceFinetune:
         from harness.models import resolve
 
         with self.clock.phase("load"):
+            self.impl.prepare()  # imports first: the model may still be materializing in another process
+            started = time.perf_counter()
             self.source = resolve(self.model_name)
+            self.record["model_resolve_seconds"] = round(time.perf_counter() - started, 3)  # a wait for it included
             self.peft_model, self.tokenizer = self.impl.load(self.source.path, self.recipe, self.expected)
 
     def evaluate_base_model(self) -> None:

@@ -24,6 +24,12 @@ def _unsloth_env() -> None:
             os.environ.setdefault(key, value)
 
 
+def import_unsloth() -> None:
+    """`import unsloth` with the environment it reads at import (_unsloth_env); a no-op once imported."""
+    _unsloth_env()
+    import unsloth  # noqa: F401  (must precede transformers/trl/peft patches)
+
+
 def log_recompiles() -> bool:
     """$HARNESS_LOG_RECOMPILES=1: torch's recompile and graph-break logs on, after `import unsloth`. Unsloth Zoo pops
     TORCH_LOGS and sets every torch log to CRITICAL at import (unsloth_zoo/patching_utils.py, patch_torch_compile)
@@ -55,8 +61,7 @@ def log_recompiles() -> bool:
 def load_unsloth(model_dir: Path, recipe: Recipe = HANDBOOK, *, target_modules=None, gradient_checkpointing=None,
                  max_seq_length: int | None = None):
     """FastModel.from_pretrained(load_in_4bit, use_gradient_checkpointing) then FastModel.get_peft_model(r, alpha, targets)."""
-    _unsloth_env()
-    import unsloth  # noqa: F401  (must precede transformers/trl/peft patches)
+    import_unsloth()
     from unsloth import FastModel
 
     log_recompiles()

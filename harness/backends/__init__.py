@@ -34,6 +34,10 @@ class Backend:
         """(what this backend on this device is meant to run, declared deviations from the handbook with reasons)."""
         return recipe.to_dict(), {}
 
+    def prepare(self) -> None:
+        """Import what `load` needs, before the model is resolved: a run started while another process materializes
+        its model (the GPU tier's, tests/gpu/conftest.py model_for_the_runs) imports meanwhile, then waits."""
+
     def load(self, source_dir: Path, recipe, expected: dict):
         """(peft model, tokenizer) for the recipe."""
         raise NotImplementedError

@@ -12,6 +12,11 @@ class UnslothBackend(Backend):
     needs_gpu = True
     masker_name = "unsloth.chat_templates"
 
+    def prepare(self) -> None:
+        from harness.train_unsloth import import_unsloth
+
+        import_unsloth()
+
     def load(self, source_dir: Path, recipe, expected: dict):
         from harness.train_unsloth import load_unsloth
 

@@ -132,7 +132,7 @@ def gpu_runs(request, tmp_path_factory):
     queue = RunQueue(_slots(items), desc="GPU tier fine-tunes", devices=_device_slots(items), timeline=True)
     runs = GpuRuns(queue, queue.slots)
     if wanted:
-        model = str(request.getfixturevalue("gemma_dir"))
+        model = model_for_the_runs(request)
     if "e2e" in wanted:
         runs.e2e_dir = Path(os.environ.get("HARNESS_E2E_OUT") or tmp_path_factory.mktemp("e2e"))
         common = ["--model", model, "--backend", "unsloth", "--max-steps", str(E2E_STEPS),
@@ -158,8 +158,28 @@ def gpu_runs(request, tmp_path_factory):
         runs.experiment_runs = queue_arms(runs.queue, runs.experiments_root, all_arms(), SEEDS, model=model,
                                           backend="unsloth")
     runs.queue.start()
-    yield runs
-    runs.queue.stop()
+    try:
+        if wanted:  # built here while the runs import their libraries (model_for_the_runs), or already there
+            request.getfixturevalue("gemma_dir")
+        yield runs
+    finally:  # also where the model could not be built: its environment problem skips every test, nothing runs on
+        runs.queue.stop()
+
+
+def model_for_the_runs(request) -> str:
+    """What the background runs get as `--model`: an embedded model's name, which each run resolves itself once its
+    libraries are imported (harness.backends.Backend.prepare; the cache's lock makes it wait for a build in progress),
+    so that the runs start while this process materializes the model; any other model's folder, resolved here
+    (gemma_dir: a name that does not resolve stops the session before anything starts).
+
+    Why: on a fresh runner the reference run was queued only once the materialization was done, 40.7 and 27.1 s into
+    the tier (33.9 and 21.9 s after the first test began, reports/examples/h200-2026-11-29-gpu-tier-s19 and its run2),
+    and a run's process spends ~18 s outside its phases (its base evaluation's: 114 s, phases 96.2 s), mostly imports
+    before them: both on the tier's critical path."""
+    from harness.models import EMBEDDED_MODELS
+
+    name = request.config.getoption("--model")
+    return name if name in EMBEDDED_MODELS else str(request.getfixturevalue("gemma_dir"))
 
 
 @dataclass
@@ -179,9 +199,10 @@ class GpuProbes:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def gpu_probes(request, tmp_path_factory):
+def gpu_probes(request, tmp_path_factory, gpu_runs):
     """Queue and start the probes the selected tests read (harness.probe_runs), `at_once` at a time on the
-    first GPU, beside the fine-tunes; stop what is left at the end."""
+    first GPU, beside the fine-tunes; stop what is left at the end. After gpu_runs (pytest sets autouse fixtures up
+    in name order): the fine-tunes start before the model is materialized, the probes get its folder."""
     import torch
 
     from harness.probe_runs import at_once, command, probes

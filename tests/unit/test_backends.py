@@ -20,6 +20,9 @@ class RecordingBackend(HfBackend):
     def __init__(self):
         self.calls = []
 
+    def prepare(self):
+        self.calls.append("prepare")
+
     def load(self, *args):
         self.calls.append("load")
         return super().load(*args)
@@ -52,6 +55,15 @@ def test_a_registered_backend_runs_through_finetune(tmp_path, tiny_dir, monkeypa
         return {**splits, "train": splits["train"][:16]}
 
     monkeypatch.setattr(dataset, "generate", first_train_rows)
+    from harness import models
+
+    resolve = models.resolve
+
+    def recording_resolve(name):
+        fake.calls.append("resolve")
+        return resolve(name)
+
+    monkeypatch.setattr(models, "resolve", recording_resolve)
     fake = backends.register(RecordingBackend())
     try:
         assert "fake" in backends.names()
@@ -60,7 +72,9 @@ def test_a_registered_backend_runs_through_finetune(tmp_path, tiny_dir, monkeypa
     finally:
         backends._REGISTRY.pop("fake")
     assert record["complete"] and record["backend"] == "fake" and record["artifacts"] == {"fake": True}
-    assert fake.calls == ["load", "train_rows", "build_trainer", "export"]
+    # imports before the model is resolved: the GPU tier's runs start while the model materializes (prepare's doc)
+    assert fake.calls == ["prepare", "resolve", "load", "train_rows", "build_trainer", "export"]
+    assert 0 <= record["model_resolve_seconds"] < 60
     assert record["mask_check"]["implementation"] == "fake masker"
 
 

@@ -61,6 +61,15 @@ def recording_add(self, name, folder, cmd, env=None):
 
 
 run_queue.RunQueue.add = recording_add
+_start = run_queue.RunQueue.start
+
+
+def recording_start(self):
+    EVENTS.append(("queue started", self.desc))
+    return _start(self)
+
+
+run_queue.RunQueue.start = recording_start
 
 
 @pytest.fixture
@@ -86,6 +95,7 @@ probe_runs.probes = fake_probes
 
 @pytest.fixture(scope="session")
 def gemma_dir(tmp_path_factory):
+    EVENTS.append(("gemma_dir",))
     return tmp_path_factory.mktemp("gemma")
 '''
 
@@ -120,7 +130,8 @@ def test_step_time(backend, step_servers, events):
     assert (server.backend, server.model) == (backend, "gemma3-270m")
     # both started held at session start; both warmed (after the reference run, complete already here) before either
     # is timed
-    assert events[:2] == [("start", "hf", True), ("start", "unsloth", True)]
+    servers = [e for e in events if e[0] in ("start", "warm", "ready", "kill")]  # (the queues' and the model's too)
+    assert servers[:2] == [("start", "hf", True), ("start", "unsloth", True)]
     assert {("warm", "hf"), ("warm", "unsloth"), ("ready", "hf"), ("ready", "unsloth")} <= set(events)
     assert ("kill", backend) not in events
     assert step_servers.warmed_beside == "after the reference run, beside its GGUF checks"
@@ -132,13 +143,18 @@ def test_a_test_parametrized_by_backend_starts_no_server(backend, events):
 
 
 @pytest.mark.uses_runs("e2e")
-def test_the_reference_run_and_its_base_evaluation_are_queued_apart_and_merged(gpu_runs, added):
+def test_the_reference_run_and_its_base_evaluation_are_queued_apart_and_merged(gpu_runs, added, events):
     import importlib.util
     import json
     import os
 
     queued = {name: (folder, cmd) for name, folder, cmd in added}
     assert "--no-base-eval" in queued["e2e"][1] and "--base-eval-only" not in queued["e2e"][1]
+    # the runs get the embedded model's name and resolve it themselves: they start before this process materializes
+    # it (tests/gpu/conftest.py model_for_the_runs), which it then does for its own tests
+    for name in ("e2e", "e2e-base"):
+        assert queued[name][1][queued[name][1].index("--model") + 1] == "gemma3-270m"
+    assert events.index(("queue started", "GPU tier fine-tunes")) < events.index(("gemma_dir",))
     assert "--base-eval-only" in queued["e2e-base"][1] and queued["e2e-base"][0] == gpu_runs.e2e_dir / "base-eval"
     spec = importlib.util.spec_from_file_location("tier", os.environ["GPU_TIER_TESTS"])
     tier = importlib.util.module_from_spec(spec)  # the GPU test's fixture helper: waits, then record_facts merges
