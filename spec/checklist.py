@@ -99,16 +99,24 @@ def check_llamacpp(m: dict) -> tuple[str, dict]:
 # trained_moved_over_merge_error (base vs trained over merged vs trained, max |logit|): a merge at rounding distance
 # measures ~100 (tiny, bf16: 93-122); a merge that drops the adapter measures 1.
 MERGE_FAITHFUL_RATIO = 10.0
-# Unsloth's merged_16bit of an on-the-fly QLoRA model carries the adapter but adds q = W16 − dequant(W4): 5.0 (H100,
-# 2026-11-28: 88.0 / 17.5), 7.9 (H200, 2026-11-28: 117 / 14.8) and 7.6 (the same H200, 1,200 steps: 108 / 14.3) in the
-# three recorded GPU runs. Half the lowest of them, well above a dropped adapter's 1: below it the merge is read as
-# not carrying the adapter.
-MERGE_CARRIES_ADAPTER_RATIO = 2.5
+# Whether the merge carries the adapter at all, where it is not at rounding distance (Unsloth's merged_16bit of an
+# on-the-fly QLoRA model adds q = W16 − dequant(W4) to it). Until 2026-11-29 this read the ratio of maxima above,
+# ≥ 2.5 ("half the lowest" of its first three GPU readings, 5.0-7.9): a maximum over ~680 M logits over another is
+# set by single outliers, and the stored clean GPU runs at the same versions read 2.28 to 7.95 (2.28 and 2.36 below
+# the bound: a false regression at 8e11688, reports/examples/h200-2026-11-29-gpu-tier-s20). Now two averages over every
+# position: the merged model's top-1 agreement with the trained one (clean runs 0.834-0.913; the merge that drops the
+# adapter 0.133 and 0.156: reports/examples/h200x4-2026-11-28-gpu-faults, h200-2026-11-28-gguf-heldout) at least
+# MERGE_TOP1_FLOOR, midway; and, measured since harness.merge_check.METHOD 2, the share of training's logit move the
+# merge carries (Σ⟨merged − base, move⟩ / Σ‖move‖²) inside MERGE_CARRIED_BAND: 1 for a merge that adds the whole move
+# (the q term is not along it), 0 for a dropped adapter, the factor for a mis-scaled one (unsloth #2009, #5410).
+MERGE_TOP1_FLOOR = 0.5
+MERGE_CARRIED_BAND = (0.6, 1.4)
 
 
 def check_merge(m: dict) -> tuple[str, dict]:
     """m (harness.merge_check): merged_vs_trained_max_abs, base_vs_trained_max_abs (max |logit| differences over
-    held-out prompts), merged_top1_agreement; or error."""
+    held-out prompts), merged_top1_agreement, and from method 2 on base_top1_agreement and training_move_carried; or
+    error."""
     evidence = dict(m)
     if m.get("error") or m.get("merged_vs_trained_max_abs") is None:
         return "fail", evidence
@@ -120,13 +128,23 @@ def check_merge(m: dict) -> tuple[str, dict]:
         evidence["trained_moved_over_merge_error"] = math.nan
         return "fail", evidence
     ratio = evidence["trained_moved_over_merge_error"] = moved / merge_err if merge_err > 0 else float("inf")
+    top1 = m.get("merged_top1_agreement")
+    if m.get("method", 1) >= 2:
+        carried = m.get("training_move_carried")
+        if carried is None or math.isnan(carried) or top1 is None or math.isnan(top1):
+            return "fail", evidence  # a record of this method without its measurement: nothing says the adapter is in
+        carries = MERGE_CARRIED_BAND[0] <= carried <= MERGE_CARRIED_BAND[1]
+    else:  # records before method 2 measured no carried share: the top-1 agreement alone
+        evidence["training_move_carried"] = "not measured (a record of merge_check method 1)"
+        carries = True
     # Faithful: the merge is at rounding distance from the trained model and training moved it much further than that
     # (a no-op merge is the base: merge error == training's move, ratio 1). Between the two: the adapter is in the merge
     # but the merged weights are not the ones training ran on (Unsloth folds it into the pristine 16-bit weights, not
     # their NF4 dequantization: the handbook's "export the trained model" holds only up to that term): corrected.
-    if ratio >= MERGE_FAITHFUL_RATIO:
+    if ratio >= MERGE_FAITHFUL_RATIO and carries:
         return "pass", evidence
-    return ("corrected" if ratio >= MERGE_CARRIES_ADAPTER_RATIO else "fail"), evidence
+    in_merge = carries and top1 is not None and not math.isnan(top1) and top1 >= MERGE_TOP1_FLOOR
+    return ("corrected" if in_merge else "fail"), evidence
 
 
 # GGUF-HELDOUT: what the deployed GGUF may lose in held-out exact match against the trained model it was exported
@@ -277,7 +295,11 @@ CLAIMS = [
           # the recorded verdict is `corrected` (the adapter is in the merge, the merged weights are not the trained
           # ones): Unsloth merging into dequantized weights would measure >= 10 there and turn it red as `pass`, a merge
           # that drops the adapter (~1; planted on the GPU: tests/faults/faults_gpu.py) as `fail`. Whether the term
-          # costs held-out accuracy is not measured yet (the export's own held-out score, issue #15 spot 1).
+          # costs held-out accuracy is not measured yet (the export's own held-out score, issue #15 spot 1). Since
+          # 2026-11-29 `corrected` reads the adapter from two averages, not from the ratio of maxima (which read 2.28
+          # and 2.36 on clean runs: MERGE_TOP1_FLOOR's note): the top-1 agreement and the share of training's move the
+          # merge carries (tiny, planted: 1.000 / 0.537 / 0.000 for the adapter merged at 1 / 0.5 / 0 times its weight,
+          # tests/unit/test_merge_check.py).
           {"tiny": (le("merged_vs_trained_max_abs", 0.05),)},
           context_expected={"gpu": "corrected"},
           sources=("reports/examples/cpu-2026-11-27-epyc/results.json", "reports/examples/h100-2026-11-28-dataset-v2/run-unsloth-finetune.json",

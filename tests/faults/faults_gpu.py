@@ -23,6 +23,18 @@ BOUNDARY = "tests/gpu/test_blind_spots_gpu.py::test_unsloth_checkpointing_at_the
 TURN_MARKER_IDS = (105, 106)
 
 
+def _adapter_not_in_merge(evidence: dict) -> bool:
+    """MERGE-IS-TRAINED's evidence reads the adapter as missing from the merge (spec.checklist.check_merge's two
+    averages; no longer the ratio of maxima, which clean runs read down to 2.28): the recorded drops read a top-1
+    agreement of 0.133 and 0.156, and carry none of training's move."""
+    from spec.checklist import MERGE_CARRIED_BAND, MERGE_TOP1_FLOOR
+
+    top1, carried = evidence.get("merged_top1_agreement"), evidence.get("training_move_carried")
+    low, high = MERGE_CARRIED_BAND
+    return ((isinstance(top1, float) and top1 < MERGE_TOP1_FLOOR)
+            or (isinstance(carried, float) and not low <= carried <= high))
+
+
 def _merge_drops_adapter():
     """unsloth_zoo's 16-bit merge writes each weight without W += s·B·A (unsloth #869, #1929, #2142): both GGUF
     exports are then made from the base model. _merge_and_overwrite_lora looks `_merge_lora` up as a module global."""
@@ -155,7 +167,7 @@ FAULTS = [
     Fault("gpu-merge-drops-adapter", "5", "Unsloth's 16-bit merge writes the base weights without the adapter",
           "MERGE-IS-TRAINED", (f"{TIER}::test_the_merged_checkpoint_is_the_trained_model",
                                f"{TIER}::test_the_exported_gguf_answers_like_the_trained_model"), _merge_drops_adapter,
-          child=True, gpu=True, shows=lambda ev: (ev.get("trained_moved_over_merge_error") or 99) < 2.5),
+          child=True, gpu=True, shows=lambda ev: _adapter_not_in_merge(ev)),
     Fault("gpu-layers-bypass-unsloth-checkpoint", "2",
           "the decoder layers call checkpoint(use_reentrant=False), bypassing Unsloth's offloaded checkpoint",
           "GC-FALLBACK-BOUNDARY", (BOUNDARY,), _layers_bypass_unsloth_checkpoint, child=True, gpu=True,

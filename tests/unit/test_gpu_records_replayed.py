@@ -196,18 +196,36 @@ def test_baseline_is_recorded_only_with_a_reason(tmp_path, monkeypatch):
     assert output_baseline.paired({"dataset_fingerprint": "zzz", "outcomes": []})["pairs"] == 0
 
 
-MERGE_RECORDS = [p for p in RECORDS + FINETUNE_RECORDS if json.loads(p.read_text()).get("merge_check")]
+def _read_record(path: Path) -> dict:
+    import lzma
+
+    return json.loads(lzma.open(path, "rt").read() if path.suffix == ".xz" else path.read_text())
 
 
-@pytest.mark.parametrize("path", MERGE_RECORDS, ids=lambda p: p.parent.name + "/" + p.stem)
+# every stored Unsloth merge: the tier's records packed with xz since session 16 too (the clean runs whose ratio of
+# maxima read 3.29 and 2.36 among them: check_merge's note)
+MERGE_RECORDS = [p for p in RECORDS + FINETUNE_RECORDS
+                 + sorted((ROOT / "reports" / "examples").glob("*/run-unsloth-e2e*.json.xz"))
+                 + sorted((ROOT / "reports" / "examples").glob("*/*/run-unsloth-e2e*.json.xz"))
+                 if _read_record(p).get("merge_check") and _read_record(p).get("complete")]
+# the merged model's top-1 agreement with the trained one where the merge dropped the adapter (GPU fault
+# gpu-merge-drops-adapter): 0.133 and 0.156 (reports/examples/h200-2026-11-28-gguf-heldout, h200x4-2026-11-28-gpu-faults)
+DROPPED_TOP1 = 0.156
+
+
+@pytest.mark.parametrize("path", MERGE_RECORDS, ids=lambda p: p.parent.name + "/" + p.name)
 def test_recorded_merges_are_as_recorded_and_a_dropped_adapter_is_red(path):
     """MERGE-IS-TRAINED [gpu] on each stored Unsloth merge: `corrected` as recorded (the adapter is in the merged
     16-bit checkpoint, the quantization term q = W16 − dequant(W4) with it). Real changes: the merge drops the adapter
-    (unsloth #869/#1929/#2142: merged == base, so merged vs trained == base vs trained) -> fail; Unsloth merging into
-    the dequantized weights (merged at rounding distance, as on the CPU) -> pass, red too: the truth moved."""
-    merge = json.loads(path.read_text())["merge_check"]
+    (unsloth #869/#1929/#2142: merged == base, so merged vs trained == base vs trained, the top-1 agreement is the
+    base's and none of training's move is carried) -> fail; Unsloth merging into the dequantized weights (merged at
+    rounding distance, as on the CPU) -> pass, red too: the truth moved."""
+    merge = _read_record(path)["merge_check"]
     assert not outcome("MERGE-IS-TRAINED", merge).regression, outcome("MERGE-IS-TRAINED", merge).explain()
-    dropped = {**merge, "merged_vs_trained_max_abs": merge["base_vs_trained_max_abs"]}
+    dropped = {**merge, "merged_vs_trained_max_abs": merge["base_vs_trained_max_abs"],
+               "merged_top1_agreement": merge.get("base_top1_agreement", DROPPED_TOP1)}
+    if "training_move_carried" in merge:
+        dropped["training_move_carried"] = 0.0
     assert outcome("MERGE-IS-TRAINED", dropped).verdict == "fail" and outcome("MERGE-IS-TRAINED", dropped).regression
     faithful = {**merge, "merged_vs_trained_max_abs": merge["base_vs_trained_max_abs"] / 100}
     assert outcome("MERGE-IS-TRAINED", faithful).verdict == "pass" and outcome("MERGE-IS-TRAINED", faithful).regression
