@@ -299,11 +299,13 @@ CLAIMS = [
           # 2026-11-29 `corrected` reads the adapter from two averages, not from the ratio of maxima (which read 2.28
           # and 2.36 on clean runs: MERGE_TOP1_FLOOR's note): the top-1 agreement and the share of training's move the
           # merge carries (tiny, planted: 1.000 / 0.537 / 0.000 for the adapter merged at 1 / 0.5 / 0 times its weight,
-          # tests/unit/test_merge_check.py).
+          # tests/unit/test_merge_check.py; the tiny run 1.000; the first GPU reading, H200 at fac0d28: 0.971, top-1
+          # 0.891 against the base's 0.176, reports/examples/h200-2026-11-29-gpu-tier-s20).
           {"tiny": (le("merged_vs_trained_max_abs", 0.05),)},
           context_expected={"gpu": "corrected"},
           sources=("reports/examples/cpu-2026-11-27-epyc/results.json", "reports/examples/h100-2026-11-28-dataset-v2/run-unsloth-finetune.json",
-                   "reports/examples/h200x2-2026-11-28-bigpools/run-unsloth-e2e.json")),
+                   "reports/examples/h200x2-2026-11-28-bigpools/run-unsloth-e2e.json",
+                   "reports/examples/h200-2026-11-29-gpu-tier-s20/run2-fac0d28/run-unsloth-e2e.json.xz")),
     Claim("GGUF-HELDOUT", SECTION, "gpu", 'Export: Use model.save_pretrained_gguf(..., quantization_method = "Q8_0")',
           "the exported Q8_0 GGUF, read by llama.cpp, answers the held-out requests like the trained model: its exact "
           "match on the same prompts (the same token ids, greedy) is at most 5 points below, at the drop's 95 % CI", "pass",
