@@ -39,6 +39,22 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def would_build_here(target: Path, is_complete: Callable[[Path], bool]) -> bool:
+    """Whether build_once(target, …) called now would build in this process: the entry is incomplete and no other
+    process holds its lock (one that does is building it, and build_once would wait for it)."""
+    if is_complete(target):
+        return False
+    lock = target.with_name(target.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return True
+
+
 def build_once(target: Path, build: Callable[[Path], None], is_complete: Callable[[Path], bool]) -> Path:
     """Return `target`, building it with `build(tmpdir)` first if it is missing or incomplete.
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from harness.cache import build_once, cache_root, sha256_file
+from harness.cache import build_once, cache_root, sha256_file, would_build_here
 from harness.recipe import GEMMA3_VOCAB_SIZE
 
 DEFAULT_MODEL = "gemma3-270m"
@@ -60,7 +60,11 @@ def _complete(folder: Path) -> bool:
 
 def _write_manifest(folder: Path, **facts) -> None:
     files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
-    (folder / MANIFEST).write_text(json.dumps({"files": files, **facts}, indent=1, sort_keys=True))
+    # whole or not at all (a temporary then a rename): a run resolving the model while another process refreshes the
+    # tokenizer reads the manifest (_refresh_tokenizer), and a half-written one would crash it with a JSONDecodeError
+    tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"files": files, **facts}, indent=1, sort_keys=True))
+    os.replace(tmp, folder / MANIFEST)
 
 
 EMBEDDED_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -273,17 +277,31 @@ _build_tiny = _random_init(tiny_config, "float32", "tiny Gemma 3")
 _build_random_270m = _random_init(gemma3_270m_config, "bfloat16", "Gemma 3 270M architecture")
 
 
+def _embedded_entry(name: str):
+    """(cache folder, build step, kind) of an embedded model's checkpoint; None for any other name."""
+    entries = {DEFAULT_MODEL: (DEFAULT_MODEL, _build_embedded, "embedded"),
+               TINY_MODEL: (f"{TINY_MODEL}-v{TINY_VERSION}", _build_tiny, "tiny"),
+               RANDOM_MODEL: (RANDOM_MODEL, _build_random_270m, "random")}
+    if name not in entries:
+        return None
+    folder, build, kind = entries[name]
+    return cache_root() / "models" / folder, build, kind
+
+
+def would_materialize_here(name: str) -> bool:
+    """Whether resolve(name) called now would build an embedded model in this process (not built yet, and no other
+    process building it). A run that imports Unsloth first (harness.backends.Backend.prepare) asks this: Unsloth's import
+    rewrites transformers' code for the whole process, and the checkpoint is built with transformers."""
+    entry = _embedded_entry(name)
+    return entry is not None and would_build_here(entry[0], _complete)
+
+
 def resolve(name: str = DEFAULT_MODEL) -> ModelSource:
     """Resolve a model name to a checkpoint folder, materializing the embedded ones on first use."""
-    if name == DEFAULT_MODEL:
-        folder = build_once(cache_root() / "models" / DEFAULT_MODEL, _build_embedded, _complete)
-        return ModelSource(name, _refresh_tokenizer(folder), "embedded")
-    if name == TINY_MODEL:
-        folder = build_once(cache_root() / "models" / f"{TINY_MODEL}-v{TINY_VERSION}", _build_tiny, _complete)
-        return ModelSource(name, _refresh_tokenizer(folder), "tiny")
-    if name == RANDOM_MODEL:
-        folder = build_once(cache_root() / "models" / RANDOM_MODEL, _build_random_270m, _complete)
-        return ModelSource(name, _refresh_tokenizer(folder), "random")
+    entry = _embedded_entry(name)
+    if entry is not None:
+        target, build, kind = entry
+        return ModelSource(name, _refresh_tokenizer(build_once(target, build, _complete)), kind)
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

@@ -78,6 +78,27 @@ def test_a_registered_backend_runs_through_finetune(tmp_path, tiny_dir, monkeypa
     assert record["mask_check"]["implementation"] == "fake masker"
 
 
+def test_a_run_that_would_build_its_model_builds_it_before_the_backend_imports(tmp_path, tiny_dir, monkeypatch):
+    """Unsloth's import rewrites transformers' code for the process: a run that would materialize the embedded model
+    itself (a fresh cache, nobody else building) resolves it before prepare()."""
+    from harness import models
+    from harness.finetune import ReferenceFinetune
+    from harness.recipe import HANDBOOK
+
+    fake = backends.register(RecordingBackend())
+    resolve = models.resolve
+    monkeypatch.setattr(models, "resolve", lambda name: (fake.calls.append("resolve"), resolve(name))[1])
+    try:
+        for would_build, order in ((True, ["resolve", "prepare", "load"]), (False, ["prepare", "resolve", "load"])):
+            fake.calls.clear()
+            monkeypatch.setattr(models, "would_materialize_here", lambda name, answer=would_build: answer)
+            run = ReferenceFinetune("tiny", "fake", HANDBOOK, tmp_path / str(would_build), "none", "handbook", False)
+            run.load()
+            assert fake.calls == order, would_build
+    finally:
+        backends._REGISTRY.pop("fake")
+
+
 def test_unknown_backend_names_the_registered_ones():
     with pytest.raises(ValueError, match="hf, unsloth"):
         backends.get("jax")

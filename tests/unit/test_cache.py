@@ -39,6 +39,29 @@ def test_two_processes_build_once(tmp_path):
     assert (target / "done").read_text() == "ok"
 
 
+def test_would_build_here_says_whether_this_process_would_build(tmp_path):
+    """A run that imports Unsloth before resolving its model asks first (harness.models.would_materialize_here): not where
+    the entry is complete, nor while another process builds it (build_once would wait); only where it would build."""
+    from harness.cache import would_build_here
+
+    target = tmp_path / "entry"
+    assert would_build_here(target, _complete)  # missing, nobody building
+    code = (f"import time, pathlib; from harness.cache import build_once\n"
+            f"build_once(pathlib.Path({str(target)!r}), lambda t: time.sleep(60), lambda p: (p / 'done').exists())")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 20
+        while not list(tmp_path.glob("entry.partial-*")) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not would_build_here(target, _complete)  # another process holds the lock: it builds, this one would wait
+    finally:
+        proc.kill()
+        proc.wait()
+    assert would_build_here(target, _complete)  # the builder died: this process would build
+    build_once(target, lambda tmp: (tmp / "done").write_text("ok"), _complete)
+    assert not would_build_here(target, _complete)  # complete
+
+
 def test_killed_build_leaves_no_entry_and_the_next_build_succeeds(tmp_path):
     """A builder killed mid-way leaves only a partial folder; the next call cleans it and builds."""
     target = tmp_path / "entry"

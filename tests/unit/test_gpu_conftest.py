@@ -184,6 +184,7 @@ def test_the_gpu_session_fixtures_run_and_their_tests_read_the_probes(tmp_path):
     env = {**os.environ, "HARNESS_GPU_PARALLEL": "2", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("HARNESS_PERF_MODEL", None)
+    env.pop("HARNESS_MODEL", None)  # the session's model is the embedded default here (the runs get its name)
     # the reference run and its base evaluation, complete already (no process starts): what the tier's test reads
     e2e = tmp_path / "e2e"
     (e2e / "base-eval").mkdir(parents=True)
