@@ -94,13 +94,19 @@ class ReferenceFinetune:
         write(self.record, self.out_dir / "run.json")
 
     def load(self) -> None:
-        from harness.models import resolve
+        from harness.models import resolve, would_materialize_here
 
         with self.clock.phase("load"):
-            self.impl.prepare()  # imports first: the model may still be materializing in another process
+            # imports first where the model is built or being built elsewhere (the GPU tier's pytest process builds it
+            # meanwhile); never before building it here: Unsloth's import rewrites transformers' code for the process
+            build_here = would_materialize_here(self.model_name)
+            if not build_here:
+                self.impl.prepare()
             started = time.perf_counter()
             self.source = resolve(self.model_name)
             self.record["model_resolve_seconds"] = round(time.perf_counter() - started, 3)  # a wait for it included
+            if build_here:
+                self.impl.prepare()
             self.peft_model, self.tokenizer = self.impl.load(self.source.path, self.recipe, self.expected)
 
     def evaluate_base_model(self) -> None:
@@ -201,13 +207,15 @@ class ReferenceFinetune:
                 raise
         merged = self.record["artifacts"].get("merged")
         if merged:
-            from harness.merge_check import merged_vs_trained
+            from harness.merge_check import merged_vs_trained, merged_weights_carry_adapter
 
             prompts = [ex.messages[:-1] for ex in self.data["test"][:MERGE_CHECK_PROMPTS]]
             ids = [self.tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"]
                    for p in prompts]
             try:
                 self.record["merge_check"] = merged_vs_trained(self.trainer.model, Path(merged), ids)
+                self.record["merge_check"].update(
+                    merged_weights_carry_adapter(self.trainer.model, Path(merged), Path(self.source.path)))
             except Exception as exc:  # recorded as such: MERGE-IS-TRAINED then fails for want of its measurement
                 self.record["merge_check"] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
         self.checkpoint_record()

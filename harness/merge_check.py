@@ -28,23 +28,23 @@ def worse(current: float, new: float) -> float:
     return math.nan if math.isnan(current) or math.isnan(new) else max(current, new)
 
 
-# merged_vs_trained's measurement: 2 adds the base's top-1 agreement and the share of training's move the merge carries
-# (spec.checklist.check_merge requires them from records of this method on)
-METHOD = 2
+# merged_vs_trained's measurement (spec.checklist.check_merge reads records by it): 2 added the base's top-1 agreement
+# and a share of training's move in logits; 3 (2026-11-29) replaced that share, which saturates (an adapter merged twice
+# read 0.89 on a CPU stand-in of the 270M) and which Unsloth's quantization term moves, by the weight-space one,
+# merged_weights_carry_adapter
+METHOD = 3
 
 
 @torch.no_grad()
 def merged_vs_trained(model, merged_dir: Path, prompt_ids: list[list[int]]) -> dict:
     """Max |logit| differences (float32) merged↔trained and base↔trained over every position of the prompts; the merged
-    model's and the base's top-1 agreement with the trained one; and the share of training's move (trained − base, in
-    logits) that the merge carries: Σ⟨merged − base, trained − base⟩ / Σ‖trained − base‖² over every position and
-    vocabulary entry (1 for a merge that adds the adapter's move whatever else it adds, 0 for one that drops it, the
-    scale for one that scales it).
+    model's and the base's top-1 agreement with the trained one.
 
     Why more than the maxima: their ratio is a maximum over ~680 M logits divided by another, set by single outliers. On
     the GPU (Unsloth's merged_16bit of an on-the-fly QLoRA model, the same versions) it read 2.28 to 7.95 over the stored
     clean runs of 2026-11-28/29, while the merged model's top-1 agreement with the trained one stayed 0.834 to 0.913 and
-    the merge that drops the adapter read 0.133 and 0.156 (reports/examples/h200-2026-11-29-gpu-tier-s20 says which)."""
+    the merge that drops the adapter read 0.133 and 0.156 (reports/examples/h200-2026-11-29-gpu-tier-s20 says which).
+    Whether each adapted weight is in the merge is merged_weights_carry_adapter's to say."""
     from transformers import AutoModelForCausalLM
 
     device = next(model.parameters()).device
@@ -54,7 +54,6 @@ def merged_vs_trained(model, merged_dir: Path, prompt_ids: list[list[int]]) -> d
     model.eval()
     worst = {"merged_vs_trained": 0.0, "base_vs_trained": 0.0}
     agree = base_agree = positions = 0
-    carried = moved = 0.0  # Σ⟨merged − base, trained − base⟩ and Σ‖trained − base‖² (each prompt's in float32)
     try:
         for ids in prompt_ids:
             x = torch.tensor([list(ids)], device=device)
@@ -68,14 +67,83 @@ def merged_vs_trained(model, merged_dir: Path, prompt_ids: list[list[int]]) -> d
             agree += int((out.argmax(-1) == top1).sum())
             base_agree += int((base.argmax(-1) == top1).sum())
             positions += trained.shape[1]
-            move = (trained - base).flatten()  # dot products: one temporary of the logits' size at a time
-            carried += float(torch.dot((out - base).flatten(), move))
-            moved += float(torch.dot(move, move))
-            del move
     finally:
         model.train(was_training)
         del merged
     return {"prompts": len(prompt_ids), "positions": positions, "method": METHOD,
             "merged_vs_trained_max_abs": worst["merged_vs_trained"], "base_vs_trained_max_abs": worst["base_vs_trained"],
-            "merged_top1_agreement": agree / max(1, positions), "base_top1_agreement": base_agree / max(1, positions),
-            "training_move_carried": carried / moved if moved > 0 else math.nan}
+            "merged_top1_agreement": agree / max(1, positions), "base_top1_agreement": base_agree / max(1, positions)}
+
+
+def _by_layer_suffix(names) -> dict[str, str]:
+    """{"layers.3.self_attn.q_proj.weight": full name}: checkpoints and PEFT wrappers prefix the same weight differently
+    ("model.", "base_model.model.model.", "model.language_model.")."""
+    found = {}
+    for name in names:
+        at = name.find("layers.")
+        if at >= 0:
+            found[name[at:]] = name
+    return found
+
+
+def _tensors(folder: Path) -> dict[str, Path]:
+    """Each tensor name of a safetensors checkpoint (one file or shards) and the file that holds it."""
+    from safetensors import safe_open
+
+    where = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as handle:
+            where.update({key: file for key in handle.keys()})
+    return where
+
+
+@torch.no_grad()
+def merged_weights_carry_adapter(model, merged_dir: Path, source_dir: Path) -> dict:
+    """For each LoRA-adapted linear layer of the trained `model`: the share of its update s·B·A that the merged checkpoint
+    adds to the source checkpoint's weight, ⟨W_merged − W_source, s·B·A⟩ / ‖s·B·A‖² (1 for a merge of the adapter as
+    trained, up to 16-bit rounding, which is not along the update; 0 where it is dropped; the factor where it is scaled;
+    ~0 where another layer's update went in). Unsloth's merged_16bit adds the adapter to the pristine 16-bit weights
+    (unsloth_zoo merge_and_overwrite_lora), the weights a QLoRA run loaded from `source_dir`, so its quantization term
+    is not in this difference at all. Returns the adapted modules, those whose weight the merged or the source
+    checkpoint lacks, and the smallest and largest share with their modules.
+
+    Why in weights: the logits' share of training's move saturates (a CPU stand-in of the 270M, the adapter merged twice:
+    0.89; at 1.5 times: 0.96) and an adapter dropped from the attention or from 6 of 18 layers still read 0.66-0.71
+    there, inside any band that keeps clean runs green (a review of 2026-11-29)."""
+    from safetensors import safe_open
+
+    merged_at, source_at = _tensors(merged_dir), _tensors(source_dir)
+    merged_names, source_names = _by_layer_suffix(merged_at), _by_layer_suffix(source_at)
+    shares, missing = {}, []
+    for name, module in model.named_modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if not lora_a or not lora_b or not hasattr(module, "scaling"):
+            continue
+        for adapter in lora_a:
+            if adapter not in lora_b:
+                continue
+            key = _by_layer_suffix([f"{name}.weight"])
+            suffix = next(iter(key), None)
+            if suffix is None or suffix not in merged_names or suffix not in source_names:
+                missing.append(name)
+                continue
+            update = (lora_b[adapter].weight.float() @ lora_a[adapter].weight.float()).cpu() * float(module.scaling[adapter])
+            with safe_open(str(merged_at[merged_names[suffix]]), "pt") as handle:
+                merged_weight = handle.get_tensor(merged_names[suffix]).float()
+            with safe_open(str(source_at[source_names[suffix]]), "pt") as handle:
+                source_weight = handle.get_tensor(source_names[suffix]).float()
+            if merged_weight.shape != update.shape or source_weight.shape != update.shape:
+                missing.append(name)
+                continue
+            size = float(torch.dot(update.flatten(), update.flatten()))
+            share = float(torch.dot((merged_weight - source_weight).flatten(), update.flatten())) / size if size > 0 \
+                else math.nan
+            shares[suffix.removesuffix(".weight")] = share
+    finite = {k: v for k, v in shares.items() if not math.isnan(v)}
+    low = min(finite, key=finite.get) if finite else None
+    high = max(finite, key=finite.get) if finite else None
+    return {"adapted_modules": len(shares) + len(missing), "modules_not_in_checkpoints": missing[:10],
+            "modules_not_in_checkpoints_count": len(missing),
+            "modules_with_no_update": sorted(k for k, v in shares.items() if math.isnan(v))[:10],
+            "weight_share_min": finite[low] if low else None, "weight_share_min_module": low,
+            "weight_share_max": finite[high] if high else None, "weight_share_max_module": high}

@@ -24,15 +24,15 @@ TURN_MARKER_IDS = (105, 106)
 
 
 def _adapter_not_in_merge(evidence: dict) -> bool:
-    """MERGE-IS-TRAINED's evidence reads the adapter as missing from the merge (spec.checklist.check_merge's two
-    averages; no longer the ratio of maxima, which clean runs read down to 2.28): the recorded drops read a top-1
-    agreement of 0.133 and 0.156, and carry none of training's move."""
-    from spec.checklist import MERGE_CARRIED_BAND, MERGE_TOP1_FLOOR
+    """MERGE-IS-TRAINED's evidence reads the adapter as missing from the merge (spec.checklist.check_merge; no longer the
+    ratio of maxima, which clean runs read down to 2.28): an adapted layer whose merged weight carries less of its update
+    than the band's floor (0 where it is dropped), or, in a record without the weight check, a top-1 agreement with the
+    trained model under the floor (the recorded drops: 0.133 and 0.156)."""
+    from spec.checklist import MERGE_TOP1_FLOOR, MERGE_WEIGHT_BAND
 
-    top1, carried = evidence.get("merged_top1_agreement"), evidence.get("training_move_carried")
-    low, high = MERGE_CARRIED_BAND
-    return ((isinstance(top1, float) and top1 < MERGE_TOP1_FLOOR)
-            or (isinstance(carried, float) and not low <= carried <= high))
+    top1, share = evidence.get("merged_top1_agreement"), evidence.get("weight_share_min")
+    return ((isinstance(share, float) and share < MERGE_WEIGHT_BAND[0])
+            or (isinstance(top1, float) and top1 < MERGE_TOP1_FLOOR))
 
 
 def _merge_drops_adapter():

@@ -76,7 +76,7 @@ def test_gpu_faults_count_only_with_their_own_evidence():
     clean_boundary = {"unsloth_at_512": True, "layers_reach_unsloth_at_512": True}
     recorded["GC-FALLBACK-BOUNDARY"] = {"gpu": {**recorded["GC-FALLBACK-BOUNDARY"]["gpu"], **clean_boundary}}
     planted = {"MERGE-IS-TRAINED": {"trained_moved_over_merge_error": 0.99, "merged_top1_agreement": 0.156,
-                                    "training_move_carried": 0.01},
+                                    "weight_share_min": 0.0},
                "GC-FALLBACK-BOUNDARY": {"unsloth_at_512": True, "layers_reach_unsloth_at_512": False},
                "MASK-USER-TURNS": {"wrongly_trained": 26, "masked_positions_trained_in_batches": 0},
                "GGUF-Q8-EXPORT": {"token_table_entries_differing": 2}}

@@ -51,38 +51,49 @@ def _merge(ratio=2.36, top1=0.859, **more):
             "base_vs_trained_max_abs": 31.15625 * ratio, "merged_top1_agreement": top1, **more}
 
 
-def test_merge_check_reads_the_adapter_from_averages_not_from_the_ratio_of_maxima():
+WEIGHTS_AS_TRAINED = dict(method=3, base_top1_agreement=0.176, adapted_modules=126, modules_not_in_checkpoints=[],
+                          modules_not_in_checkpoints_count=0, weight_share_min=0.998, weight_share_max=1.002,
+                          weight_share_min_module="layers.4.mlp.up_proj", weight_share_max_module="layers.9.self_attn.v_proj")
+
+
+def test_merge_check_reads_the_adapter_from_the_weights_not_from_the_ratio_of_maxima():
     """The ratio of two maxima read 2.28 to 7.95 over clean GPU runs at the same versions; the rule `ratio >= 2.5` made the
     tier at 8e11688 (2.36, top-1 0.859) a regression (reports/examples/h200-2026-11-29-gpu-tier-s20). Planted: that
-    reading is `corrected` now, and the changes a merge can really make are red: a dropped adapter (the recorded drops'
-    top-1 0.133/0.156; none of the move carried), a mis-scaled one (half or twice the move), a record of the new method
-    without its measurement."""
+    reading is `corrected` now, with the weight check or as a stored record without it; and each change a merge can
+    really make is red, each guard on its own: a dropped adapter (top-1 of the recorded drops, or no weight carrying its
+    update while the top-1 is high), an adapter scaled by half or twice, one layer left out, layers missing from the
+    checkpoints, a record of the weight check's method without its numbers."""
     from spec.checklist import check_merge
 
-    assert check_merge(_merge())[0] == "corrected"  # method 1: no carried share recorded
-    assert check_merge(_merge())[1]["training_move_carried"].startswith("not measured")
-    method2 = dict(method=2, base_top1_agreement=0.14, training_move_carried=0.97)
-    assert check_merge(_merge(**method2))[0] == "corrected"
-    assert check_merge(_merge(ratio=0.99, top1=0.156))[0] == "fail"  # dropped, as method 1 records it
-    assert check_merge(_merge(ratio=0.99, top1=0.14, **{**method2, "training_move_carried": 0.01}))[0] == "fail"
-    for scale in (0.5, 2.0):  # the adapter merged at the wrong scale: top-1 may stay high, the carried share does not
-        assert check_merge(_merge(**{**method2, "training_move_carried": scale}))[0] == "fail"
-    for missing in ({"training_move_carried": None}, {"training_move_carried": math.nan}, {"merged_top1_agreement": None}):
-        assert check_merge({**_merge(**method2), **missing})[0] == "fail"
-    # faithful (at rounding distance) stays `pass`, but not with a share of the move off the band
-    assert check_merge(_merge(ratio=100.0, top1=0.99, **method2))[0] == "pass"
-    assert check_merge(_merge(ratio=100.0, top1=0.99, **{**method2, "training_move_carried": 0.5}))[0] == "fail"
+    assert check_merge(_merge(**WEIGHTS_AS_TRAINED))[0] == "corrected"
+    assert check_merge(_merge())[0] == "corrected"  # a stored record of method 1: top-1 and the legacy ratio floor
+    assert check_merge(_merge())[1]["merge_weights"].startswith("not measured")
+    assert check_merge(_merge(ratio=0.99, top1=0.156))[0] == "fail"  # dropped, as a method-1 record shows it
+    assert check_merge(_merge(ratio=1.2, top1=0.9))[0] == "fail"  # legacy: the ratio floor alone
+    assert check_merge(_merge(top1=0.156, **WEIGHTS_AS_TRAINED))[0] == "fail"  # the top-1 floor alone
+    for share_min, share_max in ((0.0, 0.0), (0.5, 0.5), (2.0, 2.0), (0.0, 1.0), (0.95, 1.3)):
+        planted = {**WEIGHTS_AS_TRAINED, "weight_share_min": share_min, "weight_share_max": share_max}
+        verdict, evidence = check_merge(_merge(**planted))
+        assert verdict == "fail" and evidence["merge_weight_problems"], (share_min, share_max)
+    for missing in ({"adapted_modules": 0}, {"modules_not_in_checkpoints_count": 3}, {"weight_share_min": None},
+                    {"weight_share_max": math.nan}, {"merged_top1_agreement": None}):
+        assert check_merge({**_merge(**WEIGHTS_AS_TRAINED), **missing})[0] == "fail", missing
+    # faithful (at rounding distance) stays `pass`, but not with a layer's update left out
+    assert check_merge(_merge(ratio=100.0, top1=0.99, **WEIGHTS_AS_TRAINED))[0] == "pass"
+    assert check_merge(_merge(ratio=100.0, top1=0.99, **{**WEIGHTS_AS_TRAINED, "weight_share_min": 0.0}))[0] == "fail"
 
 
-def test_the_share_of_the_move_a_merge_carries_is_its_scale(tiny_dir, tmp_path):
-    """harness.merge_check measures on the tiny model with a LoRA adapter (small B: the logits move about linearly)
-    merged at 1, 0.5 and 0 times its weight: the carried share reads each scale, and the verdicts follow."""
+def test_each_adapted_layers_share_of_its_update_in_the_merge_is_measured(tiny_dir, tmp_path):
+    """harness.merge_check.merged_weights_carry_adapter on the tiny model with a LoRA adapter merged as trained, at half
+    and twice its weight, dropped, with one layer's update left out, and with each layer's update put into the next
+    layer: the smallest and largest share read each planted change, and check_merge's verdict follows (the logits' share
+    of the move, method 2, read an adapter merged twice as 0.89 on a stand-in of the 270M: in band)."""
     import copy
 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from harness.merge_check import merged_vs_trained
+    from harness.merge_check import merged_vs_trained, merged_weights_carry_adapter
     from spec.checklist import check_merge
 
     generator = torch.Generator().manual_seed(0)
@@ -93,16 +104,44 @@ def test_the_share_of_the_move_a_merge_carries_is_its_scale(tiny_dir, tmp_path):
             if "lora_B" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
     prompts = [[2, 105, 2364, 107, 9259, 106, 107, 105, 4368, 107], [2, 105, 2364, 107, 4521, 563, 106]]
-    verdicts = {}
-    for scale in (1.0, 0.5, 0.0):
+
+    def merge(plant) -> dict:
         merged = copy.deepcopy(trained)
         with torch.no_grad():
-            for name, parameter in merged.named_parameters():
-                if "lora_B" in name:
-                    parameter.mul_(scale)
-        folder = tmp_path / f"merged-{scale}"
+            plant(merged)
+        folder = tmp_path / f"merged-{len(list(tmp_path.iterdir()))}"
         merged.merge_and_unload().save_pretrained(str(folder))
-        found = merged_vs_trained(trained, folder, prompts)
-        assert found["method"] == 2 and abs(found["training_move_carried"] - scale) < 0.1, (scale, found)
-        verdicts[scale] = check_merge(found)[0]
-    assert verdicts == {1.0: "pass", 0.5: "fail", 0.0: "fail"}
+        return {**merged_vs_trained(trained, folder, prompts), **merged_weights_carry_adapter(trained, folder, tiny_dir)}
+
+    def scale_all(factor):
+        def plant(model):
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.mul_(factor)
+        return plant
+
+    def drop_layer_0_up_proj(model):
+        model.base_model.model.model.layers[0].mlp.up_proj.lora_B["default"].weight.zero_()
+
+    def shift_layers(model):  # each layer gets the next one's update (the last keeps its own)
+        layers = model.base_model.model.model.layers
+        for i in range(len(layers) - 1):
+            for path in ("self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj"):
+                here, there = layers[i].get_submodule(path), layers[i + 1].get_submodule(path)
+                here.lora_A["default"].weight.copy_(there.lora_A["default"].weight)
+                here.lora_B["default"].weight.copy_(there.lora_B["default"].weight)
+
+    as_trained = merge(scale_all(1.0))
+    assert as_trained["method"] == 3 and as_trained["adapted_modules"] == 18  # 6 layers × 3 targets
+    assert as_trained["modules_not_in_checkpoints_count"] == 0
+    assert 0.999 < as_trained["weight_share_min"] <= as_trained["weight_share_max"] < 1.001, as_trained
+    assert check_merge(as_trained)[0] == "pass"
+    for plant, low, high in ((scale_all(0.5), 0.49, 0.51), (scale_all(2.0), 1.99, 2.01), (scale_all(0.0), -0.01, 0.01)):
+        found = merge(plant)
+        assert low < found["weight_share_min"] <= found["weight_share_max"] < high, found
+        assert check_merge(found)[0] == "fail"
+    one_dropped = merge(drop_layer_0_up_proj)
+    assert abs(one_dropped["weight_share_min"]) < 0.01 and one_dropped["weight_share_min_module"] == "layers.0.mlp.up_proj"
+    assert 0.999 < one_dropped["weight_share_max"] < 1.001 and check_merge(one_dropped)[0] == "fail"
+    shifted = merge(shift_layers)
+    assert abs(shifted["weight_share_min"]) < 0.2 and check_merge(shifted)[0] == "fail", shifted
