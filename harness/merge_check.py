@@ -104,8 +104,9 @@ def merged_weights_carry_adapter(model, merged_dir: Path, source_dir: Path) -> d
     trained, up to 16-bit rounding, which is not along the update; 0 where it is dropped; the factor where it is scaled;
     ~0 where another layer's update went in). Unsloth's merged_16bit adds the adapter to the pristine 16-bit weights
     (unsloth_zoo merge_and_overwrite_lora), the weights a QLoRA run loaded from `source_dir`, so its quantization term
-    is not in this difference at all. Returns the adapted modules, those whose weight the merged or the source
-    checkpoint lacks, and the smallest and largest share with their modules.
+    is not in this difference at all. Returns the adapted modules, those whose weight the merged checkpoint lacks,
+    those whose source weight is not 16-bit (a pre-quantized source: not measurable here), and the smallest and largest
+    share with their modules.
 
     Why in weights: the logits' share of training's move saturates (a CPU stand-in of the 270M, the adapter merged twice:
     0.89; at 1.5 times: 0.96) and an adapter dropped from the attention or from 6 of 18 layers still read 0.66-0.71
@@ -114,7 +115,7 @@ def merged_weights_carry_adapter(model, merged_dir: Path, source_dir: Path) -> d
 
     merged_at, source_at = _tensors(merged_dir), _tensors(source_dir)
     merged_names, source_names = _by_layer_suffix(merged_at), _by_layer_suffix(source_at)
-    shares, missing = {}, []
+    shares, missing, source_not_16bit = {}, [], []
     for name, module in model.named_modules():
         lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
         if not lora_a or not lora_b or not hasattr(module, "scaling"):
@@ -124,17 +125,24 @@ def merged_weights_carry_adapter(model, merged_dir: Path, source_dir: Path) -> d
                 continue
             key = _by_layer_suffix([f"{name}.weight"])
             suffix = next(iter(key), None)
-            if suffix is None or suffix not in merged_names or suffix not in source_names:
+            if suffix is None or suffix not in merged_names:
                 missing.append(name)
                 continue
             update = (lora_b[adapter].weight.float() @ lora_a[adapter].weight.float()).cpu() * float(module.scaling[adapter])
             with safe_open(str(merged_at[merged_names[suffix]]), "pt") as handle:
                 merged_weight = handle.get_tensor(merged_names[suffix]).float()
-            with safe_open(str(source_at[source_names[suffix]]), "pt") as handle:
-                source_weight = handle.get_tensor(source_names[suffix]).float()
-            if merged_weight.shape != update.shape or source_weight.shape != update.shape:
+            if merged_weight.shape != update.shape:
                 missing.append(name)
                 continue
+            source_weight = None
+            if suffix in source_names:
+                with safe_open(str(source_at[source_names[suffix]]), "pt") as handle:
+                    source_weight = handle.get_tensor(source_names[suffix])
+            if source_weight is None or not source_weight.is_floating_point() or source_weight.shape != update.shape:
+                # a pre-quantized source (bitsandbytes' packed 4-bit): its 16-bit weights are not in the folder
+                source_not_16bit.append(name)
+                continue
+            source_weight = source_weight.float()
             size = float(torch.dot(update.flatten(), update.flatten()))
             share = float(torch.dot((merged_weight - source_weight).flatten(), update.flatten())) / size if size > 0 \
                 else math.nan
@@ -142,8 +150,10 @@ def merged_weights_carry_adapter(model, merged_dir: Path, source_dir: Path) -> d
     finite = {k: v for k, v in shares.items() if not math.isnan(v)}
     low = min(finite, key=finite.get) if finite else None
     high = max(finite, key=finite.get) if finite else None
-    return {"adapted_modules": len(shares) + len(missing), "modules_not_in_checkpoints": missing[:10],
+    return {"adapted_modules": len(shares) + len(missing) + len(source_not_16bit), "modules_not_in_checkpoints": missing[:10],
             "modules_not_in_checkpoints_count": len(missing),
+            # layers whose source weight is not a 16-bit tensor of the update's shape: nothing to measure the merge against
+            "modules_without_a_16bit_source": len(source_not_16bit),
             "modules_with_no_update": sorted(k for k, v in shares.items() if math.isnan(v))[:10],
             "weight_share_min": finite[low] if low else None, "weight_share_min_module": low,
             "weight_share_max": finite[high] if high else None, "weight_share_max_module": high}

@@ -159,10 +159,17 @@ def check_merge(m: dict) -> tuple[str, dict]:
     ratio = evidence["trained_moved_over_merge_error"] = moved / merge_err if merge_err > 0 else float("inf")
     top1 = m.get("merged_top1_agreement")
     top1_ok = top1 is not None and not math.isnan(top1) and top1 >= MERGE_TOP1_FLOOR
-    if m.get("method", 1) >= 3:
+    without_source = m.get("modules_without_a_16bit_source") or 0
+    if m.get("method", 1) >= 3 and not (without_source and without_source == m.get("adapted_modules")):
         in_merge = _merge_weights_in_band(m, evidence) and top1_ok
-    else:  # a stored record of methods 1-2: no weight check
-        evidence["merge_weights"] = f"not measured (a record of merge_check method {m.get('method', 1)})"
+        if without_source:  # some layers measured, others not: the merge cannot be read whole
+            evidence.setdefault("merge_weight_problems", []).append(
+                f"{without_source} adapted layer(s) have no 16-bit source weight to measure against")
+            in_merge = False
+    else:  # a stored record of methods 1-2, or a pre-quantized source (no 16-bit weights to compare with): no weight check
+        evidence["merge_weights"] = (f"not measured (a record of merge_check method {m.get('method', 1)})"
+                                     if m.get("method", 1) < 3 else
+                                     "not measured: the source checkpoint holds no 16-bit weights (pre-quantized)")
         in_merge = top1_ok and ratio >= MERGE_LEGACY_RATIO_FLOOR
     # Faithful: the merge is at rounding distance from the trained model and training moved it much further than that
     # (a no-op merge is the base: merge error == training's move, ratio 1). Between the two: the adapter is in the merge

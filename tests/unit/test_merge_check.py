@@ -78,6 +78,14 @@ def test_merge_check_reads_the_adapter_from_the_weights_not_from_the_ratio_of_ma
     for missing in ({"adapted_modules": 0}, {"modules_not_in_checkpoints_count": 3}, {"weight_share_min": None},
                     {"weight_share_max": math.nan}, {"merged_top1_agreement": None}):
         assert check_merge({**_merge(**WEIGHTS_AS_TRAINED), **missing})[0] == "fail", missing
+    # a pre-quantized source (bitsandbytes' packed 4-bit weights): no 16-bit weight to measure against, said so, and
+    # read as a stored record is; some layers without one: the merge cannot be read whole
+    quantized = {**WEIGHTS_AS_TRAINED, "modules_without_a_16bit_source": 126, "weight_share_min": None,
+                 "weight_share_max": None}
+    verdict, evidence = check_merge(_merge(**quantized))
+    assert verdict == "corrected" and evidence["merge_weights"].startswith("not measured: the source")
+    assert check_merge(_merge(ratio=0.99, top1=0.156, **quantized))[0] == "fail"
+    assert check_merge(_merge(**{**WEIGHTS_AS_TRAINED, "modules_without_a_16bit_source": 3}))[0] == "fail"
     # faithful (at rounding distance) stays `pass`, but not with a layer's update left out
     assert check_merge(_merge(ratio=100.0, top1=0.99, **WEIGHTS_AS_TRAINED))[0] == "pass"
     assert check_merge(_merge(ratio=100.0, top1=0.99, **{**WEIGHTS_AS_TRAINED, "weight_share_min": 0.0}))[0] == "fail"
