@@ -75,15 +75,17 @@ def merged_vs_trained(model, merged_dir: Path, prompt_ids: list[list[int]]) -> d
             "merged_top1_agreement": agree / max(1, positions), "base_top1_agreement": base_agree / max(1, positions)}
 
 
-def _by_layer_suffix(names) -> dict[str, str]:
-    """{"layers.3.self_attn.q_proj.weight": full name}: checkpoints and PEFT wrappers prefix the same weight differently
-    ("model.", "base_model.model.model.", "model.language_model.")."""
-    found = {}
-    for name in names:
-        at = name.find("layers.")
-        if at >= 0:
-            found[name[at:]] = name
-    return found
+def _weight_key(name: str) -> str:
+    """One key for a weight however it is prefixed: checkpoints and PEFT wrappers name the same layer differently
+    ("model.layers.3…", "base_model.model.model.layers.3…", "model.language_model.layers.3…"): from "layers." on, else
+    without PEFT's "base_model.model." (an adapted lm_head: "lm_head.weight" in both)."""
+    at = name.find("layers.")
+    return name[at:] if at >= 0 else name.removeprefix("base_model.model.")
+
+
+def _by_weight_key(names) -> dict[str, str]:
+    """{_weight_key(name): name} over a checkpoint's tensor names."""
+    return {_weight_key(name): name for name in names}
 
 
 def _tensors(folder: Path) -> dict[str, Path]:
@@ -114,7 +116,7 @@ def merged_weights_carry_adapter(model, merged_dir: Path, source_dir: Path) -> d
     from safetensors import safe_open
 
     merged_at, source_at = _tensors(merged_dir), _tensors(source_dir)
-    merged_names, source_names = _by_layer_suffix(merged_at), _by_layer_suffix(source_at)
+    merged_names, source_names = _by_weight_key(merged_at), _by_weight_key(source_at)
     shares, missing, source_not_16bit = {}, [], []
     for name, module in model.named_modules():
         lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
@@ -123,9 +125,8 @@ def merged_weights_carry_adapter(model, merged_dir: Path, source_dir: Path) -> d
         for adapter in lora_a:
             if adapter not in lora_b:
                 continue
-            key = _by_layer_suffix([f"{name}.weight"])
-            suffix = next(iter(key), None)
-            if suffix is None or suffix not in merged_names:
+            suffix = _weight_key(f"{name}.weight")
+            if suffix not in merged_names:
                 missing.append(name)
                 continue
             update = (lora_b[adapter].weight.float() @ lora_a[adapter].weight.float()).cpu() * float(module.scaling[adapter])

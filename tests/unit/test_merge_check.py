@@ -153,3 +153,15 @@ def test_each_adapted_layers_share_of_its_update_in_the_merge_is_measured(tiny_d
     assert 0.999 < one_dropped["weight_share_max"] < 1.001 and check_merge(one_dropped)[0] == "fail"
     shifted = merge(shift_layers)
     assert abs(shifted["weight_share_min"]) < 0.2 and check_merge(shifted)[0] == "fail", shifted
+
+
+def test_a_weight_is_found_however_its_checkpoint_prefixes_it():
+    """The trained PEFT model, the source checkpoint and the merged one name one layer three ways; a layer outside the
+    decoder stack (an adapted lm_head) keeps its name without PEFT's prefix. A key that matched nothing would read the
+    layer as missing from the merge: a false regression."""
+    from harness.merge_check import _weight_key
+
+    names = ["base_model.model.model.layers.3.self_attn.q_proj.weight", "model.layers.3.self_attn.q_proj.weight",
+             "model.language_model.layers.3.self_attn.q_proj.weight"]
+    assert {_weight_key(n) for n in names} == {"layers.3.self_attn.q_proj.weight"}
+    assert _weight_key("base_model.model.lm_head.weight") == _weight_key("lm_head.weight") == "lm_head.weight"
