@@ -39,12 +39,17 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _lock_path(target: Path) -> Path:
+    """The file build_once locks while it builds `target`."""
+    return target.with_name(target.name + ".lock")
+
+
 def would_build_here(target: Path, is_complete: Callable[[Path], bool]) -> bool:
     """Whether build_once(target, …) called now would build in this process: the entry is incomplete and no other
     process holds its lock (one that does is building it, and build_once would wait for it)."""
     if is_complete(target):
         return False
-    lock = target.with_name(target.name + ".lock")
+    lock = _lock_path(target)
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+") as handle:
         try:
@@ -63,7 +68,7 @@ def build_once(target: Path, build: Callable[[Path], None], is_complete: Callabl
     """
     if is_complete(target):
         return target
-    with exclusive_lock(target.with_name(target.name + ".lock")):
+    with exclusive_lock(_lock_path(target)):
         if is_complete(target):  # another process finished while we waited for the lock
             return target
         for stale in target.parent.glob(target.name + ".partial-*"):

@@ -113,41 +113,47 @@ def merged_weights_carry_adapter(model, merged_dir: Path, source_dir: Path) -> d
     Why in weights: the logits' share of training's move saturates (a CPU stand-in of the 270M, the adapter merged twice:
     0.89; at 1.5 times: 0.96) and an adapter dropped from the attention or from 6 of 18 layers still read 0.66-0.71
     there, inside any band that keeps clean runs green (a review of 2026-11-29)."""
+    import contextlib
+
     from safetensors import safe_open
 
     merged_at, source_at = _tensors(merged_dir), _tensors(source_dir)
     merged_names, source_names = _by_weight_key(merged_at), _by_weight_key(source_at)
     shares, missing, source_not_16bit = {}, [], []
-    for name, module in model.named_modules():
-        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
-        if not lora_a or not lora_b or not hasattr(module, "scaling"):
-            continue
-        for adapter in lora_a:
-            if adapter not in lora_b:
+    with contextlib.ExitStack() as files:
+        handles: dict[Path, object] = {}  # each safetensors file opened once, not twice per adapted layer
+
+        def tensor(where: dict[str, Path], key: str):
+            if where[key] not in handles:
+                handles[where[key]] = files.enter_context(safe_open(str(where[key]), "pt"))
+            return handles[where[key]].get_tensor(key)
+
+        for name, module in model.named_modules():
+            lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+            if not lora_a or not lora_b or not hasattr(module, "scaling"):
                 continue
-            suffix = _weight_key(f"{name}.weight")
-            if suffix not in merged_names:
-                missing.append(name)
-                continue
-            update = (lora_b[adapter].weight.float() @ lora_a[adapter].weight.float()).cpu() * float(module.scaling[adapter])
-            with safe_open(str(merged_at[merged_names[suffix]]), "pt") as handle:
-                merged_weight = handle.get_tensor(merged_names[suffix]).float()
-            if merged_weight.shape != update.shape:
-                missing.append(name)
-                continue
-            source_weight = None
-            if suffix in source_names:
-                with safe_open(str(source_at[source_names[suffix]]), "pt") as handle:
-                    source_weight = handle.get_tensor(source_names[suffix])
-            if source_weight is None or not source_weight.is_floating_point() or source_weight.shape != update.shape:
-                # a pre-quantized source (bitsandbytes' packed 4-bit): its 16-bit weights are not in the folder
-                source_not_16bit.append(name)
-                continue
-            source_weight = source_weight.float()
-            size = float(torch.dot(update.flatten(), update.flatten()))
-            share = float(torch.dot((merged_weight - source_weight).flatten(), update.flatten())) / size if size > 0 \
-                else math.nan
-            shares[suffix.removesuffix(".weight")] = share
+            for adapter in lora_a:
+                if adapter not in lora_b:
+                    continue
+                suffix = _weight_key(f"{name}.weight")
+                if suffix not in merged_names:
+                    missing.append(name)
+                    continue
+                update = ((lora_b[adapter].weight.float() @ lora_a[adapter].weight.float()).cpu()
+                          * float(module.scaling[adapter]))
+                merged_weight = tensor(merged_at, merged_names[suffix]).float()
+                if merged_weight.shape != update.shape:
+                    missing.append(name)
+                    continue
+                source_weight = tensor(source_at, source_names[suffix]) if suffix in source_names else None
+                if source_weight is None or not source_weight.is_floating_point() or source_weight.shape != update.shape:
+                    # a pre-quantized source (bitsandbytes' packed 4-bit): its 16-bit weights are not in the folder
+                    source_not_16bit.append(name)
+                    continue
+                size = float(torch.dot(update.flatten(), update.flatten()))
+                moved = (merged_weight - source_weight.float()).flatten()
+                shares[suffix.removesuffix(".weight")] = (float(torch.dot(moved, update.flatten())) / size if size > 0
+                                                          else math.nan)
     finite = {k: v for k, v in shares.items() if not math.isnan(v)}
     low = min(finite, key=finite.get) if finite else None
     high = max(finite, key=finite.get) if finite else None
